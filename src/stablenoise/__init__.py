@@ -1,0 +1,19 @@
+"""stablenoise: diffusion noise selection and optimization by inversion stability.
+
+Reference implementation of Qi, Bai, Xiong, Xie, "Not All Noises Are Created Equally: Diffusion
+Noise Selection and Optimization" (arXiv 2407.14041).
+"""
+
+from .backends import from_pipeline, load
+from .backends.base import Backend, Conditioning, Defaults
+from .errors import StablenoiseError
+from .generation import generate
+from .noise import noise_from_seed, noises_from_seeds
+from .optimization import OptimizationResult, optimize
+from .selection import SelectionResult, select
+from .stability import cosine, round_trip, stability
+
+__version__ = "0.1.0"
+__all__ = ["Backend", "Conditioning", "Defaults", "OptimizationResult", "SelectionResult",
+           "StablenoiseError", "cosine", "from_pipeline", "generate", "load", "noise_from_seed",
+           "noises_from_seeds", "optimize", "round_trip", "select", "stability"]

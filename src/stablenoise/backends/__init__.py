@@ -1,0 +1,124 @@
+"""Build a backend from a model id, a local folder, or a pipeline the user already has.
+
+Which adapter wraps a pipeline is decided by its class, once, here; the algorithms never ask.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import StablenoiseError
+from .base import Backend, Conditioning, Defaults, DiffusersBackend, uses_cfg
+from .sd import StableDiffusionBackend
+from .sdxl import StableDiffusionXLBackend
+from .shapes import ShapesBackend
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "shapes"
+DEFAULT_MODEL = "shapes"  # the name that means the shipped model
+
+# Turbo models are distilled for 1-4 steps without classifier-free guidance; the others take the
+# guidance their model cards use. Steps are diffusers' pipeline defaults.
+FAMILY_DEFAULTS = {
+    "shapes": Defaults(steps=10, guidance=2.0),
+    "sd": Defaults(steps=50, guidance=7.5),
+    "sd-turbo": Defaults(steps=4, guidance=0.0),
+    "sdxl": Defaults(steps=50, guidance=5.0),
+    "sdxl-turbo": Defaults(steps=4, guidance=0.0),
+}
+
+
+def _registry():
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from ..shapes.pipeline import ShapesPipeline
+
+    # Most specific first.
+    return [(ShapesPipeline, ShapesBackend, "shapes"),
+            (StableDiffusionXLPipeline, StableDiffusionXLBackend, "sdxl"),
+            (StableDiffusionPipeline, StableDiffusionBackend, "sd")]
+
+
+def from_pipeline(pipe, name: str | None = None, height: int | None = None, width: int | None = None,
+                  **scheduler_overrides) -> DiffusersBackend:
+    """Wrap a loaded diffusers pipeline. ``scheduler_overrides`` go to the DDIM (inverse) scheduler config."""
+    name = name or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "")
+    for cls, backend_cls, family in _registry():
+        if isinstance(pipe, cls):
+            if "turbo" in name.lower() and family in ("sd", "sdxl"):
+                family += "-turbo"
+            kwargs = {} if backend_cls is ShapesBackend else {"height": height, "width": width}
+            if backend_cls is ShapesBackend and (height or width):
+                raise StablenoiseError("the shapes model has a fixed 32x32 resolution")
+            return backend_cls(pipe=pipe, name=name or family, defaults=FAMILY_DEFAULTS[family],
+                               scheduler_overrides=scheduler_overrides, **kwargs)
+    supported = ", ".join(c.__name__ for c, _, _ in _registry())
+    raise StablenoiseError(f"unsupported pipeline class {type(pipe).__name__}; supported: {supported}")
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise StablenoiseError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
+    return table[dtype]
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or model.count("/") != 1 or "\\" in model
+
+
+def load(model: str | Path | None = None, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None, height: int | None = None, width: int | None = None,
+         **scheduler_overrides) -> DiffusersBackend:
+    """Load a backend from a hub id (``stabilityai/sdxl-turbo``) or a local pipeline folder.
+
+    ``None`` or ``"shapes"`` is the shapes-world model shipped inside the package (no network).
+    """
+    from diffusers import DiffusionPipeline
+
+    from ..shapes.pipeline import ShapesPipeline
+
+    dtype = parse_dtype(dtype)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals make small UNets ~18x slower on CPU
+    model = str(model) if model is not None else DEFAULT_MODEL
+    path = SHIPPED_MODEL if model == DEFAULT_MODEL else Path(model).expanduser()
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise StablenoiseError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        class_name = json.loads(index.read_text()).get("_class_name")
+        loader = ShapesPipeline if class_name == "ShapesPipeline" else DiffusionPipeline
+        pipe = _load_or_explain(loader, str(path), model, kwargs)
+    elif path.exists() or _looks_like_path(model):
+        raise StablenoiseError(f"model path not found: {model}")
+    else:
+        pipe = _load_or_explain(DiffusionPipeline, model, model, kwargs)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return from_pipeline(pipe, name=model, height=height, width=width, **scheduler_overrides)
+
+
+def _load_or_explain(loader, source: str, model: str, kwargs: dict):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return loader.from_pretrained(source, **kwargs)
+    except StablenoiseError:
+        raise
+    except Exception as e:  # hub errors, offline mode, broken folders: one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StablenoiseError(f"could not load model {model!r}: {msg}") from e
+
+
+__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "StableDiffusionBackend",
+           "StableDiffusionXLBackend", "ShapesBackend", "from_pipeline", "load", "uses_cfg",
+           "SHIPPED_MODEL", "FAMILY_DEFAULTS"]

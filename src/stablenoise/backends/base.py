@@ -1,0 +1,224 @@
+"""The backend protocol the algorithms depend on, and the shared diffusers implementation.
+
+A backend turns prompts into conditioning, runs deterministic DDIM (eta = 0) from noise to a clean
+latent, inverts a clean latent back to noise with DDIM inversion, and decodes latents to images.
+Everything a model family does differently (how prompts are encoded, extra UNet inputs, decoding)
+lives in its adapter; the DDIM loops live here once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from ..errors import StablenoiseError
+
+
+@dataclass
+class Conditioning:
+    """UNet keyword arguments for a batch: the conditional branch, and the unconditional one for CFG."""
+
+    cond: dict[str, Any]
+    uncond: dict[str, Any] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return _first_dim(self.cond)
+
+    def expand(self, n: int) -> "Conditioning":
+        """Repeat a batch-1 conditioning to n samples (one prompt for a whole batch of noises)."""
+        if self.batch_size == n:
+            return self
+        if self.batch_size != 1:
+            raise StablenoiseError(f"cannot expand a conditioning of {self.batch_size} prompts to {n}")
+        return Conditioning(_map(self.cond, lambda t: t.expand(n, *t.shape[1:])),
+                            None if self.uncond is None else _map(self.uncond, lambda t: t.expand(n, *t.shape[1:])))
+
+
+def _map(tree, fn):
+    if isinstance(tree, dict):
+        return {k: _map(v, fn) for k, v in tree.items()}
+    return fn(tree) if isinstance(tree, torch.Tensor) else tree
+
+
+def _cat(a, b):
+    if isinstance(a, dict):
+        return {k: _cat(a[k], b[k]) for k in a}
+    return torch.cat([a, b]) if isinstance(a, torch.Tensor) else a
+
+
+def _first_dim(tree) -> int:
+    for v in tree.values():
+        n = _first_dim(v) if isinstance(v, dict) else (v.shape[0] if isinstance(v, torch.Tensor) else None)
+        if n is not None:
+            return n
+    raise StablenoiseError("conditioning holds no tensor")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a model family expects when the user does not say."""
+
+    steps: int
+    guidance: float
+    inversion_guidance: float = 1.0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What ``stability``, ``select`` and ``optimize`` need from a model."""
+
+    name: str
+    latent_shape: tuple[int, ...]  # one sample, without the batch dimension
+    device: torch.device
+    dtype: torch.dtype
+    defaults: Defaults
+
+    def encode(self, prompts: Sequence[str], guidance: float) -> Conditioning: ...
+
+    def denoise(self, noise: torch.Tensor, cond: Conditioning, steps: int, guidance: float,
+                checkpoint: bool = False) -> torch.Tensor: ...
+
+    def invert(self, latents: torch.Tensor, cond: Conditioning, steps: int, guidance: float,
+               checkpoint: bool = False) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> list: ...
+
+    def _warn_if_trivial(self, steps: int) -> None:
+        # "leading" spacing with very few steps starts at t ~ 1: nothing is denoised, F is the identity
+        # and stability is ~1.0 for every noise. That is a configuration error, not a stable noise.
+        self.ddim.set_timesteps(steps)
+        first, total = int(self.ddim.timesteps[0]), self.ddim.config.num_train_timesteps
+        if first < total // 2:
+            warnings.warn(f"DDIM with {steps} step(s) and timestep_spacing={self.ddim.config.timestep_spacing!r} "
+                          f"starts at t={first} of {total}: almost nothing is denoised and stability will be "
+                          "trivially near 1. Use more steps or timestep_spacing='trailing'.", stacklevel=3)
+
+    def generate(self, prompts: Sequence[str], noise: torch.Tensor, steps: int, guidance: float) -> list: ...
+
+    def describe(self) -> dict: ...
+
+
+def uses_cfg(guidance: float) -> bool:
+    """diffusers' convention: classifier-free guidance only above 1; otherwise the conditional branch alone."""
+    return guidance > 1.0
+
+
+@dataclass
+class DiffusersBackend:
+    """DDIM round trip over a diffusers pipeline's UNet; adapters add encoding and decoding."""
+
+    pipe: Any
+    name: str
+    defaults: Defaults
+    latent_shape: tuple[int, ...] = ()
+    scheduler_overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for module in self._modules():
+            module.requires_grad_(False)  # gradients flow to the noise only
+            module.eval()
+        config = self.pipe.scheduler.config
+        self.ddim = DDIMScheduler.from_config(config, **self.scheduler_overrides)
+        self.ddim_inverse = DDIMInverseScheduler.from_config(config, **self.scheduler_overrides)
+        if not self.latent_shape:
+            self.latent_shape = self._default_latent_shape()
+
+    # --- what adapters provide -------------------------------------------------------------
+    def _modules(self) -> list[torch.nn.Module]:
+        return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+    def _default_latent_shape(self) -> tuple[int, ...]:
+        c = self.pipe.unet.config
+        return (c.in_channels, c.sample_size, c.sample_size)
+
+    def _pipeline_kwargs(self) -> dict:
+        return {}
+
+    def encode(self, prompts: Sequence[str], guidance: float) -> Conditioning:  # pragma: no cover
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> list:  # pragma: no cover
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    def timesteps(self, steps: int, inverse: bool = False) -> torch.Tensor:
+        sched = self.ddim_inverse if inverse else self.ddim
+        sched.set_timesteps(steps, device=self.device)
+        return sched.timesteps
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """Precision of the DDIM arithmetic and the noise: float64 for float64 models, else float32."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    def eps(self, x: torch.Tensor, t, cond: Conditioning, guidance: float) -> torch.Tensor:
+        """Predicted noise, with classifier-free guidance when guidance > 1."""
+        unet = self.pipe.unet
+        x = x.to(self.dtype)
+        if uses_cfg(guidance):
+            if cond.uncond is None:
+                raise StablenoiseError("guidance > 1 needs a conditioning encoded with guidance > 1")
+            out = unet(torch.cat([x, x]), t, **_cat(cond.uncond, cond.cond)).sample
+            u, c = out.chunk(2)
+            return (u + guidance * (c - u)).to(self.work_dtype)
+        return unet(x, t, **cond.cond).sample.to(self.work_dtype)
+
+    def _run(self, sched, x, cond, steps, guidance, checkpoint):
+        sched.set_timesteps(steps, device=self.device)
+        x = x.to(self.device, self.work_dtype)
+        for t in sched.timesteps:
+            if checkpoint and torch.is_grad_enabled():
+                # Recompute activations in backward: memory holds one UNet call, not 2*T of them.
+                eps = _checkpoint(self.eps, x, t, cond, guidance, use_reentrant=False)
+            else:
+                eps = self.eps(x, t, cond, guidance)
+            x = sched.step(eps, t, x).prev_sample
+        return x
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        self._warn_if_trivial(steps)
+        return self._run(self.ddim, noise, cond, steps, guidance, checkpoint)
+
+    def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        return self._run(self.ddim_inverse, latents, cond, steps, guidance, checkpoint)
+
+    def _warn_if_trivial(self, steps: int) -> None:
+        # "leading" spacing with very few steps starts at t ~ 1: nothing is denoised, F is the identity
+        # and stability is ~1.0 for every noise. That is a configuration error, not a stable noise.
+        self.ddim.set_timesteps(steps)
+        first, total = int(self.ddim.timesteps[0]), self.ddim.config.num_train_timesteps
+        if first < total // 2:
+            warnings.warn(f"DDIM with {steps} step(s) and timestep_spacing={self.ddim.config.timestep_spacing!r} "
+                          f"starts at t={first} of {total}: almost nothing is denoised and stability will be "
+                          "trivially near 1. Use more steps or timestep_spacing='trailing'.", stacklevel=3)
+
+    def generate(self, prompts, noise, steps, guidance):
+        """Images from the pipeline's own sampler and scheduler, started from the given noise."""
+        out = self.pipe(prompt=list(prompts), latents=noise.to(self.device, self.dtype),
+                        num_inference_steps=steps, guidance_scale=guidance, output_type="pil",
+                        **self._pipeline_kwargs())
+        return out.images
+
+    def describe(self) -> dict:
+        return {"backend": type(self).__name__, "name": self.name,
+                "pipeline": type(self.pipe).__name__, "latent_shape": list(self.latent_shape),
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "ddim": dict(self.ddim.config), "defaults": self.defaults.__dict__}
+
+    def with_scheduler(self, **overrides) -> "DiffusersBackend":
+        """A copy whose DDIM schedulers take these config overrides (e.g. timestep_spacing)."""
+        return replace(self, scheduler_overrides={**self.scheduler_overrides, **overrides})

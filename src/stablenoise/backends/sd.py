@@ -1,0 +1,33 @@
+"""Stable Diffusion 1.x / 2.x and SD-turbo (``StableDiffusionPipeline``): CLIP text embeddings, VAE latents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Conditioning, DiffusersBackend, uses_cfg
+
+
+@dataclass
+class StableDiffusionBackend(DiffusersBackend):
+    height: int | None = None
+    width: int | None = None
+
+    def _default_latent_shape(self):
+        scale = self.pipe.vae_scale_factor
+        self.height = self.height or self.pipe.unet.config.sample_size * scale
+        self.width = self.width or self.pipe.unet.config.sample_size * scale
+        return (self.pipe.unet.config.in_channels, self.height // scale, self.width // scale)
+
+    def _pipeline_kwargs(self):
+        return {"height": self.height, "width": self.width}
+
+    def encode(self, prompts, guidance):
+        cfg = uses_cfg(guidance)
+        cond, uncond = self.pipe.encode_prompt(list(prompts), self.device, 1, cfg)
+        return Conditioning({"encoder_hidden_states": cond},
+                            {"encoder_hidden_states": uncond} if cfg else None)
+
+    def decode(self, latents):
+        vae = self.pipe.vae
+        image = vae.decode(latents.to(self.device, vae.dtype) / vae.config.scaling_factor).sample
+        return self.pipe.image_processor.postprocess(image.float(), output_type="pil")

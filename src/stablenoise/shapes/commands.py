@@ -1,0 +1,161 @@
+"""CLI commands of the shapes world: ``demo`` (the quick start), ``experiment shapes``, ``train-shapes``."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import click
+
+from ..cli_common import guarded
+from ..errors import StablenoiseError
+
+DEMO_PROMPTS = ("a red circle left of a blue square", "three yellow triangles",
+                "a green square and a white circle", "a blue triangle")
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stablenoise-demo"),
+              show_default=True)
+@click.option("-k", type=click.IntRange(min=1), default=16, show_default=True, help="Seeds scored per prompt.")
+@click.option("--iterations", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Optimization iterations (the paper uses 100).")
+@click.option("--prompt", "prompt_list", multiple=True, help="Shapes-world captions (default: four examples).")
+@click.option("--device", default=None)
+@guarded
+def demo(out, k, iterations, prompt_list, device):
+    """Generate, score, select and optimize on the shipped shapes-world model; write an HTML summary."""
+    import torch
+
+    from .. import generate, load, noises_from_seeds, optimize, select
+    from ..outputs import RunFolder, side_by_side
+    from .verifier import parse, verify
+
+    prompts = list(prompt_list or DEMO_PROMPTS)
+    for p in prompts:
+        parse(p)  # only captions the verifier can check
+    backend = load("shapes", device=device)
+    d = backend.defaults
+    run = RunFolder(out, "demo", {"prompts": prompts, "k": k, "iterations": iterations, "steps": d.steps,
+                                  "guidance": d.guidance, "inversion_guidance": d.inversion_guidance},
+                    backend.describe())
+    click.echo(f"optimizing seed 0 for {len(prompts)} prompts ({iterations} iterations, batched)")
+    opt = optimize(backend, prompts, noises_from_seeds([0] * len(prompts), backend.latent_shape),
+                   iterations=iterations, checkpoint=False)
+    for i, prompt in enumerate(prompts):
+        sel = select(backend, prompt, k=k, batch_size=k, progress=False)
+        noise = torch.cat([noises_from_seeds([0], backend.latent_shape), sel.best_noise, sel.worst_noise,
+                           opt.noise[i:i + 1]])
+        images = generate(backend, prompt, noise)
+        verdicts = [verify(im, prompt) for im in images]
+        seed0 = sel.scores[sel.seeds.index(0)]
+        names = ["seed0", "most_stable", "least_stable", "optimized"]
+        labels = [f"seed 0: {seed0:.3f}", f"best {sel.best_seed}: {max(sel.scores):.3f}",
+                  f"worst {sel.worst_seed}: {min(sel.scores):.3f}", f"optimized: {opt.best_stability[i]:.3f}"]
+        record = {"scores": sel.scores, "best_seed": sel.best_seed, "worst_seed": sel.worst_seed,
+                  "optimized_stability": opt.best_stability[i], "optimization_history": [h[i] for h in opt.history],
+                  "verifier": {n: {"passed": v.passed, "reason": v.reason} for n, v in zip(names, verdicts)},
+                  "labels": dict(zip(names, labels))}
+        run.add(i, prompt, record, {**dict(zip(names, images)), "summary": side_by_side(images, labels)},
+                {"best": sel.best_noise, "optimized": opt.noise[i:i + 1]})
+        click.echo(f"{prompt!r}: " + ", ".join(f"{lab} {'pass' if v.passed else 'fail'}"
+                                               for lab, v in zip(labels, verdicts)))
+    write_demo_summary(run)
+    run.finish()
+    click.echo(f"wrote {run.root / 'index.html'}")
+
+
+def write_demo_summary(run) -> None:
+    rows_md, rows_html = [], []
+    for item in run.record["items"]:
+        folder = item["folder"]
+        cells = [f"{item['labels'][n]} — {'pass' if item['verifier'][n]['passed'] else 'fail'}"
+                 for n in item["labels"]]
+        rows_md.append(f"## {item['prompt']}\n\n![]({folder}/summary.png)\n\n" + "; ".join(cells) + "\n")
+        rows_html.append(f"<h2>{html.escape(item['prompt'])}</h2><img src='{folder}/summary.png' "
+                         f"style='image-rendering:pixelated;width:512px'><p>{html.escape('; '.join(cells))}</p>")
+    intro = ("Each row: seed 0, the most and least stable of K seeds, and seed 0 after noise optimization; "
+             "labels give inversion stability and the exact verifier's verdict.")
+    (run.root / "index.md").write_text("# stablenoise demo\n\n" + intro + "\n\n" + "\n".join(rows_md))
+    (run.root / "index.html").write_text("<!doctype html><meta charset='utf-8'><title>stablenoise demo</title>"
+                                         f"<h1>stablenoise demo</h1><p>{intro}</p>" + "".join(rows_html))
+
+
+@click.command()
+@click.argument("world", type=click.Choice(["shapes"]))
+@click.option("--n-prompts", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--prompt-seed", type=int, default=0, show_default=True, help="Seed of the held-out prompt draw.")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="Captions to use instead of a draw (one a line).")
+@click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
+@click.option("-k", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None)
+@click.option("--guidance", type=click.FloatRange(min=0), default=None)
+@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
+@click.option("--optimize-prompts", type=click.IntRange(min=0), default=None,
+              help="Optimize only this many prompts (tag-balanced); default all.")
+@click.option("--iterations", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True)
+@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True)
+@click.option("--model", default="shapes", show_default=True)
+@click.option("--device", default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stablenoise-experiment"),
+              show_default=True)
+@guarded
+def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, guidance, inversion_guidance,
+               optimize_prompts, iterations, lr, momentum, batch_size, bootstrap, model, device, out):
+    """The paper's experiment on a world with an exact verifier: random vs most/least stable vs oracle
+    vs optimized, per tag, with bootstrap CIs; writes results.md, results.json and plots."""
+    import time
+
+    from ..backends import load
+    from ..outputs import read_prompts
+    from ..records import now, versions, write_json_atomic
+    from ..stability import resolve
+    from . import experiment as exp
+    from . import world as shapes_world
+    from .verifier import parse
+
+    if prompts_file:
+        captions = read_prompts(prompts_file)
+        tags = [parse(c).tag for c in captions]
+    else:
+        pairs = shapes_world.prompts(n_prompts, seed=prompt_seed, split=split)
+        captions, tags = [c for c, _ in pairs], [t for _, t in pairs]
+    backend = load(model, device=device)
+    steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
+    cfg = exp.ExperimentConfig(k=k, steps=steps, guidance=guidance, inversion_guidance=inversion_guidance,
+                               batch_size=batch_size, optimize_prompts=optimize_prompts, iterations=iterations,
+                               lr=lr, momentum=momentum, bootstrap=bootstrap)
+    t0 = time.time()
+    data = exp.run(backend, captions, tags, cfg, log=click.echo)
+    summary = exp.summarize(data, bootstrap=bootstrap)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = exp.plots(data, summary, out)
+    header = (f"# Shapes-world experiment\n\n{len(captions)} {'given' if prompts_file else split} prompts, "
+              f"K = {k} seeds, {steps} DDIM steps, guidance {guidance}, inversion guidance {inversion_guidance}; "
+              f"optimization: {iterations} iterations, lr {lr}, momentum {momentum} on "
+              f"{len(data.optimized_index)} prompts. Run time {time.time() - t0:.0f} s.")
+    (out / "results.md").write_text(exp.markdown(summary, header) + "\n" + "\n".join(f"![]({p})" for p in plots) + "\n")
+    write_json_atomic(out / "results.json", {
+        "created": now(), "versions": versions(), "model": backend.describe(),
+        "config": cfg.__dict__, "prompt_seed": None if prompts_file else prompt_seed, "split": split,
+        "seconds": time.time() - t0, "summary": summary, "data": exp.data_dict(data)})
+    click.echo((out / "results.md").read_text())
+
+
+@click.command("train-shapes")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/shapes"),
+              show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=6000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@guarded
+def train_shapes(out, steps, batch_size, seed):
+    """Train the shapes-world model from scratch (resumes from OUT/checkpoint if present)."""
+    from .train import TrainConfig, train
+
+    final = train(out, TrainConfig(steps=steps, batch_size=batch_size, seed=seed))
+    click.echo(f"wrote {final}; copy it to src/stablenoise/weights/shapes to ship it")

@@ -1,0 +1,98 @@
+import warnings
+
+import pytest
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+import stablenoise as sn
+from stablenoise.errors import StablenoiseError
+
+
+def independent_stability(pipe, prompt, noise, steps, guidance):
+    """F(eps) written directly against diffusers' schedulers, sharing no code with stablenoise."""
+    cond, uncond = pipe.encode_prompt([prompt] * noise.shape[0], "cpu", 1, True)
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        x = noise.clone()
+        ddim.set_timesteps(steps)
+        for t in ddim.timesteps:
+            out = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            u, c = out.chunk(2)
+            x = ddim.step(u + guidance * (c - u), t, x).prev_sample
+        inverse.set_timesteps(steps)
+        for t in inverse.timesteps:
+            x = inverse.step(pipe.unet(x, t, encoder_hidden_states=cond).sample, t, x).prev_sample
+    return torch.nn.functional.cosine_similarity(noise.flatten(1), x.flatten(1))
+
+
+def test_matches_independent_diffusers_loop(sd, sd_pipe):
+    noise = sn.noises_from_seeds([3, 4], sd.latent_shape)
+    ours = sn.stability(sd, "a red cube", noise, steps=5, guidance=7.5, inversion_guidance=1.0)
+    ref = independent_stability(sd_pipe, "a red cube", noise, steps=5, guidance=7.5)
+    assert torch.allclose(ours, ref, atol=1e-4), (ours, ref)
+    assert (ours < 0.9999).all()  # a real round trip, not the trivial identity
+
+
+@pytest.mark.parametrize("fixture", ["sd", "sdxl"])
+def test_batched_equals_per_sample(request, fixture):
+    backend = request.getfixturevalue(fixture)
+    noise = sn.noises_from_seeds(range(4), backend.latent_shape)
+    batched = sn.stability(backend, "a blue sphere", noise, steps=3)
+    single = torch.cat([sn.stability(backend, "a blue sphere", noise[i:i + 1], steps=3) for i in range(4)])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert batched.std() > 0  # different noises, different scores
+
+
+def test_same_seed_same_score(sd):
+    a = sn.stability(sd, "a cat", sn.noise_from_seed(7, sd.latent_shape), steps=3)
+    b = sn.stability(sd, "a cat", sn.noise_from_seed(7, sd.latent_shape), steps=3)
+    assert torch.equal(a, b)
+    assert torch.equal(sn.noise_from_seed(7, (2, 3)), sn.noise_from_seed(7, (2, 3)))
+
+
+def test_per_sample_prompts(sd):
+    noise = sn.noises_from_seeds([1, 1], sd.latent_shape)
+    mixed = sn.stability(sd, ["a cat", "a dog"], noise, steps=3)
+    assert torch.allclose(mixed[0], sn.stability(sd, "a cat", noise[:1], steps=3)[0], atol=1e-5)
+    assert torch.allclose(mixed[1], sn.stability(sd, "a dog", noise[:1], steps=3)[0], atol=1e-5)
+    assert mixed[0] != mixed[1]
+
+
+def test_inversion_guidance_changes_the_score(sd):
+    noise = sn.noises_from_seeds([0], sd.latent_shape)
+    plain = sn.stability(sd, "a cat", noise, steps=3, inversion_guidance=1.0)
+    guided = sn.stability(sd, "a cat", noise, steps=3, inversion_guidance=3.0)
+    assert abs(float(plain - guided)) > 1e-4
+
+
+def test_leading_single_step_is_trivial_and_warned(sd):
+    """The pitfall: leading spacing with 1 step starts at t=1, so nothing is denoised and s ~ 1."""
+    noise = sn.noises_from_seeds([0, 1], sd.latent_shape)
+    with pytest.warns(UserWarning, match="trivially"):
+        s = sn.stability(sd, "a cat", noise, steps=1)
+    assert (s > 0.9999).all()
+    trailing = sd.with_scheduler(timestep_spacing="trailing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s2 = sn.stability(trailing, "a cat", noise, steps=1)
+    assert (s2 < 0.999).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.zeros(1, 3, 16, 16), "shape"),
+    (torch.full((1, 4, 16, 16), float("nan")), "NaN"),
+])
+def test_bad_noise(sd, bad, match):
+    with pytest.raises(StablenoiseError, match=match):
+        sn.stability(sd, "a cat", bad, steps=2)
+
+
+def test_bad_settings(sd):
+    noise = sn.noises_from_seeds([0], sd.latent_shape)
+    with pytest.raises(StablenoiseError, match="steps"):
+        sn.stability(sd, "a cat", noise, steps=0)
+    with pytest.raises(StablenoiseError, match="prompt"):
+        sn.stability(sd, [], noise, steps=2)
+    with pytest.raises(StablenoiseError, match="2 prompts for 1"):
+        sn.stability(sd, ["a", "b"], noise, steps=2)
