@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+import stablenoise as sn
+from stablenoise.backends import FAMILY_DEFAULTS
+from stablenoise.errors import StablenoiseError
+from tiny import tiny_sd
+
+
+def test_load_local_folder(sd_folder, sd):
+    b = sn.load(str(sd_folder), device="cpu")
+    assert type(b).__name__ == "StableDiffusionBackend"
+    assert b.latent_shape == (4, 16, 16) and b.defaults == FAMILY_DEFAULTS["sd"]
+    noise = sn.noises_from_seeds([0], b.latent_shape)
+    assert torch.allclose(sn.stability(b, "a cat", noise, steps=2), sn.stability(sd, "a cat", noise, steps=2), atol=1e-5)
+
+
+def test_turbo_name_gets_turbo_defaults():
+    b = sn.from_pipeline(tiny_sd(), name="stabilityai/sd-turbo")
+    assert b.defaults.guidance == 0.0 and b.defaults.steps == 4
+    # No CFG: the conditioning has no unconditional branch, and the round trip still runs.
+    assert b.encode(["a cat"], b.defaults.guidance).uncond is None
+    s = sn.stability(b, "a cat", sn.noises_from_seeds([0], b.latent_shape), steps=2)
+    assert 0 < float(s) < 1
+
+
+def test_sdxl_conditioning(sdxl):
+    cond = sdxl.encode(["a cat", "a dog"], 5.0)
+    assert cond.cond["encoder_hidden_states"].shape == (2, 16, 64)
+    assert cond.cond["added_cond_kwargs"]["text_embeds"].shape == (2, 32)
+    assert cond.cond["added_cond_kwargs"]["time_ids"].tolist()[0] == [32, 32, 0, 0, 32, 32]  # 16 latents x VAE factor 2
+    assert cond.uncond is not None
+
+
+@pytest.mark.parametrize("fixture", ["sd", "sdxl"])
+def test_pipeline_sampler_matches_ddim_denoise(request, fixture, sd_pipe):
+    """With a DDIM pipeline scheduler, the pipeline's own sampler and the round trip's denoise agree."""
+    backend = request.getfixturevalue(fixture)
+    if fixture == "sdxl":
+        from diffusers import DDIMScheduler
+        backend.pipe.scheduler = DDIMScheduler.from_config(backend.pipe.scheduler.config)
+        backend = backend.with_scheduler()
+    noise = sn.noises_from_seeds([0], backend.latent_shape)
+    a = np.asarray(sn.generate(backend, "a cat", noise, steps=3, guidance=3.0, sampler="pipeline")[0], dtype=float)
+    b = np.asarray(sn.generate(backend, "a cat", noise, steps=3, guidance=3.0, sampler="ddim")[0], dtype=float)
+    assert a.shape == (32, 32, 3)
+    assert np.abs(a - b).max() <= 2  # 8-bit rounding
+
+
+def test_missing_path_and_unknown_id():
+    with pytest.raises(StablenoiseError, match="not found"):
+        sn.load("./no/such/folder")
+    with pytest.raises(StablenoiseError, match="could not load model 'nobody/no-such-model'"):
+        sn.load("nobody/no-such-model")
+
+
+def test_folder_without_pipeline(tmp_path):
+    with pytest.raises(StablenoiseError, match="model_index.json"):
+        sn.load(str(tmp_path))
+
+
+def test_unsupported_pipeline(tmp_path):
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    with pytest.raises(StablenoiseError, match="unsupported pipeline class DDPMPipeline"):
+        sn.from_pipeline(pipe)
+    pipe.save_pretrained(tmp_path)
+    with pytest.raises(StablenoiseError, match="unsupported pipeline class"):
+        sn.load(str(tmp_path))
+
+
+def test_describe_is_json(sd):
+    d = json.loads(json.dumps(sd.describe()))
+    assert d["pipeline"] == "StableDiffusionPipeline" and d["ddim"]["timestep_spacing"] == "leading"
