@@ -25,7 +25,7 @@ def model_options(fn):
                      help="Denoising CFG scale (<= 1: no CFG; default: the model family's)."),
         click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,
                      help="CFG scale of the inversion (default 1: conditional branch only)."),
-        click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None,
+        click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None,
                      help="Override the DDIM timestep spacing (default: the pipeline scheduler's)."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output folder (default: stablenoise-out/COMMAND)."),
@@ -108,12 +108,19 @@ def main():
     (Qi et al., arXiv 2407.14041). Without --model every command uses the shipped shapes-world model."""
 
 
+def seed_options(default_num: int):
+    def decorate(fn):
+        fn = click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
+                          help="Use a saved noise (safetensors from select/optimize) instead of seeds.")(fn)
+        fn = click.option("-n", "--num", type=click.IntRange(min=1), default=default_num, show_default=True,
+                          help="Seeds per prompt.")(fn)
+        return click.option("--seed", type=int, default=0, show_default=True, help="First seed.")(fn)
+    return decorate
+
+
 @main.command()
 @model_options
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
-@click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds per prompt.")
-@click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
-              help="Start from a saved noise (safetensors from select/optimize) instead of seeds.")
+@seed_options(default_num=1)
 @click.option("--sampler", type=click.Choice(["pipeline", "ddim"]), default="pipeline", show_default=True,
               help="The pipeline's own sampler, or the DDIM that the stability score uses.")
 @_guarded
@@ -134,10 +141,7 @@ def generate(seed, num, noise_file, sampler, **kw):
 
 @main.command()
 @model_options
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
-@click.option("-n", "--num", type=click.IntRange(min=1), default=8, show_default=True, help="Seeds per prompt.")
-@click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
-              help="Score a saved noise (safetensors) instead of seeds.")
+@seed_options(default_num=8)
 @_guarded
 def score(seed, num, noise_file, **kw):
     """Inversion stability of seeded (or saved) noises."""

@@ -89,16 +89,6 @@ class Backend(Protocol):
 
     def decode(self, latents: torch.Tensor) -> list: ...
 
-    def _warn_if_trivial(self, steps: int) -> None:
-        # "leading" spacing with very few steps starts at t ~ 1: nothing is denoised, F is the identity
-        # and stability is ~1.0 for every noise. That is a configuration error, not a stable noise.
-        self.ddim.set_timesteps(steps)
-        first, total = int(self.ddim.timesteps[0]), self.ddim.config.num_train_timesteps
-        if first < total // 2:
-            warnings.warn(f"DDIM with {steps} step(s) and timestep_spacing={self.ddim.config.timestep_spacing!r} "
-                          f"starts at t={first} of {total}: almost nothing is denoised and stability will be "
-                          "trivially near 1. Use more steps or timestep_spacing='trailing'.", stacklevel=3)
-
     def generate(self, prompts: Sequence[str], noise: torch.Tensor, steps: int, guidance: float) -> list: ...
 
     def describe(self) -> dict: ...

@@ -149,3 +149,34 @@ def verify(image, caption: str) -> Verdict:
     detections = detect(image)
     passed, reason = check(parse(caption), detections)
     return Verdict(passed, reason, detections)
+
+
+def agreement(n_per_tag: int = 2000, seed: int = 0, split: str = "heldout") -> dict[str, dict]:
+    """Verifier vs ground truth on freshly rendered images, per tag: the caption passes, and the detected
+    (shape, colour) multiset equals the rendered one."""
+    import numpy as np
+
+    from . import world
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for tag in world.TAGS:
+        caption_ok = objects_ok = 0
+        for _ in range(n_per_tag):
+            s = world.sample(rng, split, tag=tag)
+            v = verify(s.image, s.caption)
+            caption_ok += v.passed
+            objects_ok += sorted((d.shape, d.color) for d in v.detections) == sorted(
+                (o.shape, o.color) for o in s.objects)
+        out[tag] = {"n": n_per_tag, "caption_pass": caption_ok / n_per_tag, "objects_exact": objects_ok / n_per_tag}
+    return out
+
+
+if __name__ == "__main__":  # python -m stablenoise.shapes.verifier [N_PER_TAG]
+    import sys
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    print("| tag | images | caption passes | objects detected exactly |\n|---|---|---|---|")
+    for split in ("train", "heldout"):
+        for tag, r in agreement(n, seed=1 if split == "train" else 2, split=split).items():
+            print(f"| {tag} ({split}) | {r['n']} | {100 * r['caption_pass']:.2f}% | {100 * r['objects_exact']:.2f}% |")

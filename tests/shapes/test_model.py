@@ -1,0 +1,49 @@
+"""The shipped shapes-world model: loads offline from the installed package and actually draws the world."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import stablenoise as sn
+from stablenoise.backends import SHIPPED_MODEL
+from stablenoise.shapes import world
+from stablenoise.shapes.verifier import detect, verify
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return sn.load()  # no --model: the shipped model
+
+
+def test_shipped_weights_are_small_safetensors():
+    files = [os.path.join(d, f) for d, _, fs in os.walk(SHIPPED_MODEL) for f in fs]
+    weights = [f for f in files if f.endswith((".safetensors", ".bin", ".pt", ".ckpt"))]
+    assert weights and all(f.endswith(".safetensors") for f in weights)
+    assert sum(os.path.getsize(f) for f in weights) <= 25 * 2**20
+    assert json.loads((SHIPPED_MODEL / "model_index.json").read_text())["_class_name"] == "ShapesPipeline"
+
+
+def test_loads_offline_and_generates(shapes):
+    assert type(shapes).__name__ == "ShapesBackend" and shapes.latent_shape == (3, 32, 32)
+    prompts = ["a red circle", "a blue square", "a yellow triangle", "two green squares"]
+    images = sn.generate(shapes, prompts, sn.noises_from_seeds(range(4), shapes.latent_shape))
+    assert [im.size for im in images] == [(32, 32)] * 4
+    # Not noise and not blank: every image holds at least one object the verifier can see.
+    assert all(len(detect(im)) >= 1 for im in images)
+
+
+def test_draws_training_captions(shapes):
+    """Seeded, so deterministic: accuracy on 24 training-split captions, seed 0 each."""
+    pairs = world.prompts(24, seed=11, split="train")
+    images = sn.generate(shapes, [c for c, _ in pairs], sn.noises_from_seeds([0] * 24, shapes.latent_shape))
+    accuracy = np.mean([verify(im, c).passed for im, (c, _) in zip(images, pairs)])
+    assert accuracy >= 0.5, accuracy
+
+
+def test_stability_is_a_real_round_trip(shapes):
+    s = sn.stability(shapes, "a red circle", sn.noises_from_seeds(range(4), shapes.latent_shape))
+    assert ((s > 0.3) & (s < 0.9999)).all(), s
+    assert s.std() > 1e-4
