@@ -96,3 +96,19 @@ def test_bad_settings(sd):
         sn.stability(sd, [], noise, steps=2)
     with pytest.raises(StablenoiseError, match="2 prompts for 1"):
         sn.stability(sd, ["a", "b"], noise, steps=2)
+
+
+def test_degenerate_first_step_is_warned():
+    """Cosine betas end at alpha_bar ~ 2e-9: a DDIM step at t=999 ("trailing") must be flagged."""
+    from stablenoise.shapes import world
+    from stablenoise.shapes.pipeline import ShapesPipeline
+
+    backend = sn.from_pipeline(ShapesPipeline.from_scratch(world.vocabulary()), timestep_spacing="trailing")
+    noise = sn.noises_from_seeds([0], backend.latent_shape)
+    with pytest.warns(UserWarning, match="alpha_bar"):
+        sn.stability(backend, "a red circle", noise, steps=2)
+    leading = sn.from_pipeline(backend.pipe)  # the shipped config: leading spacing, offset 1
+    assert int(leading.timesteps(10)[0]) == 901
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sn.stability(leading, "a red circle", noise, steps=10)

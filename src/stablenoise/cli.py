@@ -25,6 +25,7 @@ def model_options(fn):
                      help="Denoising CFG scale (<= 1: no CFG; default: the model family's)."),
         click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,
                      help="CFG scale of the inversion (default 1: conditional branch only)."),
+        click.option("--variant", default=None, help="Weight variant to load, as in diffusers (e.g. fp16)."),
         click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None,
                      help="Override the DDIM timestep spacing (default: the pipeline scheduler's)."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -41,21 +42,18 @@ def model_options(fn):
 class Session:
     """What every subcommand resolves first: the backend, the prompts, the round-trip settings."""
 
-    def __init__(self, command: str, model, device, dtype, steps, guidance, inversion_guidance,
-                 timestep_spacing, out, prompt_list, prompts_file, default_prompts=None):
+    def __init__(self, command: str, model, device, dtype, steps, guidance, inversion_guidance, variant,
+                 timestep_spacing, out, prompt_list, prompts_file):
         from .backends import load
         from .outputs import read_prompts
         from .stability import resolve
 
         prompts = list(prompt_list) + (read_prompts(prompts_file) if prompts_file else [])
-        if not prompts and default_prompts:
-            prompts = list(default_prompts)
         if not prompts:
             raise StablenoiseError("no prompt given: use --prompt TEXT or --prompts FILE")
         if any(not p.strip() for p in prompts):
             raise StablenoiseError("empty prompt")
-        overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
-        self.backend = load(model, device=device, dtype=dtype, **overrides)
+        self.backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing)
         self.steps, self.guidance, self.inversion_guidance = resolve(self.backend, steps, guidance,
                                                                      inversion_guidance)
         self.prompts = prompts

@@ -43,8 +43,12 @@ def _registry():
 
 
 def from_pipeline(pipe, name: str | None = None, height: int | None = None, width: int | None = None,
-                  **scheduler_overrides) -> DiffusersBackend:
-    """Wrap a loaded diffusers pipeline. ``scheduler_overrides`` go to the DDIM (inverse) scheduler config."""
+                  timestep_spacing: str | None = None) -> DiffusersBackend:
+    """Wrap a loaded diffusers pipeline. The DDIM (inverse) schedulers take the pipeline scheduler's
+    config; ``timestep_spacing`` overrides its spacing ("leading" or "trailing")."""
+    scheduler_overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
+    if timestep_spacing not in (None, "leading", "trailing"):
+        raise StablenoiseError(f"timestep_spacing must be 'leading' or 'trailing', got {timestep_spacing!r}")
     name = name or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "")
     for cls, backend_cls, family in _registry():
         if isinstance(pipe, cls):
@@ -74,11 +78,13 @@ def _looks_like_path(model: str) -> bool:
 
 
 def load(model: str | Path | None = None, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, height: int | None = None, width: int | None = None,
-         **scheduler_overrides) -> DiffusersBackend:
+         dtype: str | torch.dtype | None = None, *, height: int | None = None, width: int | None = None,
+         variant: str | None = None, timestep_spacing: str | None = None) -> DiffusersBackend:
     """Load a backend from a hub id (``stabilityai/sdxl-turbo``) or a local pipeline folder.
 
     ``None`` or ``"shapes"`` is the shapes-world model shipped inside the package (no network).
+    ``variant`` picks weight files as in diffusers (``"fp16"``); ``height``/``width`` set the image size
+    of SD/SDXL (default: the UNet's native size).
     """
     from diffusers import DiffusionPipeline
 
@@ -90,7 +96,7 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
         torch.set_flush_denormal(True)  # denormals make small UNets ~18x slower on CPU
     model = str(model) if model is not None else DEFAULT_MODEL
     path = SHIPPED_MODEL if model == DEFAULT_MODEL else Path(model).expanduser()
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = {k: v for k, v in (("torch_dtype", dtype), ("variant", variant)) if v is not None}
     if path.is_dir():
         index = path / "model_index.json"
         if not index.is_file():
@@ -104,7 +110,7 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
         pipe = _load_or_explain(DiffusionPipeline, model, model, kwargs)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    return from_pipeline(pipe, name=model, height=height, width=width, **scheduler_overrides)
+    return from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing)
 
 
 def _load_or_explain(loader, source: str, model: str, kwargs: dict):

@@ -180,21 +180,29 @@ class DiffusersBackend:
         return x
 
     def denoise(self, noise, cond, steps, guidance, checkpoint=False):
-        self._warn_if_trivial(steps)
+        self._check_schedule(steps)
         return self._run(self.ddim, noise, cond, steps, guidance, checkpoint)
 
     def invert(self, latents, cond, steps, guidance, checkpoint=False):
         return self._run(self.ddim_inverse, latents, cond, steps, guidance, checkpoint)
 
-    def _warn_if_trivial(self, steps: int) -> None:
-        # "leading" spacing with very few steps starts at t ~ 1: nothing is denoised, F is the identity
-        # and stability is ~1.0 for every noise. That is a configuration error, not a stable noise.
+    def _check_schedule(self, steps: int) -> None:
+        """Warn about the two DDIM schedules that make stability meaningless."""
         self.ddim.set_timesteps(steps)
         first, total = int(self.ddim.timesteps[0]), self.ddim.config.num_train_timesteps
+        spacing = self.ddim.config.timestep_spacing
+        # "leading" spacing with very few steps starts at t ~ 1: nothing is denoised, F is the identity
+        # and stability is ~1.0 for every noise. That is a configuration error, not a stable noise.
         if first < total // 2:
-            warnings.warn(f"DDIM with {steps} step(s) and timestep_spacing={self.ddim.config.timestep_spacing!r} "
-                          f"starts at t={first} of {total}: almost nothing is denoised and stability will be "
-                          "trivially near 1. Use more steps or timestep_spacing='trailing'.", stacklevel=3)
+            warnings.warn(f"DDIM with {steps} step(s) and timestep_spacing={spacing!r} starts at t={first} of "
+                          f"{total}: almost nothing is denoised and stability will be trivially near 1. "
+                          "Use more steps or timestep_spacing='trailing'.", stacklevel=3)
+        # A first step where alpha_bar ~ 0 (cosine betas at t=999) divides the x0 estimate by ~0.
+        alpha_bar = float(self.ddim.alphas_cumprod[first])
+        if alpha_bar < 1e-6 and not self.ddim.config.clip_sample:
+            warnings.warn(f"DDIM starts at t={first} where alpha_bar={alpha_bar:.1e}: the x0 estimate is "
+                          "amplified beyond use. Use timestep_spacing='leading' for this noise schedule.",
+                          stacklevel=3)
 
     def generate(self, prompts, noise, steps, guidance):
         """Images from the pipeline's own sampler and scheduler, started from the given noise."""
@@ -210,5 +218,5 @@ class DiffusersBackend:
                 "ddim": dict(self.ddim.config), "defaults": self.defaults.__dict__}
 
     def with_scheduler(self, **overrides) -> "DiffusersBackend":
-        """A copy whose DDIM schedulers take these config overrides (e.g. timestep_spacing)."""
+        """A copy whose DDIM schedulers take these config overrides (e.g. ``timestep_spacing="trailing"``)."""
         return replace(self, scheduler_overrides={**self.scheduler_overrides, **overrides})
