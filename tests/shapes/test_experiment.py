@@ -28,3 +28,37 @@ def test_experiment_end_to_end_tiny(tmp_path):
                                            "position", "color_attr"}
     for f in ("results.md", "stability_hist.png", "accuracy_by_decile.png"):
         assert (out / f).exists()
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import numpy as np
+    import pytest
+
+    import stablenoise as sn
+    from stablenoise.shapes import experiment as exp
+    from stablenoise.shapes import world
+    from stablenoise.shapes.pipeline import ShapesPipeline
+
+    backend = sn.from_pipeline(ShapesPipeline.from_scratch(world.vocabulary()))
+    pairs = world.prompts(4, seed=1)
+    prompts, tags = [c for c, _ in pairs], [t for _, t in pairs]
+    cfg = exp.ExperimentConfig(k=3, steps=2, batch_size=4, optimize_prompts=2, iterations=1, optimize_batch_size=1)
+    straight = exp.run(backend, prompts, tags, cfg, progress=False, log=lambda m: None)
+
+    real_verify, calls = exp.verify, []
+
+    def flaky_verify(image, caption):
+        calls.append(1)
+        if len(calls) == 6:  # in the second batch of four
+            raise KeyboardInterrupt
+        return real_verify(image, caption)
+
+    monkeypatch.setattr(exp, "verify", flaky_verify)
+    with pytest.raises(KeyboardInterrupt):
+        exp.run(backend, prompts, tags, cfg, progress=False, log=lambda m: None, state_path=tmp_path / "p.npz")
+    monkeypatch.setattr(exp, "verify", real_verify)
+    assert int(np.load(tmp_path / "p.npz")["scored"]) == 4
+    resumed = exp.run(backend, prompts, tags, cfg, progress=False, log=lambda m: None, state_path=tmp_path / "p.npz")
+    assert np.allclose(resumed.stability, straight.stability, atol=1e-6)
+    assert (resumed.passed == straight.passed).all()
+    assert resumed.optimized_stability == pytest.approx(straight.optimized_stability, abs=1e-6)

@@ -107,7 +107,8 @@ def write_demo_summary(run) -> None:
 def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, guidance, inversion_guidance,
                optimize_prompts, iterations, lr, momentum, batch_size, bootstrap, model, device, out):
     """The paper's experiment on a world with an exact verifier: random vs most/least stable vs oracle
-    vs optimized, per tag, with bootstrap CIs; writes results.md, results.json and plots."""
+    vs optimized, per tag, with bootstrap CIs; writes results.md, results.json and plots.
+    Interrupted runs resume from OUT/partial.npz when run again with the same settings."""
     import time
 
     from ..backends import load
@@ -129,10 +130,10 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, gui
     cfg = exp.ExperimentConfig(k=k, steps=steps, guidance=guidance, inversion_guidance=inversion_guidance,
                                batch_size=batch_size, optimize_prompts=optimize_prompts, iterations=iterations,
                                lr=lr, momentum=momentum, bootstrap=bootstrap)
-    t0 = time.time()
-    data = exp.run(backend, captions, tags, cfg, log=click.echo)
-    summary = exp.summarize(data, bootstrap=bootstrap)
     out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data = exp.run(backend, captions, tags, cfg, log=click.echo, state_path=out / "partial.npz")
+    summary = exp.summarize(data, bootstrap=bootstrap)
     plots = exp.plots(data, summary, out)
     header = (f"# Shapes-world experiment\n\n{len(captions)} {'given' if prompts_file else split} prompts, "
               f"K = {k} seeds, {steps} DDIM steps, guidance {guidance}, inversion guidance {inversion_guidance}; "
@@ -143,6 +144,7 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, gui
         "created": now(), "versions": versions(), "model": backend.describe(),
         "config": cfg.__dict__, "prompt_seed": None if prompts_file else prompt_seed, "split": split,
         "seconds": time.time() - t0, "summary": summary, "data": exp.data_dict(data)})
+    (out / "partial.npz").unlink(missing_ok=True)
     click.echo((out / "results.md").read_text())
 
 

@@ -10,8 +10,12 @@ from seed ``seeds[0]`` (compared with that same seed unoptimized).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -56,13 +60,36 @@ class ExperimentData:
     optimized_start_stability: list[float] = field(default_factory=list)
 
 
+class Progress:
+    """Partial results of a long run, saved atomically to an .npz so that an interrupted run resumes
+    where it stopped. ``key`` identifies the run; a file with another key is ignored."""
+
+    def __init__(self, path: str | Path | None, key: str):
+        self.path, self.key, self.arrays = (Path(path) if path else None), key, {}
+        if self.path and self.path.exists():
+            with np.load(self.path) as f:
+                if str(f["key"]) == key:
+                    self.arrays = {k: f[k] for k in f.files if k != "key"}
+
+    def save(self, **arrays) -> None:
+        self.arrays.update(arrays)
+        if self.path:
+            tmp = self.path.with_name(self.path.name + ".tmp.npz")
+            np.savez(tmp, key=np.array(self.key), **self.arrays)
+            os.replace(tmp, self.path)
+
+
 def score_and_verify(backend: Backend, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float,
-                     inversion_guidance: float, batch_size: int, progress: bool = True):
+                     inversion_guidance: float, batch_size: int, progress: bool = True,
+                     state: Progress | None = None):
     """Stability and verifier verdict of every (prompt, seed), batched across prompts."""
+    state = state or Progress(None, "")
     pairs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
-    stab = np.zeros((len(prompts), len(seeds)), dtype=np.float64)
-    passed = np.zeros((len(prompts), len(seeds)), dtype=bool)
-    for i in tqdm(range(0, len(pairs), batch_size), desc="score+verify", unit="batch", disable=not progress):
+    stab = state.arrays.get("stability", np.zeros((len(prompts), len(seeds)), dtype=np.float64))
+    passed = state.arrays.get("passed", np.zeros((len(prompts), len(seeds)), dtype=bool))
+    start = int(state.arrays.get("scored", 0))
+    for i in tqdm(range(start, len(pairs), batch_size), desc="score+verify", unit="batch", disable=not progress,
+                  initial=start // batch_size, total=-(-len(pairs) // batch_size)):
         chunk = pairs[i:i + batch_size]
         noise = noises_from_seeds([seeds[s] for _, s in chunk], backend.latent_shape).to(backend.device)
         with torch.no_grad():
@@ -73,6 +100,7 @@ def score_and_verify(backend: Backend, prompts: Sequence[str], seeds: Sequence[i
         for (p, k), value, image in zip(chunk, s, backend.decode(z0)):
             stab[p, k] = value
             passed[p, k] = verify(image, prompts[p]).passed
+        state.save(stability=stab, passed=passed, scored=np.array(i + len(chunk)))
     return stab, passed
 
 
@@ -88,15 +116,20 @@ def balanced_subset(tags: Sequence[str], n: int | None) -> list[int]:
 
 
 def run(backend: Backend, prompts: Sequence[str], tags: Sequence[str], cfg: ExperimentConfig,
-        progress: bool = True, log: Callable[[str], None] = print) -> ExperimentData:
+        progress: bool = True, log: Callable[[str], None] = print, state_path: str | Path | None = None) -> ExperimentData:
+    """Run the experiment; with ``state_path``, partial results are kept there and a rerun resumes."""
     steps, guidance, inv = resolve(backend, cfg.steps, cfg.guidance, cfg.inversion_guidance)
     seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.k))
-    stab, passed = score_and_verify(backend, prompts, seeds, steps, guidance, inv, cfg.batch_size, progress)
+    key = hashlib.sha256(json.dumps([list(prompts), seeds, steps, guidance, inv, asdict(cfg),
+                                     backend.describe()], default=str).encode()).hexdigest()
+    state = Progress(state_path, key)
+    stab, passed = score_and_verify(backend, prompts, seeds, steps, guidance, inv, cfg.batch_size, progress, state)
     data = ExperimentData(list(prompts), list(tags), seeds, stab, passed)
     if cfg.iterations > 0 and cfg.optimize_prompts != 0:
         data.optimized_index = balanced_subset(tags, cfg.optimize_prompts)
-        log(f"optimizing seed {seeds[0]} for {len(data.optimized_index)} prompts")
-        for i in range(0, len(data.optimized_index), cfg.optimize_batch_size):
+        done = state.arrays.get("opt", np.zeros((0, 3)))  # rows: passed, best stability, start stability
+        log(f"optimizing seed {seeds[0]} for {len(data.optimized_index)} prompts ({len(done)} done before)")
+        for i in range(len(done), len(data.optimized_index), cfg.optimize_batch_size):
             idx = data.optimized_index[i:i + cfg.optimize_batch_size]
             start = noises_from_seeds([seeds[0]] * len(idx), backend.latent_shape)
             r = optimize(backend, [prompts[j] for j in idx], start, iterations=cfg.iterations, lr=cfg.lr,
@@ -105,9 +138,13 @@ def run(backend: Backend, prompts: Sequence[str], tags: Sequence[str], cfg: Expe
             with torch.no_grad():
                 cond = conditioning(backend, [prompts[j] for j in idx], len(idx), guidance)
                 images = backend.decode(backend.denoise(r.noise.to(backend.device), cond, steps, guidance))
-            data.optimized_passed += [verify(im, prompts[j]).passed for im, j in zip(images, idx)]
-            data.optimized_stability += r.best_stability
-            data.optimized_start_stability += r.history[0]
+            rows = [[verify(im, prompts[j]).passed, b, h] for im, j, b, h in
+                    zip(images, idx, r.best_stability, r.history[0])]
+            done = np.concatenate([done, np.array(rows, dtype=float).reshape(-1, 3)])
+            state.save(opt=done)
+        data.optimized_passed = [bool(x) for x in done[:, 0]]
+        data.optimized_stability = done[:, 1].tolist()
+        data.optimized_start_stability = done[:, 2].tolist()
     return data
 
 
