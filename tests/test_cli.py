@@ -38,7 +38,8 @@ def test_score_select_optimize_generate(common, tmp_path):
     assert r.exit_code == 0, r.output
     item = json.loads((tmp_path / "select" / "run.json").read_text())["items"][0]
     assert item["scores"] == pytest.approx(scores, abs=1e-5)  # same seeds, same scores as `score`
-    assert item["best_score"] == max(scores) and item["worst_score"] == min(scores)
+    assert item["best_score"] == pytest.approx(max(scores), abs=1e-5)
+    assert item["worst_score"] == pytest.approx(min(scores), abs=1e-5)
     folder = tmp_path / "select" / item["folder"]
     assert {"best.png", "worst.png", "best_vs_worst.png", "noise.safetensors", "record.json"} <= {
         p.name for p in folder.iterdir()}

@@ -110,6 +110,8 @@ def seed_options(default_num: int):
     def decorate(fn):
         fn = click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
                           help="Use a saved noise (safetensors from select/optimize) instead of seeds.")(fn)
+        fn = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                          help="Noises per model call.")(fn)
         fn = click.option("-n", "--num", type=click.IntRange(min=1), default=default_num, show_default=True,
                           help="Seeds per prompt.")(fn)
         return click.option("--seed", type=int, default=0, show_default=True, help="First seed.")(fn)
@@ -122,7 +124,7 @@ def seed_options(default_num: int):
 @click.option("--sampler", type=click.Choice(["pipeline", "ddim"]), default="pipeline", show_default=True,
               help="The pipeline's own sampler, or the DDIM that the stability score uses.")
 @_guarded
-def generate(seed, num, noise_file, sampler, **kw):
+def generate(seed, num, noise_file, batch_size, sampler, **kw):
     """Generate images from seeded (or saved) noises."""
     from .generation import generate as gen
 
@@ -130,7 +132,8 @@ def generate(seed, num, noise_file, sampler, **kw):
     seeds, noise = _seed_noises(s, seed, num, noise_file)
     run = s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, sampler=sampler)
     for i, prompt in s.each_prompt():
-        images = gen(s.backend, prompt, noise, s.steps, s.guidance, sampler=sampler)
+        images = [im for chunk in noise.split(batch_size)
+                  for im in gen(s.backend, prompt, chunk, s.steps, s.guidance, sampler=sampler)]
         names = [f"seed-{x}" for x in seeds] if seeds else [f"noise-{j}" for j in range(len(images))]
         run.add(i, prompt, {"images": [n + ".png" for n in names]}, dict(zip(names, images)))
     run.finish()
@@ -141,15 +144,17 @@ def generate(seed, num, noise_file, sampler, **kw):
 @model_options
 @seed_options(default_num=8)
 @_guarded
-def score(seed, num, noise_file, **kw):
+def score(seed, num, noise_file, batch_size, **kw):
     """Inversion stability of seeded (or saved) noises."""
     from .stability import stability
 
     s = Session("score", **kw)
     seeds, noise = _seed_noises(s, seed, num, noise_file)
-    run = s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None)
+    run = s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, batch_size=batch_size)
     for i, prompt in s.each_prompt():
-        scores = stability(s.backend, prompt, noise, **s.round_trip_kwargs()).tolist()
+        scores = [x for chunk in tqdm(noise.split(batch_size), desc="score", unit="batch",
+                                      disable=len(noise) <= batch_size)
+                  for x in stability(s.backend, prompt, chunk, **s.round_trip_kwargs()).tolist()]
         run.add(i, prompt, {"seeds": seeds, "scores": scores})
         for label, value in zip(seeds or range(len(scores)), scores):
             click.echo(f"{prompt!r}\tseed {label}\tstability {value:.6f}")
@@ -199,9 +204,12 @@ def select(k, seed, batch_size, **kw):
 @click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5, show_default=True)
 @click.option("--preserve-norm", is_flag=True, help="Keep the noise norm at sqrt(d) after every step.")
 @click.option("--no-checkpoint", is_flag=True, help="Keep activations instead of recomputing (more memory).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Prompts optimized together.")
 @_guarded
-def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_checkpoint, **kw):
-    """Optimize a noise per prompt for inversion stability (gradient descent with momentum)."""
+def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_checkpoint, batch_size, **kw):
+    """Optimize a noise per prompt for inversion stability (gradient descent with momentum).
+    Prompts are optimized --batch-size at a time, each independently, from the same starting noise."""
     import torch
 
     from .generation import generate as gen
@@ -213,20 +221,25 @@ def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_check
     seeds, noise = _seed_noises(s, seed, 1, noise_file)
     run = s.folder(seed=seed if seeds else None, noise_file=str(noise_file) if noise_file else None,
                    iterations=iterations, lr=lr, momentum=momentum, preserve_norm=preserve_norm,
-                   checkpoint=not no_checkpoint)
-    for i, prompt in s.each_prompt():
-        r = opt(s.backend, prompt, noise[:1], iterations=iterations, lr=lr, momentum=momentum,
-                preserve_norm=preserve_norm, checkpoint=not no_checkpoint, **s.round_trip_kwargs())
-        before, after = gen(s.backend, prompt, torch.cat([r.initial_noise, r.noise]), s.steps, s.guidance)
-        history = [h[0] for h in r.history]
-        folder = run.add(i, prompt, {"initial_stability": history[0], "optimized_stability": r.best_stability[0],
-                                     "best_iteration": r.best_iteration[0], "history": history, "stopped": r.stopped},
-                         {"initial": before, "optimized": after, "initial_vs_optimized": side_by_side(
-                             [before, after], [f"start {history[0]:.4f}", f"optimized {r.best_stability[0]:.4f}"])},
-                         {"initial": r.initial_noise, "optimized": r.noise})
-        plot_history(history, folder / "stability.png", title=prompt)
-        click.echo(f"{prompt!r}: stability {history[0]:.4f} -> {r.best_stability[0]:.4f}"
-                   + (f" (stopped: {r.stopped})" if r.stopped else ""))
+                   checkpoint=not no_checkpoint, batch_size=batch_size)
+    for first in range(0, len(s.prompts), batch_size):
+        prompts = s.prompts[first:first + batch_size]
+        r = opt(s.backend, prompts, noise[:1].expand(len(prompts), *noise.shape[1:]), iterations=iterations,
+                lr=lr, momentum=momentum, preserve_norm=preserve_norm, checkpoint=not no_checkpoint,
+                **s.round_trip_kwargs())
+        for j, prompt in enumerate(prompts):
+            start, best = r.initial_noise[j:j + 1], r.noise[j:j + 1]
+            before, after = gen(s.backend, prompt, torch.cat([start, best]), s.steps, s.guidance)
+            history = [h[j] for h in r.history]
+            folder = run.add(first + j, prompt, {
+                "initial_stability": history[0], "optimized_stability": r.best_stability[j],
+                "best_iteration": r.best_iteration[j], "history": history, "stopped": r.stopped},
+                {"initial": before, "optimized": after, "initial_vs_optimized": side_by_side(
+                    [before, after], [f"start {history[0]:.4f}", f"optimized {r.best_stability[j]:.4f}"])},
+                {"initial": start, "optimized": best})
+            plot_history(history, folder / "stability.png", title=prompt)
+            click.echo(f"{prompt!r}: stability {history[0]:.4f} -> {r.best_stability[j]:.4f}"
+                       + (f" (stopped: {r.stopped})" if r.stopped else ""))
     run.finish()
     click.echo(f"wrote {run.root}")
 
