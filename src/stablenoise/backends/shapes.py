@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
-
+from ..shapes.pipeline import to_pil
 from .base import Conditioning, DiffusersBackend, uses_cfg
 
 
@@ -16,6 +14,4 @@ class ShapesBackend(DiffusersBackend):
         return Conditioning(cond, uncond)
 
     def decode(self, latents):
-        x = (latents.detach().float().cpu() / 2 + 0.5).clamp(0, 1)
-        arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return [Image.fromarray(a) for a in arr]
+        return to_pil(latents)

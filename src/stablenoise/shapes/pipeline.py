@@ -18,6 +18,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 MAX_TOKENS = 16  # the longest caption ("a yellow triangle right of a white square") is 12 tokens
 
 
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """Pixel-space samples in [-1, 1], [B, 3, H, W], as 8-bit PIL images."""
+    x = (pixels.detach().float().cpu() / 2 + 0.5).clamp(0, 1)
+    return [Image.fromarray(a) for a in (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)]
+
+
 def build_tokenizer(words: list[str]) -> CLIPTokenizer:
     """A CLIP BPE tokenizer whose vocabulary holds every character and every given word whole.
 
@@ -118,10 +124,9 @@ class ShapesPipeline(DiffusionPipeline):
                 u, c = eps.chunk(2)
                 eps = u + guidance_scale * (c - u)
             x = self.scheduler.step(eps, t, x).prev_sample
-        images = (x / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
-            out = images
+            out = (x / 2 + 0.5).clamp(0, 1)
         else:
-            arr = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
-            out = arr if output_type == "np" else [Image.fromarray(a) for a in arr]
+            out = to_pil(x)
+            out = np.stack([np.asarray(im) for im in out]) if output_type == "np" else out
         return ImagePipelineOutput(images=out) if return_dict else (out,)
