@@ -62,3 +62,23 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert np.allclose(resumed.stability, straight.stability, atol=1e-6)
     assert (resumed.passed == straight.passed).all()
     assert resumed.optimized_stability == pytest.approx(straight.optimized_stability, abs=1e-6)
+
+
+def test_preserve_norm_keeps_optimized_noise_on_the_gaussian_shell():
+    import pytest
+
+    import stablenoise as sn
+    from stablenoise.shapes import experiment as exp
+    from stablenoise.shapes import world
+    from stablenoise.shapes.pipeline import ShapesPipeline
+
+    backend = sn.from_pipeline(ShapesPipeline.from_scratch(world.vocabulary()))
+    pairs = world.prompts(2, seed=3)
+    prompts, tags = [c for c, _ in pairs], [t for _, t in pairs]
+    kept = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=1, steps=2, iterations=3, lr=1e4, preserve_norm=True),
+                   progress=False, log=lambda m: None)
+    # The recorded norm is of the returned (best) iterate: exactly sqrt(d) when the norm is preserved.
+    assert kept.optimized_norm == pytest.approx([1.0, 1.0], abs=1e-5)
+    free = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=1, steps=2, iterations=3, lr=1e4),
+                   progress=False, log=lambda m: None)
+    assert len(free.optimized_norm) == 2 and all(n > 0 for n in free.optimized_norm)

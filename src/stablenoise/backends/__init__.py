@@ -32,7 +32,16 @@ FAMILY_DEFAULTS = {
 
 
 def _registry():
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers.utils import logging as hf_logging
+
+    # The SD pipelines import CLIPImageProcessor, which warns that torchvision (not a dependency:
+    # its PyPI wheels do not import beside CPU torch) is missing. We never use the image processor.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
     from ..shapes.pipeline import ShapesPipeline
 

@@ -97,6 +97,8 @@ def write_demo_summary(run) -> None:
 @click.option("--iterations", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True)
 @click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5, show_default=True)
+@click.option("--preserve-norm", is_flag=True,
+              help="Rescale every optimization iterate to the Gaussian shell (not in the paper).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True)
 @click.option("--model", default="shapes", show_default=True)
@@ -105,7 +107,7 @@ def write_demo_summary(run) -> None:
               show_default=True)
 @guarded
 def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, guidance, inversion_guidance,
-               optimize_prompts, iterations, lr, momentum, batch_size, bootstrap, model, device, out):
+               optimize_prompts, iterations, lr, momentum, preserve_norm, batch_size, bootstrap, model, device, out):
     """The paper's experiment on a world with an exact verifier: random vs most/least stable vs oracle
     vs optimized, per tag, with bootstrap CIs; writes results.md, results.json and plots.
     Interrupted runs resume from OUT/partial.npz when run again with the same settings."""
@@ -129,7 +131,8 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, gui
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     cfg = exp.ExperimentConfig(k=k, steps=steps, guidance=guidance, inversion_guidance=inversion_guidance,
                                batch_size=batch_size, optimize_prompts=optimize_prompts, iterations=iterations,
-                               lr=lr, momentum=momentum, bootstrap=bootstrap)
+                               lr=lr, momentum=momentum, preserve_norm=preserve_norm,
+                               bootstrap=bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data = exp.run(backend, captions, tags, cfg, log=click.echo, state_path=out / "partial.npz")
@@ -137,7 +140,8 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, gui
     plots = exp.plots(data, summary, out)
     header = (f"# Shapes-world experiment\n\n{len(captions)} {'given' if prompts_file else split} prompts, "
               f"K = {k} seeds, {steps} DDIM steps, guidance {guidance}, inversion guidance {inversion_guidance}; "
-              f"optimization: {iterations} iterations, lr {lr}, momentum {momentum} on "
+              f"optimization: {iterations} iterations, lr {lr}, momentum {momentum}"
+              f"{', norm preserved' if preserve_norm else ''} on "
               f"{len(data.optimized_index)} prompts. Run time {time.time() - t0:.0f} s.")
     (out / "results.md").write_text(exp.markdown(summary, header) + "\n" + "\n".join(f"![]({p})" for p in plots) + "\n")
     write_json_atomic(out / "results.json", {

@@ -42,6 +42,7 @@ class ExperimentConfig:
     iterations: int = 100
     lr: float = 100.0
     momentum: float = 0.5
+    preserve_norm: bool = False  # keep each iterate on the Gaussian shell (not in the paper)
     optimize_batch_size: int = 32
     bootstrap: int = 1000
     bootstrap_seed: int = 0
@@ -58,6 +59,7 @@ class ExperimentData:
     optimized_passed: list[bool] = field(default_factory=list)
     optimized_stability: list[float] = field(default_factory=list)
     optimized_start_stability: list[float] = field(default_factory=list)
+    optimized_norm: list[float] = field(default_factory=list)  # |noise| / sqrt(d); Gaussian noise: ~1
 
 
 class Progress:
@@ -127,24 +129,27 @@ def run(backend: Backend, prompts: Sequence[str], tags: Sequence[str], cfg: Expe
     data = ExperimentData(list(prompts), list(tags), seeds, stab, passed)
     if cfg.iterations > 0 and cfg.optimize_prompts != 0:
         data.optimized_index = balanced_subset(tags, cfg.optimize_prompts)
-        done = state.arrays.get("opt", np.zeros((0, 3)))  # rows: passed, best stability, start stability
+        # rows: passed, best stability, start stability, norm of the optimized noise / sqrt(d)
+        done = state.arrays.get("opt", np.zeros((0, 4)))
         log(f"optimizing seed {seeds[0]} for {len(data.optimized_index)} prompts ({len(done)} done before)")
         for i in range(len(done), len(data.optimized_index), cfg.optimize_batch_size):
             idx = data.optimized_index[i:i + cfg.optimize_batch_size]
             start = noises_from_seeds([seeds[0]] * len(idx), backend.latent_shape)
             r = optimize(backend, [prompts[j] for j in idx], start, iterations=cfg.iterations, lr=cfg.lr,
                          momentum=cfg.momentum, steps=steps, guidance=guidance, inversion_guidance=inv,
-                         checkpoint=False, progress=progress)
+                         checkpoint=False, preserve_norm=cfg.preserve_norm, progress=progress)
             with torch.no_grad():
                 cond = conditioning(backend, [prompts[j] for j in idx], len(idx), guidance)
                 images = backend.decode(backend.denoise(r.noise.to(backend.device), cond, steps, guidance))
-            rows = [[verify(im, prompts[j]).passed, b, h] for im, j, b, h in
-                    zip(images, idx, r.best_stability, r.history[0])]
-            done = np.concatenate([done, np.array(rows, dtype=float).reshape(-1, 3)])
+            norms = (r.noise.flatten(1).norm(dim=1) / r.noise[0].numel() ** 0.5).tolist()
+            rows = [[verify(im, prompts[j]).passed, b, h, n] for im, j, b, h, n in
+                    zip(images, idx, r.best_stability, r.history[0], norms)]
+            done = np.concatenate([done, np.array(rows, dtype=float).reshape(-1, 4)])
             state.save(opt=done)
         data.optimized_passed = [bool(x) for x in done[:, 0]]
         data.optimized_stability = done[:, 1].tolist()
         data.optimized_start_stability = done[:, 2].tolist()
+        data.optimized_norm = done[:, 3].tolist()
     return data
 
 
@@ -231,7 +236,8 @@ def summarize(data: ExperimentData, bootstrap: int = 1000, seed: int = 0) -> dic
     if data.optimized_index:
         out["optimization_stability"] = {
             "start_mean": float(np.mean(data.optimized_start_stability)),
-            "optimized_mean": float(np.mean(data.optimized_stability))}
+            "optimized_mean": float(np.mean(data.optimized_stability)),
+            "norm_ratio_mean": float(np.mean(data.optimized_norm)) if data.optimized_norm else math.nan}
     return out
 
 
@@ -269,7 +275,8 @@ def markdown(summary: dict, header: str = "") -> str:
     if "optimization_stability" in summary:
         o = summary["optimization_stability"]
         lines += ["", f"Mean stability of the optimized prompts: {o['start_mean']:.4f} at the start, "
-                      f"{o['optimized_mean']:.4f} after optimization."]
+                      f"{o['optimized_mean']:.4f} after optimization. Mean norm of the optimized noise: "
+                      f"{o.get('norm_ratio_mean', math.nan):.2f} x sqrt(d) (Gaussian noise: 1.00)."]
     return "\n".join(lines) + "\n"
 
 
