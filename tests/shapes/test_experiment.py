@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from stablenoise.cli import main
@@ -9,6 +10,7 @@ def test_experiment_end_to_end_tiny(tmp_path):
     out = tmp_path / "exp"
     r = CliRunner().invoke(main, ["experiment", "shapes", "--n-prompts", "6", "-k", "4", "--steps", "3",
                                   "--iterations", "2", "--optimize-prompts", "3", "--bootstrap", "50",
+                                  "--optimizer", "lr=100", "--optimizer", "lr=5,preserve_norm=1",
                                   "--out", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
@@ -17,8 +19,14 @@ def test_experiment_end_to_end_tiny(tmp_path):
         lo, hi = arms[arm]["ci"]
         assert 0 <= lo <= arms[arm]["mean"] <= hi <= 1
         assert arms[arm]["mean"] <= arms["oracle best of K"]["mean"]  # the oracle bounds every seed choice
-    assert arms["optimized (from seed 0)"]["n"] == 3
+    assert arms["optimized (lr 100, momentum 0.5)"]["n"] == 3
+    assert arms["optimized (lr 5, momentum 0.5, norm preserved) - first seed"]["n"] == 3
+    assert res["summary"]["optimization"]["lr 5, momentum 0.5, norm preserved"]["norm_ratio_mean"] == \
+        pytest.approx(1.0, abs=1e-5)
     data = res["data"]
+    # Every prompt has its own seeds, so a caption drawn twice gives two independent samples.
+    seeds = [s for row in data["seeds"] for s in row]
+    assert len(set(seeds)) == 6 * 4
     assert len(data["prompts"]) == 6 and len(data["stability"][0]) == 4
     # The most-stable arm really is the argmax of the recorded stabilities.
     stab, passed = data["stability"], data["passed"]
@@ -61,7 +69,52 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     resumed = exp.run(backend, prompts, tags, cfg, progress=False, log=lambda m: None, state_path=tmp_path / "p.npz")
     assert np.allclose(resumed.stability, straight.stability, atol=1e-6)
     assert (resumed.passed == straight.passed).all()
-    assert resumed.optimized_stability == pytest.approx(straight.optimized_stability, abs=1e-6)
+    arm = exp.OptimizerArm().label
+    assert resumed.optimized[arm].stability == pytest.approx(straight.optimized[arm].stability, abs=1e-6)
+
+
+def test_another_optimizer_arm_reuses_the_scores(tmp_path, monkeypatch):
+    import stablenoise as sn
+    from stablenoise.shapes import experiment as exp
+    from stablenoise.shapes import world
+    from stablenoise.shapes.pipeline import ShapesPipeline
+
+    backend = sn.from_pipeline(ShapesPipeline.from_scratch(world.vocabulary()))
+    pairs = world.prompts(2, seed=4)
+    prompts, tags = [c for c, _ in pairs], [t for _, t in pairs]
+    state = tmp_path / "state.npz"
+    paper, small = exp.OptimizerArm(), exp.OptimizerArm(lr=5.0)
+    first = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=2, steps=2, iterations=1, optimizers=(paper,)),
+                    progress=False, log=lambda m: None, state_path=state)
+
+    def no_scoring(*a, **kw):
+        raise AssertionError("scores were recomputed")
+
+    monkeypatch.setattr(exp, "round_trip", no_scoring)
+    monkeypatch.setattr(exp, "optimize", lambda *a, **kw: no_scoring() if kw["lr"] == paper.lr else real_opt(*a, **kw))
+    real_opt = sn.optimize
+    both = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=2, steps=2, iterations=1, optimizers=(paper, small)),
+                   progress=False, log=lambda m: None, state_path=state)
+    assert (both.stability == first.stability).all()
+    assert both.optimized[paper.label] == first.optimized[paper.label]
+    assert len(both.optimized[small.label].passed) == 2
+
+
+@pytest.mark.parametrize("spec, message", [("lr=0", "lr > 0"), ("lr=abc", "not a number"),
+                                           ("speed=3", "bad optimizer setting"), ("momentum=1", "momentum < 1")])
+def test_bad_optimizer_spec_is_one_clear_error(spec, message):
+    from stablenoise.errors import StablenoiseError
+    from stablenoise.shapes.experiment import OptimizerArm
+
+    with pytest.raises(StablenoiseError, match=message):
+        OptimizerArm.parse(spec)
+
+
+def test_bad_optimizer_spec_on_the_cli(tmp_path):
+    r = CliRunner().invoke(main, ["experiment", "shapes", "--n-prompts", "1", "-k", "1", "--optimizer", "lr=-1",
+                                  "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "lr > 0" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_preserve_norm_keeps_optimized_noise_on_the_gaussian_shell():
@@ -75,10 +128,11 @@ def test_preserve_norm_keeps_optimized_noise_on_the_gaussian_shell():
     backend = sn.from_pipeline(ShapesPipeline.from_scratch(world.vocabulary()))
     pairs = world.prompts(2, seed=3)
     prompts, tags = [c for c, _ in pairs], [t for _, t in pairs]
-    kept = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=1, steps=2, iterations=3, lr=1e4, preserve_norm=True),
+    kept_arm, free_arm = exp.OptimizerArm(lr=1e4, preserve_norm=True), exp.OptimizerArm(lr=1e4)
+    data = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=1, steps=2, iterations=3,
+                                                                optimizers=(kept_arm, free_arm)),
                    progress=False, log=lambda m: None)
     # The recorded norm is of the returned (best) iterate: exactly sqrt(d) when the norm is preserved.
-    assert kept.optimized_norm == pytest.approx([1.0, 1.0], abs=1e-5)
-    free = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=1, steps=2, iterations=3, lr=1e4),
-                   progress=False, log=lambda m: None)
-    assert len(free.optimized_norm) == 2 and all(n > 0 for n in free.optimized_norm)
+    assert data.optimized[kept_arm.label].norm == pytest.approx([1.0, 1.0], abs=1e-5)
+    free = data.optimized[free_arm.label].norm
+    assert len(free) == 2 and all(n > 0 for n in free)

@@ -88,17 +88,18 @@ def write_demo_summary(run) -> None:
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="Captions to use instead of a draw (one a line).")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
-@click.option("-k", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("-k", type=click.IntRange(min=1), default=100, show_default=True, help="Seeds scored per prompt.")
+@click.option("--first-seed", type=int, default=0, show_default=True,
+              help="Prompt i gets seeds FIRST_SEED + i*K ... + K-1 (disjoint across prompts).")
 @click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--guidance", type=click.FloatRange(min=0), default=None)
 @click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
 @click.option("--optimize-prompts", type=click.IntRange(min=0), default=None,
               help="Optimize only this many prompts (tag-balanced); default all.")
 @click.option("--iterations", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True)
-@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5, show_default=True)
-@click.option("--preserve-norm", is_flag=True,
-              help="Rescale every optimization iterate to the Gaussian shell (not in the paper).")
+@click.option("--optimizer", "optimizer_specs", multiple=True, default=("lr=100,momentum=0.5",), show_default=True,
+              help="An optimization arm, e.g. 'lr=18.75' or 'lr=100,preserve_norm=1' (rescale every iterate to "
+                   "the Gaussian shell; not in the paper). Repeat to compare several arms on the same prompts.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True)
 @click.option("--model", default="shapes", show_default=True)
@@ -106,12 +107,15 @@ def write_demo_summary(run) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stablenoise-experiment"),
               show_default=True)
 @guarded
-def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, guidance, inversion_guidance,
-               optimize_prompts, iterations, lr, momentum, preserve_norm, batch_size, bootstrap, model, device, out):
+def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, first_seed, steps, guidance,
+               inversion_guidance, optimize_prompts, iterations, optimizer_specs, batch_size, bootstrap, model,
+               device, out):
     """The paper's experiment on a world with an exact verifier: random vs most/least stable vs oracle
     vs optimized, per tag, with bootstrap CIs; writes results.md, results.json and plots.
-    Interrupted runs resume from OUT/partial.npz when run again with the same settings."""
+    OUT/state.npz keeps the scores and finished optimizations: an interrupted run resumes, and a rerun
+    with another --optimizer reuses the scores."""
     import time
+    from dataclasses import asdict
 
     from ..backends import load
     from ..outputs import read_prompts
@@ -121,6 +125,7 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, gui
     from . import world as shapes_world
     from .verifier import parse
 
+    optimizers = tuple(dict.fromkeys(exp.OptimizerArm.parse(x) for x in optimizer_specs))
     if prompts_file:
         captions = read_prompts(prompts_file)
         tags = [parse(c).tag for c in captions]
@@ -129,26 +134,25 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, steps, gui
         captions, tags = [c for c, _ in pairs], [t for _, t in pairs]
     backend = load(model, device=device)
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
-    cfg = exp.ExperimentConfig(k=k, steps=steps, guidance=guidance, inversion_guidance=inversion_guidance,
-                               batch_size=batch_size, optimize_prompts=optimize_prompts, iterations=iterations,
-                               lr=lr, momentum=momentum, preserve_norm=preserve_norm,
+    cfg = exp.ExperimentConfig(k=k, first_seed=first_seed, steps=steps, guidance=guidance,
+                               inversion_guidance=inversion_guidance, batch_size=batch_size,
+                               optimize_prompts=optimize_prompts, iterations=iterations, optimizers=optimizers,
                                bootstrap=bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    data = exp.run(backend, captions, tags, cfg, log=click.echo, state_path=out / "partial.npz")
+    data = exp.run(backend, captions, tags, cfg, log=click.echo, state_path=out / "state.npz")
     summary = exp.summarize(data, bootstrap=bootstrap)
     plots = exp.plots(data, summary, out)
     header = (f"# Shapes-world experiment\n\n{len(captions)} {'given' if prompts_file else split} prompts, "
               f"K = {k} seeds, {steps} DDIM steps, guidance {guidance}, inversion guidance {inversion_guidance}; "
-              f"optimization: {iterations} iterations, lr {lr}, momentum {momentum}"
-              f"{', norm preserved' if preserve_norm else ''} on "
-              f"{len(data.optimized_index)} prompts. Run time {time.time() - t0:.0f} s.")
+              f"seeds {first_seed}.. (K per prompt, disjoint); optimization from each prompt's first seed, "
+              f"{iterations} iterations, on {len(data.optimized_index)} prompts, arms: "
+              f"{'; '.join(a.label for a in optimizers)}. Run time {time.time() - t0:.0f} s.")
     (out / "results.md").write_text(exp.markdown(summary, header) + "\n" + "\n".join(f"![]({p})" for p in plots) + "\n")
     write_json_atomic(out / "results.json", {
         "created": now(), "versions": versions(), "model": backend.describe(),
-        "config": cfg.__dict__, "prompt_seed": None if prompts_file else prompt_seed, "split": split,
+        "config": asdict(cfg), "prompt_seed": None if prompts_file else prompt_seed, "split": split,
         "seconds": time.time() - t0, "summary": summary, "data": exp.data_dict(data)})
-    (out / "partial.npz").unlink(missing_ok=True)
     click.echo((out / "results.md").read_text())
 
 

@@ -5,7 +5,11 @@ round trip *is* the image the DDIM sampler would produce, so each seed's stabili
 verdict come from one computation. Compared per tag, with 95% bootstrap intervals over prompts:
 a random seed (the mean over all K seeds, i.e. the expected accuracy of a random draw), the most and
 the least stable seed, the best of K by the verifier (an oracle upper bound), and noise optimization
-from seed ``seeds[0]`` (compared with that same seed unoptimized).
+(one arm per optimizer setting) from each prompt's first seed, compared with that seed unoptimized.
+
+Every prompt gets its own K seeds (prompt i: ``first_seed + i*K`` onwards). Tags with few held-out
+combinations repeat a caption many times; with shared seeds those repeats would be exact duplicates,
+not independent samples, and the bootstrap intervals would be fake.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,10 +28,45 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ..backends.base import Backend
+from ..errors import StablenoiseError
 from ..noise import noises_from_seeds
 from ..optimization import optimize
 from ..stability import conditioning, cosine, resolve, round_trip
 from .verifier import verify
+
+
+@dataclass(frozen=True)
+class OptimizerArm:
+    """One optimizer setting compared in the experiment (paper defaults: lr 100, momentum 0.5)."""
+
+    lr: float = 100.0
+    momentum: float = 0.5
+    preserve_norm: bool = False  # rescale each iterate to the Gaussian shell (not in the paper)
+
+    @property
+    def label(self) -> str:
+        return f"lr {self.lr:g}, momentum {self.momentum:g}" + (", norm preserved" if self.preserve_norm else "")
+
+    @classmethod
+    def parse(cls, spec: str) -> "OptimizerArm":
+        """``"lr=18.75,momentum=0.5,preserve_norm=1"``; unnamed settings keep the paper's defaults."""
+        names = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for item in filter(None, (x.strip() for x in spec.split(","))):
+            key, _, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key not in names or not value:
+                raise StablenoiseError(f"bad optimizer setting {item!r} in {spec!r}: use "
+                                       f"{', '.join(k + '=VALUE' for k in names)}")
+            try:
+                values[key] = (value.strip().lower() in ("1", "true", "yes")) if key == "preserve_norm" \
+                    else float(value)
+            except ValueError:
+                raise StablenoiseError(f"bad optimizer setting {item!r}: {value!r} is not a number") from None
+        arm = cls(**values)
+        if not (arm.lr > 0 and math.isfinite(arm.lr)) or not 0 <= arm.momentum < 1:
+            raise StablenoiseError(f"optimizer {spec!r}: need lr > 0 and 0 <= momentum < 1")
+        return arm
 
 
 @dataclass
@@ -40,31 +79,46 @@ class ExperimentConfig:
     batch_size: int = 128  # samples (prompt x seed) per round trip
     optimize_prompts: int | None = None  # how many prompts (tag-balanced) get optimized; None: all
     iterations: int = 100
-    lr: float = 100.0
-    momentum: float = 0.5
-    preserve_norm: bool = False  # keep each iterate on the Gaussian shell (not in the paper)
+    optimizers: tuple[OptimizerArm, ...] = (OptimizerArm(),)
     optimize_batch_size: int = 32
     bootstrap: int = 1000
     bootstrap_seed: int = 0
 
 
 @dataclass
+class ArmResult:
+    """Noise optimization of one arm, for the prompts in ``ExperimentData.optimized_index``."""
+
+    passed: list[bool]
+    stability: list[float]  # of the returned (most stable) iterate
+    start_stability: list[float]
+    norm: list[float]  # |noise| / sqrt(d) of the returned iterate; Gaussian noise: ~1
+
+
+@dataclass
 class ExperimentData:
     prompts: list[str]
     tags: list[str]
-    seeds: list[int]
+    seeds: np.ndarray  # [P, K] int: each prompt's own seeds
     stability: np.ndarray  # [P, K]
     passed: np.ndarray  # [P, K] bool
     optimized_index: list[int] = field(default_factory=list)  # prompts that were optimized
-    optimized_passed: list[bool] = field(default_factory=list)
-    optimized_stability: list[float] = field(default_factory=list)
-    optimized_start_stability: list[float] = field(default_factory=list)
-    optimized_norm: list[float] = field(default_factory=list)  # |noise| / sqrt(d); Gaussian noise: ~1
+    optimized: dict[str, ArmResult] = field(default_factory=dict)  # by arm label
+
+
+def prompt_seeds(n_prompts: int, k: int, first_seed: int = 0) -> np.ndarray:
+    """[P, K] seeds, disjoint across prompts: prompt i uses first_seed + i*k ... first_seed + i*k + k-1."""
+    return first_seed + np.arange(n_prompts * k, dtype=np.int64).reshape(n_prompts, k)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, default=str, sort_keys=True).encode()).hexdigest()
 
 
 class Progress:
-    """Partial results of a long run, saved atomically to an .npz so that an interrupted run resumes
-    where it stopped. ``key`` identifies the run; a file with another key is ignored."""
+    """Partial results of a long run, saved atomically to an .npz, so that an interrupted run resumes
+    where it stopped and a rerun with another optimizer arm reuses the scores. ``key`` identifies the
+    scored prompts, seeds and round trip; a file with another key is ignored."""
 
     def __init__(self, path: str | Path | None, key: str):
         self.path, self.key, self.arrays = (Path(path) if path else None), key, {}
@@ -81,19 +135,19 @@ class Progress:
             os.replace(tmp, self.path)
 
 
-def score_and_verify(backend: Backend, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float,
+def score_and_verify(backend: Backend, prompts: Sequence[str], seeds: np.ndarray, steps: int, guidance: float,
                      inversion_guidance: float, batch_size: int, progress: bool = True,
                      state: Progress | None = None):
-    """Stability and verifier verdict of every (prompt, seed), batched across prompts."""
+    """Stability and verifier verdict of every (prompt, seed), batched across prompts; seeds is [P, K]."""
     state = state or Progress(None, "")
-    pairs = [(p, s) for p in range(len(prompts)) for s in range(len(seeds))]
-    stab = state.arrays.get("stability", np.zeros((len(prompts), len(seeds)), dtype=np.float64))
-    passed = state.arrays.get("passed", np.zeros((len(prompts), len(seeds)), dtype=bool))
+    pairs = [(p, s) for p in range(len(prompts)) for s in range(seeds.shape[1])]
+    stab = state.arrays.get("stability", np.zeros(seeds.shape, dtype=np.float64))
+    passed = state.arrays.get("passed", np.zeros(seeds.shape, dtype=bool))
     start = int(state.arrays.get("scored", 0))
     for i in tqdm(range(start, len(pairs), batch_size), desc="score+verify", unit="batch", disable=not progress,
                   initial=start // batch_size, total=-(-len(pairs) // batch_size)):
         chunk = pairs[i:i + batch_size]
-        noise = noises_from_seeds([seeds[s] for _, s in chunk], backend.latent_shape).to(backend.device)
+        noise = noises_from_seeds([seeds[p, k] for p, k in chunk], backend.latent_shape).to(backend.device)
         with torch.no_grad():
             cond = conditioning(backend, [prompts[p] for p, _ in chunk], len(chunk),
                                 max(guidance, inversion_guidance))
@@ -117,39 +171,44 @@ def balanced_subset(tags: Sequence[str], n: int | None) -> list[int]:
     return sorted(sorted(range(len(tags)), key=lambda i: (rank[i], i))[:n])
 
 
+def optimize_arm(backend: Backend, prompts: Sequence[str], seeds: Sequence[int], arm: OptimizerArm,
+                 cfg: ExperimentConfig, steps: int, guidance: float, inversion_guidance: float,
+                 state: Progress, progress: bool = True) -> ArmResult:
+    """Optimize each prompt's seed with one arm's settings and verify the image of the result."""
+    name = "opt_" + _digest([asdict(arm), cfg.iterations, list(prompts), list(map(int, seeds))])[:16]
+    done = state.arrays.get(name, np.zeros((0, 4)))  # rows: passed, best stability, start stability, norm
+    for i in range(len(done), len(prompts), cfg.optimize_batch_size):
+        batch, batch_seeds = list(prompts[i:i + cfg.optimize_batch_size]), seeds[i:i + cfg.optimize_batch_size]
+        r = optimize(backend, batch, noises_from_seeds(batch_seeds, backend.latent_shape),
+                     iterations=cfg.iterations, lr=arm.lr, momentum=arm.momentum, steps=steps, guidance=guidance,
+                     inversion_guidance=inversion_guidance, checkpoint=False, preserve_norm=arm.preserve_norm,
+                     progress=progress)
+        with torch.no_grad():
+            cond = conditioning(backend, batch, len(batch), guidance)
+            images = backend.decode(backend.denoise(r.noise.to(backend.device), cond, steps, guidance))
+        norms = (r.noise.flatten(1).norm(dim=1) / r.noise[0].numel() ** 0.5).tolist()
+        rows = [[verify(im, p).passed, b, h, n] for im, p, b, h, n in
+                zip(images, batch, r.best_stability, r.history[0], norms)]
+        done = np.concatenate([done, np.array(rows, dtype=float).reshape(-1, 4)])
+        state.save(**{name: done})
+    return ArmResult([bool(x) for x in done[:, 0]], done[:, 1].tolist(), done[:, 2].tolist(), done[:, 3].tolist())
+
+
 def run(backend: Backend, prompts: Sequence[str], tags: Sequence[str], cfg: ExperimentConfig,
         progress: bool = True, log: Callable[[str], None] = print, state_path: str | Path | None = None) -> ExperimentData:
     """Run the experiment; with ``state_path``, partial results are kept there and a rerun resumes."""
     steps, guidance, inv = resolve(backend, cfg.steps, cfg.guidance, cfg.inversion_guidance)
-    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.k))
-    key = hashlib.sha256(json.dumps([list(prompts), seeds, steps, guidance, inv, asdict(cfg),
-                                     backend.describe()], default=str).encode()).hexdigest()
-    state = Progress(state_path, key)
+    seeds = prompt_seeds(len(prompts), cfg.k, cfg.first_seed)
+    state = Progress(state_path, _digest([list(prompts), seeds.tolist(), steps, guidance, inv, backend.describe()]))
     stab, passed = score_and_verify(backend, prompts, seeds, steps, guidance, inv, cfg.batch_size, progress, state)
     data = ExperimentData(list(prompts), list(tags), seeds, stab, passed)
     if cfg.iterations > 0 and cfg.optimize_prompts != 0:
         data.optimized_index = balanced_subset(tags, cfg.optimize_prompts)
-        # rows: passed, best stability, start stability, norm of the optimized noise / sqrt(d)
-        done = state.arrays.get("opt", np.zeros((0, 4)))
-        log(f"optimizing seed {seeds[0]} for {len(data.optimized_index)} prompts ({len(done)} done before)")
-        for i in range(len(done), len(data.optimized_index), cfg.optimize_batch_size):
-            idx = data.optimized_index[i:i + cfg.optimize_batch_size]
-            start = noises_from_seeds([seeds[0]] * len(idx), backend.latent_shape)
-            r = optimize(backend, [prompts[j] for j in idx], start, iterations=cfg.iterations, lr=cfg.lr,
-                         momentum=cfg.momentum, steps=steps, guidance=guidance, inversion_guidance=inv,
-                         checkpoint=False, preserve_norm=cfg.preserve_norm, progress=progress)
-            with torch.no_grad():
-                cond = conditioning(backend, [prompts[j] for j in idx], len(idx), guidance)
-                images = backend.decode(backend.denoise(r.noise.to(backend.device), cond, steps, guidance))
-            norms = (r.noise.flatten(1).norm(dim=1) / r.noise[0].numel() ** 0.5).tolist()
-            rows = [[verify(im, prompts[j]).passed, b, h, n] for im, j, b, h, n in
-                    zip(images, idx, r.best_stability, r.history[0], norms)]
-            done = np.concatenate([done, np.array(rows, dtype=float).reshape(-1, 4)])
-            state.save(opt=done)
-        data.optimized_passed = [bool(x) for x in done[:, 0]]
-        data.optimized_stability = done[:, 1].tolist()
-        data.optimized_start_stability = done[:, 2].tolist()
-        data.optimized_norm = done[:, 3].tolist()
+        chosen = [prompts[j] for j in data.optimized_index]
+        for arm in cfg.optimizers:
+            log(f"optimizing the first seed of {len(chosen)} prompts: {arm.label}, {cfg.iterations} iterations")
+            data.optimized[arm.label] = optimize_arm(backend, chosen, seeds[data.optimized_index, 0], arm, cfg,
+                                                     steps, guidance, inv, state, progress)
     return data
 
 
@@ -168,6 +227,13 @@ def within_prompt_rank(stab: np.ndarray) -> np.ndarray:
     return ranks / max(1, stab.shape[1] - 1)
 
 
+FIRST = "first seed (optimization start)"
+
+
+def _mean_ci(v: np.ndarray, bootstrap: int, rng: np.random.Generator) -> dict:
+    return {"mean": float(v.mean()), "n": int(len(v)), "ci": _ci(lambda r: v[r].mean(), len(v), bootstrap, rng)}
+
+
 def summarize(data: ExperimentData, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Accuracy of every arm with 95% bootstrap CIs over prompts, per tag and overall."""
     rng = np.random.default_rng(seed)
@@ -179,35 +245,30 @@ def summarize(data: ExperimentData, bootstrap: int = 1000, seed: int = 0) -> dic
         "most stable seed": passed[rows, best].astype(float),
         "least stable seed": passed[rows, worst].astype(float),
         "oracle best of K": passed.any(1).astype(float),
-        "seed 0 (optimization start)": passed[:, 0].astype(float),
+        FIRST: passed[:, 0].astype(float),
     }
-    opt_mask = np.zeros(len(rows), dtype=bool)
-    opt_pass = np.full(len(rows), np.nan)
-    if data.optimized_index:
-        opt_mask[data.optimized_index] = True
-        opt_pass[data.optimized_index] = np.array(data.optimized_passed, dtype=float)
+    optimized = {}  # arm label -> per-prompt pass (NaN where not optimized)
+    for label, res in data.optimized.items():
+        optimized[label] = np.full(len(rows), np.nan)
+        optimized[label][data.optimized_index] = np.array(res.passed, dtype=float)
     rank = within_prompt_rank(stab)
     tags = sorted(set(data.tags), key=data.tags.index)
-    out = {"arms": {}, "spearman": {}, "deciles": {}, "stability": {}, "n_prompts": {}}
+    out = {"arms": {}, "spearman": {}, "deciles": {}, "stability": {}, "n_prompts": {}, "n_captions": {}}
     for tag in ["all"] + tags:
         sel = np.array([tag == "all" or t == tag for t in data.tags])
         idx = rows[sel]
         out["n_prompts"][tag] = int(sel.sum())
+        out["n_captions"][tag] = len({data.prompts[i] for i in idx})
         arms = {}
         for name, v in per_prompt.items():
-            vv = v[idx]
-            arms[name] = {"mean": float(vv.mean()), "ci": _ci(lambda r: vv[r].mean(), len(vv), bootstrap, rng)}
-        diff = per_prompt["most stable seed"][idx] - per_prompt["random seed"][idx]
-        arms["most stable - random"] = {"mean": float(diff.mean()),
-                                        "ci": _ci(lambda r: diff[r].mean(), len(diff), bootstrap, rng)}
-        oidx = idx[opt_mask[idx]]
-        if len(oidx):
-            o = opt_pass[oidx]
-            d = o - per_prompt["seed 0 (optimization start)"][oidx]
-            arms["optimized (from seed 0)"] = {"mean": float(o.mean()), "n": int(len(oidx)),
-                                               "ci": _ci(lambda r: o[r].mean(), len(o), bootstrap, rng)}
-            arms["optimized - seed 0"] = {"mean": float(d.mean()), "n": int(len(oidx)),
-                                          "ci": _ci(lambda r: d[r].mean(), len(d), bootstrap, rng)}
+            arms[name] = _mean_ci(v[idx], bootstrap, rng)
+        arms["most stable - random"] = _mean_ci(per_prompt["most stable seed"][idx] - per_prompt["random seed"][idx],
+                                                bootstrap, rng)
+        for label, o in optimized.items():
+            oidx = idx[~np.isnan(o[idx])]
+            if len(oidx):
+                arms[f"optimized ({label})"] = _mean_ci(o[oidx], bootstrap, rng)
+                arms[f"optimized ({label}) - first seed"] = _mean_ci(o[oidx] - per_prompt[FIRST][oidx], bootstrap, rng)
         out["arms"][tag] = arms
         s, p, rk = stab[idx], passed[idx].astype(float), rank[idx]
 
@@ -233,11 +294,10 @@ def summarize(data: ExperimentData, bootstrap: int = 1000, seed: int = 0) -> dic
                                         "ci": _ci(acc, len(idx), bootstrap, rng)})
         out["stability"][tag] = {"mean": float(s.mean()), "std": float(s.std()), "min": float(s.min()),
                                  "max": float(s.max())}
-    if data.optimized_index:
-        out["optimization_stability"] = {
-            "start_mean": float(np.mean(data.optimized_start_stability)),
-            "optimized_mean": float(np.mean(data.optimized_stability)),
-            "norm_ratio_mean": float(np.mean(data.optimized_norm)) if data.optimized_norm else math.nan}
+    out["optimization"] = {label: {"n": len(r.passed), "start_stability_mean": float(np.mean(r.start_stability)),
+                                   "optimized_stability_mean": float(np.mean(r.stability)),
+                                   "norm_ratio_mean": float(np.mean(r.norm))}
+                           for label, r in data.optimized.items()}
     return out
 
 
@@ -250,7 +310,8 @@ def markdown(summary: dict, header: str = "") -> str:
     arms = list(dict.fromkeys(a for t in tags for a in summary["arms"][t]))
     lines = [header, "", "Verifier accuracy in % with 95% bootstrap CI over prompts "
              "(differences in percentage points).", "",
-             "| arm | " + " | ".join(f"{t} (n={summary['n_prompts'][t]})" for t in tags) + " |",
+             "| arm | " + " | ".join(f"{t} (n={summary['n_prompts'][t]}, {summary['n_captions'][t]} captions)"
+                                    for t in tags) + " |",
              "|---|" + "---|" * len(tags)]
     for arm in arms:
         lines.append(f"| {arm} | " + " | ".join(fmt(summary["arms"][t][arm]) if arm in summary["arms"][t] else "–"
@@ -272,11 +333,10 @@ def markdown(summary: dict, header: str = "") -> str:
             r = summary["deciles"][t][d]
             cells.append(f"{100 * r['accuracy']:.1f} [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]")
         lines.append(f"| {d + 1} | " + " | ".join(cells) + " |")
-    if "optimization_stability" in summary:
-        o = summary["optimization_stability"]
-        lines += ["", f"Mean stability of the optimized prompts: {o['start_mean']:.4f} at the start, "
-                      f"{o['optimized_mean']:.4f} after optimization. Mean norm of the optimized noise: "
-                      f"{o.get('norm_ratio_mean', math.nan):.2f} x sqrt(d) (Gaussian noise: 1.00)."]
+    for label, o in summary.get("optimization", {}).items():
+        lines += ["", f"Optimization ({label}, {o['n']} prompts): mean stability {o['start_stability_mean']:.4f} "
+                      f"at the start, {o['optimized_stability_mean']:.4f} after; mean norm of the optimized "
+                      f"noise {o['norm_ratio_mean']:.2f} x sqrt(d) (Gaussian noise: 1.00)."]
     return "\n".join(lines) + "\n"
 
 
@@ -312,6 +372,7 @@ def plots(data: ExperimentData, summary: dict, folder) -> list[str]:
 
 def data_dict(data: ExperimentData) -> dict:
     d = asdict(data)
+    d["seeds"] = data.seeds.tolist()
     d["stability"] = data.stability.tolist()
     d["passed"] = data.passed.astype(int).tolist()
     return d
