@@ -34,8 +34,16 @@ def test_experiment_end_to_end_tiny(tmp_path):
     assert abs(most - arms["most stable seed"]["mean"]) < 1e-9
     assert set(res["summary"]["arms"]) == {"all", "single_object", "two_object", "counting", "colors",
                                            "position", "color_attr"}
-    for f in ("results.md", "stability_hist.png", "accuracy_by_decile.png"):
+    for f in ("results.md", "stability_hist.png", "accuracy_by_decile.png", "examples.png"):
         assert (out / f).exists()
+    # The diagnostics regenerate each arm's images: they must give the verdicts the experiment recorded.
+    objects = res["summary"]["objects"]
+    assert objects["most stable seed"]["n"] == 6 and objects["optimized (lr 100, momentum 0.5)"]["n"] == 3
+    assert objects["most stable seed"]["passed"] == pytest.approx(arms["most stable seed"]["mean"])
+    assert objects["least stable seed"]["passed"] == pytest.approx(arms["least stable seed"]["mean"])
+    assert objects["optimized (lr 100, momentum 0.5)"]["passed"] == \
+        pytest.approx(arms["optimized (lr 100, momentum 0.5)"]["mean"])
+    assert all(o["objects_mean"] >= 0 and 0 <= o["blank"] <= 1 for o in objects.values())
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
@@ -136,3 +144,20 @@ def test_preserve_norm_keeps_optimized_noise_on_the_gaussian_shell():
     assert data.optimized[kept_arm.label].norm == pytest.approx([1.0, 1.0], abs=1e-5)
     free = data.optimized[free_arm.label].norm
     assert len(free) == 2 and all(n > 0 for n in free)
+
+
+def test_experiment_on_a_prompts_file_and_a_bad_caption(tmp_path):
+    good = tmp_path / "captions.txt"
+    good.write_text("a green triangle below a red circle\ntwo white squares\n")
+    r = CliRunner().invoke(main, ["experiment", "shapes", "--prompts", str(good), "-k", "2", "--steps", "2",
+                                  "--iterations", "0", "--bootstrap", "10", "--out", str(tmp_path / "ok")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "ok" / "results.json").read_text())
+    assert res["data"]["prompts"] == ["a green triangle below a red circle", "two white squares"]
+    assert res["data"]["tags"] == ["position", "counting"]
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a red circle\na cat wearing a spacesuit\n")
+    r = CliRunner().invoke(main, ["experiment", "shapes", "--prompts", str(bad), "--out", str(tmp_path / "no")])
+    assert r.exit_code != 0 and "not a shapes-world caption: 'a cat wearing a spacesuit'" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "no").exists()

@@ -142,7 +142,9 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, first_seed
     t0 = time.time()
     data = exp.run(backend, captions, tags, cfg, log=click.echo, state_path=out / "state.npz")
     summary = exp.summarize(data, bootstrap=bootstrap)
-    plots = exp.plots(data, summary, out)
+    summary["objects"], examples = exp.diagnose(backend, data, steps, guidance, batch_size)
+    examples.save(out / "examples.png")
+    plots = exp.plots(data, summary, out) + ["examples.png"]
     header = (f"# Shapes-world experiment\n\n{len(captions)} {'given' if prompts_file else split} prompts, "
               f"K = {k} seeds, {steps} DDIM steps, guidance {guidance}, inversion guidance {inversion_guidance}; "
               f"seeds {first_seed}.. (K per prompt, disjoint); optimization from each prompt's first seed, "

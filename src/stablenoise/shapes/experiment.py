@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
@@ -93,6 +94,7 @@ class ArmResult:
     stability: list[float]  # of the returned (most stable) iterate
     start_stability: list[float]
     norm: list[float]  # |noise| / sqrt(d) of the returned iterate; Gaussian noise: ~1
+    noise: np.ndarray | None = None  # [n, *latent] the returned iterates (kept in the state file, not the JSON)
 
 
 @dataclass
@@ -177,6 +179,7 @@ def optimize_arm(backend: Backend, prompts: Sequence[str], seeds: Sequence[int],
     """Optimize each prompt's seed with one arm's settings and verify the image of the result."""
     name = "opt_" + _digest([asdict(arm), cfg.iterations, list(prompts), list(map(int, seeds))])[:16]
     done = state.arrays.get(name, np.zeros((0, 4)))  # rows: passed, best stability, start stability, norm
+    noises = state.arrays.get(name + "_noise", np.zeros((0, *backend.latent_shape), dtype=np.float32))
     for i in range(len(done), len(prompts), cfg.optimize_batch_size):
         batch, batch_seeds = list(prompts[i:i + cfg.optimize_batch_size]), seeds[i:i + cfg.optimize_batch_size]
         r = optimize(backend, batch, noises_from_seeds(batch_seeds, backend.latent_shape),
@@ -190,8 +193,10 @@ def optimize_arm(backend: Backend, prompts: Sequence[str], seeds: Sequence[int],
         rows = [[verify(im, p).passed, b, h, n] for im, p, b, h, n in
                 zip(images, batch, r.best_stability, r.history[0], norms)]
         done = np.concatenate([done, np.array(rows, dtype=float).reshape(-1, 4)])
-        state.save(**{name: done})
-    return ArmResult([bool(x) for x in done[:, 0]], done[:, 1].tolist(), done[:, 2].tolist(), done[:, 3].tolist())
+        noises = np.concatenate([noises, r.noise.float().numpy()])
+        state.save(**{name: done, name + "_noise": noises})
+    return ArmResult([bool(x) for x in done[:, 0]], done[:, 1].tolist(), done[:, 2].tolist(), done[:, 3].tolist(),
+                     noises if len(noises) == len(done) else None)
 
 
 def run(backend: Backend, prompts: Sequence[str], tags: Sequence[str], cfg: ExperimentConfig,
@@ -210,6 +215,66 @@ def run(backend: Backend, prompts: Sequence[str], tags: Sequence[str], cfg: Expe
             data.optimized[arm.label] = optimize_arm(backend, chosen, seeds[data.optimized_index, 0], arm, cfg,
                                                      steps, guidance, inv, state, progress)
     return data
+
+
+def chosen_noises(backend: Backend, data: ExperimentData) -> dict[str, tuple[list[int], torch.Tensor]]:
+    """The noise each arm ends up with, as (prompt indices, noises): the seed choices for every prompt,
+    the optimized noises for the optimized prompts."""
+    rows = range(len(data.prompts))
+    picks = {"least stable seed": data.stability.argmin(1), FIRST: np.zeros(len(rows), dtype=int),
+             "most stable seed": data.stability.argmax(1)}
+    out = {name: (list(rows), noises_from_seeds(data.seeds[list(rows), k], backend.latent_shape))
+           for name, k in picks.items()}
+    for label, res in data.optimized.items():
+        if res.noise is not None:
+            out[f"optimized ({label})"] = (list(data.optimized_index), torch.from_numpy(res.noise))
+    return out
+
+
+def _short(arm: str) -> str:
+    """A figure label: 'most stable seed' -> 'most stable', 'optimized (lr 100, momentum 0.5,
+    norm preserved)' -> 'opt lr100 +norm'."""
+    if arm.startswith("optimized ("):
+        lr = arm.split("lr ")[1].split(",")[0]
+        return f"opt lr{lr}" + (" +norm" if "norm preserved" in arm else "")
+    return arm.replace(" seed", "").replace(" (optimization start)", "")
+
+
+def diagnose(backend: Backend, data: ExperimentData, steps: int, guidance: float, batch_size: int = 128,
+             examples_per_tag: int = 2) -> tuple[dict, "Image.Image"]:
+    """What the images of each arm contain (objects the verifier finds, blank images), and a figure of
+    example prompts: one row per prompt, one column per arm."""
+    from ..outputs import side_by_side
+
+    stats, tiles = {}, {}
+    shown = {j for t in dict.fromkeys(data.tags) for j in
+             [i for i in data.optimized_index or range(len(data.prompts)) if data.tags[i] == t][:examples_per_tag]}
+    for name, (idx, noise) in chosen_noises(backend, data).items():
+        counts, passes = [], []
+        for i in range(0, len(idx), batch_size):
+            batch = [data.prompts[j] for j in idx[i:i + batch_size]]
+            with torch.no_grad():
+                cond = conditioning(backend, batch, len(batch), guidance)
+                images = backend.decode(backend.denoise(noise[i:i + batch_size].to(backend.device), cond, steps,
+                                                        guidance))
+            for j, image, prompt in zip(idx[i:i + batch_size], images, batch):
+                v = verify(image, prompt)
+                counts.append(len(v.detections))
+                passes.append(v.passed)
+                if j in shown:
+                    tiles.setdefault(j, []).append((image, f"{_short(name)}: {'pass' if v.passed else 'fail'}"))
+        counts = np.array(counts)
+        stats[name] = {"n": int(len(counts)), "objects_mean": float(counts.mean()),
+                       "blank": float((counts == 0).mean()), "passed": float(np.mean(passes))}
+    rows = [side_by_side(*zip(*tiles[j])) for j in sorted(tiles)]
+    width = max(r.width for r in rows)
+    figure = Image.new("RGB", (width, sum(r.height + 14 for r in rows)), "white")
+    draw, y = ImageDraw.Draw(figure), 0
+    for j, row in zip(sorted(tiles), rows):
+        draw.text((3, y + 1), f"{data.tags[j]}: {data.prompts[j]}", fill="black")
+        figure.paste(row, (0, y + 14))
+        y += row.height + 14
+    return stats, figure
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -333,6 +398,12 @@ def markdown(summary: dict, header: str = "") -> str:
             r = summary["deciles"][t][d]
             cells.append(f"{100 * r['accuracy']:.1f} [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]")
         lines.append(f"| {d + 1} | " + " | ".join(cells) + " |")
+    if "objects" in summary:
+        lines += ["", "What the images contain (all prompts; optimized arms: the optimized prompts): objects the "
+                      "verifier finds per image, and the share of blank images.", "",
+                  "| arm | images | objects per image | blank |", "|---|---|---|---|"]
+        lines += [f"| {name} | {o['n']} | {o['objects_mean']:.2f} | {100 * o['blank']:.1f}% |"
+                  for name, o in summary["objects"].items()]
     for label, o in summary.get("optimization", {}).items():
         lines += ["", f"Optimization ({label}, {o['n']} prompts): mean stability {o['start_stability_mean']:.4f} "
                       f"at the start, {o['optimized_stability_mean']:.4f} after; mean norm of the optimized "
@@ -372,6 +443,8 @@ def plots(data: ExperimentData, summary: dict, folder) -> list[str]:
 
 def data_dict(data: ExperimentData) -> dict:
     d = asdict(data)
+    for arm in d["optimized"].values():
+        arm.pop("noise")
     d["seeds"] = data.seeds.tolist()
     d["stability"] = data.stability.tolist()
     d["passed"] = data.passed.astype(int).tolist()

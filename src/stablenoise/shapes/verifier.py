@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..errors import StablenoiseError
 from .world import COLORS, NUMBERS, RELATIONS, SHAPES, BACKGROUND, plural, relative_position
 
 MIN_AREA = 12  # px; smaller components are sampling noise, not objects (the smallest object is 38 px)
@@ -66,7 +67,7 @@ _PATTERNS = [
 
 
 def parse(caption: str) -> Requirement:
-    """The requirement a shapes-world caption states; ValueError if it is not one."""
+    """The requirement a shapes-world caption states; StablenoiseError (a ValueError) if it is not one."""
     text = " ".join(caption.lower().split())
     for tag, pattern in _PATTERNS:
         m = pattern.fullmatch(text)
@@ -85,7 +86,8 @@ def parse(caption: str) -> Requirement:
         if tag == "colors":
             return Requirement(tag, ((g[0], g[1]),))
         return Requirement(tag, ((None, g[0]),))
-    raise ValueError(f"not a shapes-world caption: {caption!r}")
+    raise StablenoiseError(f"not a shapes-world caption: {caption!r} (the verifier reads e.g. 'a red circle', "
+                           "'three blue squares', 'a red circle left of a blue square')")
 
 
 def _classify_shape(mask: np.ndarray) -> str:
