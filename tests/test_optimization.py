@@ -94,3 +94,26 @@ def test_zero_iterations_scores_only(sd):
     noise = sn.noises_from_seeds([4], sd.latent_shape)
     r = sn.optimize(sd, "a cat", noise, iterations=0, steps=2, progress=False)
     assert torch.equal(r.noise, noise) and len(r.history) == 1
+
+
+def test_paper_equivalent_lr_matches_the_relative_step_across_latent_sizes():
+    assert sn.paper_equivalent_lr((4, 64, 64)) == 100.0
+    assert sn.paper_equivalent_lr((3, 32, 32)) == pytest.approx(18.75)
+    # One SGD step on 1 - cos(eps, F) with F at the same angle to eps: with the equivalent lr, a small
+    # and a large latent on their Gaussian shells (|eps| = sqrt(d)) move by the same fraction of their
+    # norm; with the same lr they do not.
+    steps = {}
+    for shape in [(3, 32, 32), (4, 64, 64)]:
+        g = torch.Generator().manual_seed(0)
+        eps = torch.randn(1, *shape, generator=g, dtype=torch.float64)
+        eps *= eps[0].numel() ** 0.5 / eps.norm()
+        other = torch.randn(1, *shape, generator=g, dtype=torch.float64)
+        other -= (other * eps).sum() / (eps * eps).sum() * eps  # orthogonal to eps
+        target = eps / eps.norm() + other / other.norm()  # 45 degrees from eps
+        x = eps.clone().requires_grad_(True)
+        (1 - cosine(x, target)).sum().backward()
+        steps[shape] = {lr: (lr * x.grad.norm() / eps.norm()).item()
+                        for lr in (100.0, sn.paper_equivalent_lr(shape))}
+    small, large = steps[(3, 32, 32)], steps[(4, 64, 64)]
+    assert small[18.75] == pytest.approx(large[100.0], rel=1e-9)
+    assert small[100.0] > 5 * large[100.0]

@@ -9,11 +9,11 @@ from .backends.base import Backend, Conditioning, Defaults
 from .errors import StablenoiseError
 from .generation import generate
 from .noise import noise_from_seed, noises_from_seeds
-from .optimization import OptimizationResult, optimize
+from .optimization import OptimizationResult, optimize, paper_equivalent_lr
 from .selection import SelectionResult, select
 from .stability import cosine, round_trip, stability
 
 __version__ = "0.1.0"
 __all__ = ["Backend", "Conditioning", "Defaults", "OptimizationResult", "SelectionResult",
            "StablenoiseError", "cosine", "from_pipeline", "generate", "load", "noise_from_seed",
-           "noises_from_seeds", "optimize", "round_trip", "select", "stability"]
+           "noises_from_seeds", "optimize", "paper_equivalent_lr", "round_trip", "select", "stability"]

@@ -15,6 +15,20 @@ from .noise import check_noise
 from .stability import conditioning, cosine, resolve, round_trip
 
 
+PAPER_LATENT_SHAPE = (4, 64, 64)  # SDXL-turbo at 512x512, the paper's main model
+
+
+def paper_equivalent_lr(latent_shape, lr: float = 100.0, reference_shape=PAPER_LATENT_SHAPE) -> float:
+    """The learning rate that moves a noise of ``latent_shape`` as far, relative to its norm, as ``lr``
+    moves the paper's latent.
+
+    The gradient of cos(eps, F) with respect to eps has norm sin(angle) / |eps|, and Gaussian noise has
+    |eps| ~ sqrt(d); so one step changes eps by about lr * sin / d of its norm. lr 100 on SDXL-turbo's
+    16,384-dimensional latent is therefore a 5x larger relative step on a 3,072-dimensional one.
+    """
+    return lr * math.prod(latent_shape) / math.prod(reference_shape)
+
+
 @dataclass
 class OptimizationResult:
     noise: torch.Tensor  # [B, ...] the most stable iterate of each sample (CPU)
@@ -31,6 +45,8 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
              checkpoint: bool = True, preserve_norm: bool = False, progress: bool = True,
              callback: Callable[[dict], None] | None = None) -> OptimizationResult:
     """Maximize inversion stability of each noise in a batch (paper: 100 iterations, lr 100, momentum 0.5).
+
+    The step size that lr means depends on the latent's dimension (see :func:`paper_equivalent_lr`).
 
     Each sample's loss depends on its own noise only, so a batch optimizes independently per sample.
     ``checkpoint`` recomputes each UNet call in the backward pass instead of storing 2*T of them.

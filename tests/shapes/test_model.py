@@ -47,3 +47,30 @@ def test_stability_is_a_real_round_trip(shapes):
     s = sn.stability(shapes, "a red circle", sn.noises_from_seeds(range(4), shapes.latent_shape))
     assert ((s > 0.3) & (s < 0.9999)).all(), s
     assert s.std() > 1e-4
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    from click.testing import CliRunner
+
+    from stablenoise.cli import main
+
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(main, ["demo", "--prompt", "a red circle", "-k", "3", "--iterations", "1",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and len(record["items"]) == 1
+    item = record["items"][0]
+    assert len(item["scores"]) == 3 and item["best_seed"] in range(3)
+    assert set(item["verifier"]) == {"seed0", "most_stable", "least_stable", "optimized"}
+    html = (out / "index.html").read_text()
+    assert "a red circle" in html and (out / item["folder"] / "summary.png").exists()
+
+
+def test_demo_rejects_a_caption_the_verifier_cannot_read(tmp_path):
+    from click.testing import CliRunner
+
+    from stablenoise.cli import main
+
+    r = CliRunner().invoke(main, ["demo", "--prompt", "a purple hexagon", "--out", str(tmp_path / "d")])
+    assert r.exit_code != 0 and "not a shapes-world caption" in r.output and "Traceback" not in r.output

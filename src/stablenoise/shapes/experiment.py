@@ -375,7 +375,7 @@ def markdown(summary: dict, header: str = "") -> str:
     arms = list(dict.fromkeys(a for t in tags for a in summary["arms"][t]))
     lines = [header, "", "Verifier accuracy in % with 95% bootstrap CI over prompts "
              "(differences in percentage points).", "",
-             "| arm | " + " | ".join(f"{t} (n={summary['n_prompts'][t]}, {summary['n_captions'][t]} captions)"
+             "| arm | " + " | ".join(f"{t} (n={summary['n_prompts'][t]}; {summary['n_captions'][t]} distinct)"
                                     for t in tags) + " |",
              "|---|" + "---|" * len(tags)]
     for arm in arms:
