@@ -62,7 +62,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert record["status"] == "complete" and len(record["items"]) == 1
     item = record["items"][0]
     assert len(item["scores"]) == 3 and item["best_seed"] in range(3)
-    assert set(item["verifier"]) == {"seed0", "most_stable", "least_stable", "optimized"}
+    assert set(item["verifier"]) == {"seed0", "most_stable", "least_stable", "optimized", "optimized_equiv"}
+    assert [item["optimization"][n]["lr"] for n in ("optimized", "optimized_equiv")] == [100.0, 18.75]
     html = (out / "index.html").read_text()
     assert "a red circle" in html and (out / item["folder"] / "summary.png").exists()
 
