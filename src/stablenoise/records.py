@@ -37,6 +37,9 @@ def write_json_atomic(path: str | Path, obj) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, default=_jsonable)
             f.write("\n")
+        umask = os.umask(0)  # mkstemp makes the file private (0600); give it the mode a plain open() would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
