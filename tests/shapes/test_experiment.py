@@ -95,12 +95,12 @@ def test_another_optimizer_arm_reuses_the_scores(tmp_path, monkeypatch):
     first = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=2, steps=2, iterations=1, optimizers=(paper,)),
                     progress=False, log=lambda m: None, state_path=state)
 
-    def no_scoring(*a, **kw):
-        raise AssertionError("scores were recomputed")
+    def cached(*a, **kw):
+        raise AssertionError("cached work was recomputed")
 
-    monkeypatch.setattr(exp, "round_trip", no_scoring)
-    monkeypatch.setattr(exp, "optimize", lambda *a, **kw: no_scoring() if kw["lr"] == paper.lr else real_opt(*a, **kw))
     real_opt = sn.optimize
+    monkeypatch.setattr(exp, "round_trip", cached)  # the scores come from the state file
+    monkeypatch.setattr(exp, "optimize", lambda *a, **kw: cached() if kw["lr"] == paper.lr else real_opt(*a, **kw))
     both = exp.run(backend, prompts, tags, exp.ExperimentConfig(k=2, steps=2, iterations=1, optimizers=(paper, small)),
                    progress=False, log=lambda m: None, state_path=state)
     assert (both.stability == first.stability).all()
@@ -111,8 +111,13 @@ def test_another_optimizer_arm_reuses_the_scores(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("spec, message", [("lr=0", "lr > 0"), ("lr=abc", "not a number"),
-                                           ("speed=3", "bad optimizer setting"), ("momentum=1", "momentum < 1")])
+                                           ("speed=3", "bad optimizer setting"), ("momentum=1", "momentum < 1"),
+                                           ("preserve_norm=maybe", "preserve_norm=1 or 0")])
 def test_bad_optimizer_spec_is_one_clear_error(spec, message):
+    from stablenoise.shapes.experiment import OptimizerArm
+
+    assert OptimizerArm.parse("lr=18.75, preserve_norm=yes") == OptimizerArm(lr=18.75, preserve_norm=True)
+    assert OptimizerArm.parse("momentum=0.9,preserve-norm=0") == OptimizerArm(momentum=0.9)
     from stablenoise.errors import StablenoiseError
     from stablenoise.shapes.experiment import OptimizerArm
 

@@ -51,17 +51,22 @@ class OptimizerArm:
     @classmethod
     def parse(cls, spec: str) -> "OptimizerArm":
         """``"lr=18.75,momentum=0.5,preserve_norm=1"``; unnamed settings keep the paper's defaults."""
-        names = {f.name: f.type for f in fields(cls)}
+        names = [f.name for f in fields(cls)]
+        flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
         values = {}
         for item in filter(None, (x.strip() for x in spec.split(","))):
-            key, _, value = item.partition("=")
-            key = key.strip().replace("-", "_")
+            key, _, value = (x.strip() for x in item.partition("="))
+            key = key.replace("-", "_")
             if key not in names or not value:
                 raise StablenoiseError(f"bad optimizer setting {item!r} in {spec!r}: use "
                                        f"{', '.join(k + '=VALUE' for k in names)}")
+            if key == "preserve_norm":
+                if value.lower() not in flags:
+                    raise StablenoiseError(f"bad optimizer setting {item!r}: use preserve_norm=1 or 0")
+                values[key] = flags[value.lower()]
+                continue
             try:
-                values[key] = (value.strip().lower() in ("1", "true", "yes")) if key == "preserve_norm" \
-                    else float(value)
+                values[key] = float(value)
             except ValueError:
                 raise StablenoiseError(f"bad optimizer setting {item!r}: {value!r} is not a number") from None
         arm = cls(**values)
