@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..backends.base import Backend
 from ..errors import StablenoiseError
+from ..generation import generate
 from ..noise import noises_from_seeds
 from ..optimization import optimize
 from ..stability import conditioning, cosine, resolve, round_trip
@@ -191,9 +192,7 @@ def optimize_arm(backend: Backend, prompts: Sequence[str], seeds: Sequence[int],
                      iterations=cfg.iterations, lr=arm.lr, momentum=arm.momentum, steps=steps, guidance=guidance,
                      inversion_guidance=inversion_guidance, checkpoint=False, preserve_norm=arm.preserve_norm,
                      progress=progress)
-        with torch.no_grad():
-            cond = conditioning(backend, batch, len(batch), guidance)
-            images = backend.decode(backend.denoise(r.noise.to(backend.device), cond, steps, guidance))
+        images = generate(backend, batch, r.noise, steps, guidance, sampler="ddim")
         norms = (r.noise.flatten(1).norm(dim=1) / r.noise[0].numel() ** 0.5).tolist()
         rows = [[verify(im, p).passed, b, h, n] for im, p, b, h, n in
                 zip(images, batch, r.best_stability, r.history[0], norms)]
@@ -258,10 +257,7 @@ def diagnose(backend: Backend, data: ExperimentData, steps: int, guidance: float
         counts, passes = [], []
         for i in range(0, len(idx), batch_size):
             batch = [data.prompts[j] for j in idx[i:i + batch_size]]
-            with torch.no_grad():
-                cond = conditioning(backend, batch, len(batch), guidance)
-                images = backend.decode(backend.denoise(noise[i:i + batch_size].to(backend.device), cond, steps,
-                                                        guidance))
+            images = generate(backend, batch, noise[i:i + batch_size], steps, guidance, sampler="ddim")
             for j, image, prompt in zip(idx[i:i + batch_size], images, batch):
                 v = verify(image, prompt)
                 counts.append(len(v.detections))
