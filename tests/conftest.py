@@ -40,3 +40,17 @@ def sd_folder(tmp_path_factory, sd_pipe):
     path = tmp_path_factory.mktemp("tiny-sd")
     sd_pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+MODEL_FIXTURES = {"sd", "sdxl", "sd_pipe", "sd64", "sd_folder", "shapes_backend"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "model: runs a (tiny) diffusion model; deselect with -m 'not model' for "
+                                       "the fast algorithm checks that mutation testing runs")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or "shapes" in item.nodeid.split("::")[0]:
+            item.add_marker(pytest.mark.model)

@@ -4,15 +4,17 @@ import pytest
 import torch
 
 import stablenoise as sn
+from stablenoise.errors import StablenoiseError
 from stablenoise.stability import conditioning, cosine, round_trip
 from tiny import tiny_sd
+from toy import ShiftBackend, ToyBackend
 
 
 def test_raises_stability_in_a_few_iterations(sd):
     noise = sn.noises_from_seeds([0, 1], sd.latent_shape)
     r = sn.optimize(sd, "a red cube", noise, iterations=5, steps=3, progress=False)
-    assert len(r.history) == 6
-    start, best = torch.tensor(r.history[0]), torch.tensor(r.best_stability)
+    assert [len(h) for h in r.history] == [6, 6] and r.stopped == [None, None]
+    start, best = torch.tensor(r.initial_stability), torch.tensor(r.best_stability)
     assert (best > start + 1e-3).all(), (start, best)
     # The returned noise really has the reported stability.
     again = sn.stability(sd, "a red cube", r.noise, steps=3)
@@ -56,44 +58,112 @@ def test_checkpointed_and_plain_gradients_agree(sd64):
     assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
-def test_preserve_norm(sd):
+def test_preserve_norm_projects_the_start_and_every_iterate(sd):
     noise = sn.noises_from_seeds([0], sd.latent_shape) * 1.3
     norms = []
-    sn.optimize(sd, "a cat", noise, iterations=3, steps=2, preserve_norm=True, progress=False,
-                callback=lambda info: norms.append(float(info["noise"].norm())))
-    assert math.isclose(norms[0], 1.3 * float(noise.norm() / 1.3), rel_tol=1e-6)  # the start is untouched
-    for n in norms[1:]:
+    r = sn.optimize(sd, "a cat", noise, iterations=3, steps=2, preserve_norm=True, progress=False,
+                    callback=lambda info: norms.append(float(info["noise"].norm())))
+    assert len(norms) == 4
+    for n in norms + [float(r.noise.norm())]:
         assert math.isclose(n, math.sqrt(noise.numel()), rel_tol=1e-5)
+    assert torch.equal(r.initial_noise, noise)  # the noise as given is kept too
 
 
-class _NaNAfter:
-    """A backend whose inversion returns NaN from its n-th call on: optimization must stop, keeping the best."""
+def _sgd_reference(backend, prompt, noise, iterations, lr, momentum):
+    """The iterates of torch.optim.SGD on 1 - s, evaluated one at a time: the optimizer's reference."""
+    eps = noise.clone().requires_grad_(True)
+    opt = torch.optim.SGD([eps], lr=lr, momentum=momentum)
+    cond = conditioning(backend, prompt, noise.shape[0], 1.0)
+    iterates, values = [], []
+    for i in range(iterations + 1):
+        opt.zero_grad()
+        s = cosine(eps, round_trip(backend, cond, eps, 2, 1.0, 1.0)[1])
+        iterates.append(eps.detach().clone())
+        values.append(s.detach().clone())
+        if i < iterations:
+            (1 - s).sum().backward()
+            opt.step()
+    return iterates, values
 
-    def __init__(self, backend, n):
-        self._b, self._n, self.calls = backend, n, 0
 
-    def __getattr__(self, name):
-        return getattr(self._b, name)
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9])
+def test_iterates_are_sgd_with_momentum(momentum):
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([0, 1], toy.latent_shape)
+    seen = []
+    r = sn.optimize(toy, ["a", "b"], noise, iterations=6, lr=3.0, momentum=momentum, progress=False,
+                    callback=lambda info: seen.append(info["noise"]))
+    iterates, values = _sgd_reference(ToyBackend(), ["a", "b"], noise, 6, 3.0, momentum)
+    assert len(seen) == 7
+    for ours, ref in zip(seen, iterates):
+        assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(torch.tensor(r.history).T, torch.stack(values), atol=1e-6)
+    # The best iterate, not the last one, is returned, with its own score and iteration.
+    for j in range(2):
+        k = int(torch.stack(values)[:, j].argmax())
+        assert r.best_iteration[j] == k and r.best_stability[j] == pytest.approx(float(values[k][j]), abs=1e-6)
+        assert torch.allclose(r.noise[j], iterates[k][j], atol=1e-6)
 
-    def invert(self, *args, **kwargs):
-        self.calls += 1
-        out = self._b.invert(*args, **kwargs)
-        return out * float("nan") if self.calls >= self._n else out
+
+def test_returns_the_best_iterate_when_a_large_step_overshoots():
+    toy = ShiftBackend()
+    noise = sn.noises_from_seeds([3], toy.latent_shape)
+    seen = []
+    r = sn.optimize(toy, "a", noise, iterations=8, lr=300.0, momentum=0.5, preserve_norm=True, progress=False,
+                    callback=lambda info: seen.append(info["noise"]))
+    h = r.history[0]
+    assert max(h) > h[-1] + 1e-3  # it overshot: the last iterate is not the best
+    k = h.index(max(h))
+    assert r.best_iteration == [k] and r.best_stability == [max(h)]
+    assert torch.equal(r.noise[0], seen[k][0])
+    assert sn.stability(ShiftBackend(), "a", r.noise).item() == pytest.approx(max(h), abs=1e-6)
 
 
-def test_stops_on_nan_with_best_so_far(sd):
-    noise = sn.noises_from_seeds([0], sd.latent_shape)
-    r = sn.optimize(_NaNAfter(sd, 4), "a cat", noise, iterations=10, steps=2, progress=False)
-    assert r.stopped and "non-finite" in r.stopped
-    assert len(r.history) == 3
-    assert r.best_stability[0] == max(h[0] for h in r.history)
-    assert torch.isfinite(r.noise).all()
+def test_callback_gets_a_copy():
+    toy = ToyBackend()
+    seen = []
+    sn.optimize(toy, "a", sn.noises_from_seeds([0], toy.latent_shape), iterations=3, lr=5.0, progress=False,
+                callback=lambda info: seen.append(info["noise"]))
+    assert len(seen) == 4
+    assert all(not torch.equal(a, b) for a, b in zip(seen, seen[1:]))  # a live tensor would be all the same
+
+
+def test_a_non_finite_sample_stops_alone():
+    toy = ToyBackend(poison={"bad": 3})  # its round trip turns NaN from the 4th call on
+    noise = sn.noises_from_seeds([0, 1, 2], toy.latent_shape)
+    r = sn.optimize(toy, ["a", "bad", "c"], noise, iterations=6, lr=3.0, progress=False)
+    assert r.stopped[0] is None and r.stopped[2] is None
+    assert r.stopped[1] == "non-finite stability at iteration 3"
+    assert [len(h) for h in r.history] == [7, 3, 7]
+    assert r.best_stability[1] == max(r.history[1]) and torch.isfinite(r.noise).all()
+    # The healthy samples follow exactly the path they follow alone.
+    alone = sn.optimize(ToyBackend(), ["a", "c"], noise[[0, 2]], iterations=6, lr=3.0, progress=False)
+    assert r.history[0] == pytest.approx(alone.history[0], abs=1e-6)
+    assert r.history[2] == pytest.approx(alone.history[1], abs=1e-6)
+
+
+def test_non_finite_from_the_start_has_no_score():
+    toy = ToyBackend(poison={"bad": 0})
+    noise = sn.noises_from_seeds([0, 1], toy.latent_shape)
+    r = sn.optimize(toy, ["bad", "a"], noise, iterations=2, lr=3.0, progress=False)
+    assert r.history[0] == [] and r.best_stability[0] is None and r.best_iteration[0] is None
+    assert r.initial_stability[0] is None and r.stopped[0] == "non-finite stability at iteration 0"
+    assert torch.equal(r.noise[0], noise[0]) and len(r.history[1]) == 3
 
 
 def test_zero_iterations_scores_only(sd):
     noise = sn.noises_from_seeds([4], sd.latent_shape)
     r = sn.optimize(sd, "a cat", noise, iterations=0, steps=2, progress=False)
-    assert torch.equal(r.noise, noise) and len(r.history) == 1
+    assert torch.equal(r.noise, noise) and [len(h) for h in r.history] == [1] and r.best_iteration == [0]
+
+
+@pytest.mark.parametrize("kwargs, match", [({"iterations": -1}, "iterations"), ({"lr": 0.0}, "lr"),
+                                           ({"lr": float("inf")}, "lr"), ({"momentum": 1.0}, "momentum"),
+                                           ({"momentum": -0.1}, "momentum"), ({"guidance": float("nan")}, "finite")])
+def test_bad_optimizer_settings(kwargs, match):
+    toy = ToyBackend()
+    with pytest.raises(StablenoiseError, match=match):
+        sn.optimize(toy, "a", sn.noises_from_seeds([0], toy.latent_shape), progress=False, **kwargs)
 
 
 def test_paper_equivalent_lr_matches_the_relative_step_across_latent_sizes():

@@ -3,6 +3,7 @@ import torch
 
 import stablenoise as sn
 from stablenoise.errors import StablenoiseError
+from toy import ToyBackend
 
 
 def test_ranks_agree_with_scores(sd):
@@ -31,3 +32,55 @@ def test_explicit_seeds(sd):
 def test_bad_selection(sd, kwargs, match):
     with pytest.raises(StablenoiseError, match=match):
         sn.select(sd, "a cat", steps=2, progress=False, **kwargs)
+
+
+def test_select_on_a_toy_backend_is_exact():
+    toy = ToyBackend()
+    r = sn.select(toy, "a", seeds=[5, 9, 2, 7, 11], batch_size=2, progress=False)
+    direct = sn.stability(ToyBackend(), "a", sn.noises_from_seeds([5, 9, 2, 7, 11], toy.latent_shape))
+    assert r.scores == pytest.approx(direct.tolist(), abs=1e-7)
+    order = direct.argsort(descending=True).tolist()
+    assert r.best_seed == [5, 9, 2, 7, 11][order[0]] and r.worst_seed == [5, 9, 2, 7, 11][order[-1]]
+    assert [s for s, _ in r.ranked()] == [[5, 9, 2, 7, 11][i] for i in order]
+    assert torch.equal(r.best_noise, sn.noises_from_seeds([r.best_seed], toy.latent_shape))
+    assert torch.equal(r.worst_noise, sn.noises_from_seeds([r.worst_seed], toy.latent_shape))
+
+
+class _NaNForSeeds(ToyBackend):
+    """Stability NaN for the noises of some seeds (a model that overflows on them)."""
+
+    def __init__(self, bad_seeds):
+        super().__init__()
+        self.bad = [sn.noise_from_seed(s, self.latent_shape) for s in bad_seeds]
+
+    def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        out = super().invert(latents, cond, steps, guidance)
+        for i in range(latents.shape[0]):
+            if any(torch.equal(self._last[i], b) for b in self.bad):
+                out[i] = float("nan")
+        return out
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        self._last = noise
+        return super().denoise(noise, cond, steps, guidance)
+
+
+def test_non_finite_scores_never_win():
+    toy = ToyBackend()
+    clean = sn.stability(toy, "a", sn.noises_from_seeds(range(6), toy.latent_shape))
+    best, worst = int(clean.argmax()), int(clean.argmin())
+    r = sn.select(_NaNForSeeds([best, worst]), "a", k=6, batch_size=4, progress=False)
+    assert r.scores[best] is None and r.scores[worst] is None
+    assert r.best_seed not in (best, worst) and r.worst_seed not in (best, worst)
+    rest = [v for i, v in enumerate(clean.tolist()) if i not in (best, worst)]
+    assert r.scores[r.best_seed] == pytest.approx(max(rest)) and r.scores[r.worst_seed] == pytest.approx(min(rest))
+    assert len(r.ranked()) == 4
+    with pytest.raises(StablenoiseError, match="every one of the 2 seeds"):
+        sn.select(_NaNForSeeds([0, 1]), "a", k=2, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"seeds": []}, "seeds is empty"), ({"seeds": [-1]}, "seed must be"),
+                                           ({"seeds": [2**64]}, "seed must be"), ({"k": -3}, "k must be")])
+def test_bad_seeds(kwargs, match):
+    with pytest.raises(StablenoiseError, match=match):
+        sn.select(ToyBackend(), "a", progress=False, **kwargs)

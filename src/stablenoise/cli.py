@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -11,6 +12,8 @@ from .cli_common import guarded as _guarded
 from .errors import StablenoiseError
 
 NOISE_KEYS = ("optimized", "best", "noise", "initial")
+MAX_SEEDS = 100_000  # per prompt: far beyond any useful K, and a typo like -k 1e9 fails at once
+SEED = click.IntRange(0, 2**64 - 1)  # torch takes seeds modulo 2**64: -1 would alias 2**64 - 1
 
 
 def model_options(fn):
@@ -26,7 +29,7 @@ def model_options(fn):
         click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,
                      help="CFG scale of the inversion (default 1: conditional branch only)."),
         click.option("--variant", default=None, help="Weight variant to load, as in diffusers (e.g. fp16)."),
-        click.option("--timestep-spacing", type=click.Choice(["leading", "trailing"]), default=None,
+        click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None,
                      help="Override the DDIM timestep spacing (default: the pipeline scheduler's)."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output folder (default: stablenoise-out/COMMAND)."),
@@ -64,6 +67,7 @@ class Session:
         return {"steps": self.steps, "guidance": self.guidance, "inversion_guidance": self.inversion_guidance}
 
     def folder(self, **parameters):
+        """The run folder; used as a context manager, the run ends as done, interrupted or failed: why."""
         from .outputs import RunFolder
 
         params = {"prompts": self.prompts, **self.round_trip_kwargs(), **parameters}
@@ -87,7 +91,7 @@ def _load_noise(path: Path, shape):
     key = next((k for k in NOISE_KEYS if k in tensors), None) or (next(iter(tensors)) if len(tensors) == 1 else None)
     if key is None:
         raise StablenoiseError(f"{path}: holds {sorted(tensors)}; expected one of {', '.join(NOISE_KEYS)}")
-    return check_noise(tensors[key].float(), shape)
+    return check_noise(tensors[key], shape).float()
 
 
 def _seed_noises(session: Session, seed: int, n: int, noise_file: Path | None):
@@ -95,6 +99,8 @@ def _seed_noises(session: Session, seed: int, n: int, noise_file: Path | None):
 
     if noise_file is not None:
         return None, _load_noise(noise_file, session.backend.latent_shape)
+    if seed + n > 2**64:
+        raise StablenoiseError(f"seeds {seed}..{seed + n - 1} run past 2**64 - 1")
     seeds = list(range(seed, seed + n))
     return seeds, noises_from_seeds(seeds, session.backend.latent_shape)
 
@@ -112,17 +118,18 @@ def seed_options(default_num: int):
                           help="Use a saved noise (safetensors from select/optimize) instead of seeds.")(fn)
         fn = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                           help="Noises per model call.")(fn)
-        fn = click.option("-n", "--num", type=click.IntRange(min=1), default=default_num, show_default=True,
+        fn = click.option("-n", "--num", type=click.IntRange(1, MAX_SEEDS), default=default_num, show_default=True,
                           help="Seeds per prompt.")(fn)
-        return click.option("--seed", type=int, default=0, show_default=True, help="First seed.")(fn)
+        return click.option("--seed", type=SEED, default=0, show_default=True, help="First seed.")(fn)
     return decorate
 
 
 @main.command()
 @model_options
 @seed_options(default_num=1)
-@click.option("--sampler", type=click.Choice(["pipeline", "ddim"]), default="pipeline", show_default=True,
-              help="The pipeline's own sampler, or the DDIM that the stability score uses.")
+@click.option("--sampler", type=click.Choice(["ddim", "pipeline"]), default="ddim", show_default=True,
+              help="ddim: the image whose stability was scored (the round trip's denoised half); pipeline: the "
+                   "pipeline's own scheduler, its fresh noise (if any) seeded by the noise itself.")
 @_guarded
 def generate(seed, num, noise_file, batch_size, sampler, **kw):
     """Generate images from seeded (or saved) noises."""
@@ -130,13 +137,15 @@ def generate(seed, num, noise_file, batch_size, sampler, **kw):
 
     s = Session("generate", **kw)
     seeds, noise = _seed_noises(s, seed, num, noise_file)
-    run = s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, sampler=sampler)
-    for i, prompt in s.each_prompt():
-        images = [im for chunk in noise.split(batch_size)
-                  for im in gen(s.backend, prompt, chunk, s.steps, s.guidance, sampler=sampler)]
-        names = [f"seed-{x}" for x in seeds] if seeds else [f"noise-{j}" for j in range(len(images))]
-        run.add(i, prompt, {"images": [n + ".png" for n in names]}, dict(zip(names, images)))
-    run.finish()
+    with s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, sampler=sampler,
+                  batch_size=batch_size) as run:
+        for i, prompt in s.each_prompt():
+            if run.done(i, prompt):
+                continue
+            images = [im for chunk in noise.split(batch_size)
+                      for im in gen(s.backend, prompt, chunk, s.steps, s.guidance, sampler=sampler)]
+            names = [f"seed-{x}" for x in seeds] if seeds else [f"noise-{j}" for j in range(len(images))]
+            run.add(i, prompt, {"images": [n + ".png" for n in names]}, dict(zip(names, images)))
     click.echo(f"wrote {run.root}")
 
 
@@ -145,27 +154,36 @@ def generate(seed, num, noise_file, batch_size, sampler, **kw):
 @seed_options(default_num=8)
 @_guarded
 def score(seed, num, noise_file, batch_size, **kw):
-    """Inversion stability of seeded (or saved) noises."""
+    """Inversion stability of seeded (or saved) noises. A noise whose stability is NaN/inf is recorded
+    as null and makes the command fail once every prompt is done."""
     from .stability import stability
 
     s = Session("score", **kw)
     seeds, noise = _seed_noises(s, seed, num, noise_file)
-    run = s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, batch_size=batch_size)
-    for i, prompt in s.each_prompt():
-        scores = [x for chunk in tqdm(noise.split(batch_size), desc="score", unit="batch",
-                                      disable=len(noise) <= batch_size)
-                  for x in stability(s.backend, prompt, chunk, **s.round_trip_kwargs()).tolist()]
-        run.add(i, prompt, {"seeds": seeds, "scores": scores})
-        for label, value in zip(seeds or range(len(scores)), scores):
-            click.echo(f"{prompt!r}\tseed {label}\tstability {value:.6f}")
-    run.finish()
+    bad = 0
+    with s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, batch_size=batch_size) as run:
+        for i, prompt in s.each_prompt():
+            if run.done(i, prompt):
+                continue
+            scores = [x if math.isfinite(x) else None
+                      for chunk in tqdm(noise.split(batch_size), desc="score", unit="batch",
+                                        disable=len(noise) <= batch_size)
+                      for x in stability(s.backend, prompt, chunk, **s.round_trip_kwargs()).tolist()]
+            run.add(i, prompt, {"seeds": seeds, "scores": scores})
+            for label, value in zip(seeds or range(len(scores)), scores):
+                shown = f"{value:.6f}" if value is not None else "none (NaN or inf)"
+                click.echo(f"{prompt!r}\t{'seed' if seeds else 'noise'} {label}\tstability {shown}")
+            bad += scores.count(None)
+        if bad:
+            raise StablenoiseError(f"{bad} stability score(s) were NaN or inf (recorded as null in {run.root})")
     click.echo(f"wrote {run.root}")
 
 
 @main.command()
 @model_options
-@click.option("-k", type=click.IntRange(min=1), default=100, show_default=True, help="Seeds to score per prompt.")
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed: seeds are SEED..SEED+K-1.")
+@click.option("-k", type=click.IntRange(1, MAX_SEEDS), default=100, show_default=True,
+              help="Seeds to score per prompt.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="First seed: seeds are SEED..SEED+K-1.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @_guarded
 def select(k, seed, batch_size, **kw):
@@ -176,72 +194,113 @@ def select(k, seed, batch_size, **kw):
     from .outputs import side_by_side
     from .selection import select as sel
 
+    if seed + k > 2**64:
+        raise StablenoiseError(f"seeds {seed}..{seed + k - 1} run past 2**64 - 1")
     s = Session("select", **kw)
-    run = s.folder(k=k, first_seed=seed, batch_size=batch_size)
-    for i, prompt in s.each_prompt():
-        r = sel(s.backend, prompt, seeds=range(seed, seed + k), batch_size=batch_size, **s.round_trip_kwargs())
-        best, worst = gen(s.backend, prompt, torch.cat([r.best_noise, r.worst_noise]), s.steps, s.guidance)
-        score = dict(zip(r.seeds, r.scores))
-        images = {"best": best, "worst": worst, "best_vs_worst": side_by_side(
-            [best, worst], [f"best {r.best_seed}: {score[r.best_seed]:.4f}", f"worst {r.worst_seed}: {score[r.worst_seed]:.4f}"])}
-        run.add(i, prompt, {"seeds": r.seeds, "scores": r.scores, "best_seed": r.best_seed,
-                            "worst_seed": r.worst_seed, "best_score": score[r.best_seed],
-                            "worst_score": score[r.worst_seed]},
-                images, {"best": r.best_noise, "worst": r.worst_noise})
-        click.echo(f"{prompt!r}: best seed {r.best_seed} ({score[r.best_seed]:.4f}), "
-                   f"worst seed {r.worst_seed} ({score[r.worst_seed]:.4f})")
-    run.finish()
+    with s.folder(k=k, first_seed=seed, batch_size=batch_size) as run:
+        for i, prompt in s.each_prompt():
+            if run.done(i, prompt):
+                continue
+            r = sel(s.backend, prompt, seeds=range(seed, seed + k), batch_size=batch_size, **s.round_trip_kwargs())
+            best, worst = gen(s.backend, prompt, torch.cat([r.best_noise, r.worst_noise]), s.steps, s.guidance)
+            score = dict(zip(r.seeds, r.scores))
+            excluded = r.scores.count(None)
+            images = {"best": best, "worst": worst, "best_vs_worst": side_by_side(
+                [best, worst], [f"best {r.best_seed}: {score[r.best_seed]:.4f}",
+                                f"worst {r.worst_seed}: {score[r.worst_seed]:.4f}"])}
+            run.add(i, prompt, {"seeds": r.seeds, "scores": r.scores, "best_seed": r.best_seed,
+                                "worst_seed": r.worst_seed, "best_score": score[r.best_seed],
+                                "worst_score": score[r.worst_seed], "excluded_non_finite": excluded},
+                    images, {"best": r.best_noise, "worst": r.worst_noise})
+            click.echo(f"{prompt!r}: best seed {r.best_seed} ({score[r.best_seed]:.4f}), "
+                       f"worst seed {r.worst_seed} ({score[r.worst_seed]:.4f})"
+                       + (f"; {excluded} seed(s) scored NaN/inf and were excluded" if excluded else ""))
     click.echo(f"wrote {run.root}")
 
 
 @main.command()
 @model_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starting noise.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the starting noise.")
 @click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
-              help="Start from a saved noise (safetensors) instead of the seed.")
+              help="Start from saved noises (safetensors): every prompt is optimized from each of them.")
 @click.option("--iterations", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True)
 @click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5, show_default=True)
-@click.option("--preserve-norm", is_flag=True, help="Keep the noise norm at sqrt(d) after every step.")
+@click.option("--preserve-norm", is_flag=True, help="Keep the noise norm at sqrt(d) (start and every step).")
 @click.option("--no-checkpoint", is_flag=True, help="Keep activations instead of recomputing (more memory).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Prompts optimized together.")
+              help="(prompt, noise) pairs optimized together.")
 @_guarded
 def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_checkpoint, batch_size, **kw):
     """Optimize a noise per prompt for inversion stability (gradient descent with momentum).
-    Prompts are optimized --batch-size at a time, each independently, from the same starting noise."""
+    Each (prompt, starting noise) pair is optimized independently, --batch-size pairs at a time. A pair
+    whose stability turns NaN/inf stops alone; if one never had a finite score, the command fails at the end."""
+    from .optimization import optimize as opt
+
+    if not math.isfinite(lr):
+        raise StablenoiseError(f"lr must be finite, got {lr}")
+    s = Session("optimize", **kw)
+    seeds, noise = _seed_noises(s, seed, 1, noise_file)
+    n = noise.shape[0]
+    failed = []
+    with s.folder(seed=seed if seeds else None, noise_file=str(noise_file) if noise_file else None,
+                  iterations=iterations, lr=lr, momentum=momentum, preserve_norm=preserve_norm,
+                  checkpoint=not no_checkpoint, batch_size=batch_size) as run:
+        pending = [i for i, p in enumerate(s.prompts) if not run.done(i, p)]
+        pairs = [(i, j) for i in pending for j in range(n)]
+        results = {}
+        for first in tqdm(range(0, len(pairs), batch_size), desc="optimize", unit="batch",
+                          disable=len(pairs) <= batch_size):
+            chunk = pairs[first:first + batch_size]
+            r = opt(s.backend, [s.prompts[i] for i, _ in chunk], noise[[j for _, j in chunk]], iterations=iterations,
+                    lr=lr, momentum=momentum, preserve_norm=preserve_norm, checkpoint=not no_checkpoint,
+                    progress=len(pairs) <= batch_size, **s.round_trip_kwargs())
+            for pos, pair in enumerate(chunk):
+                results[pair] = {"initial": r.initial_noise[pos], "optimized": r.noise[pos],
+                                 "initial_stability": r.initial_stability[pos],
+                                 "optimized_stability": r.best_stability[pos],
+                                 "best_iteration": r.best_iteration[pos], "history": r.history[pos],
+                                 "stopped": r.stopped[pos]}
+            for i in dict.fromkeys(i for i, _ in chunk):
+                if all((i, j) in results for j in range(n)):
+                    failed += _write_optimized(s, run, i, [results.pop((i, j)) for j in range(n)])
+        if failed:
+            raise StablenoiseError(f"{len(failed)} (prompt, noise) pair(s) never had a finite stability: "
+                                   f"{failed[0]}")
+    click.echo(f"wrote {run.root}")
+
+
+def _write_optimized(s, run, i, results) -> list[str]:
+    """One prompt's folder: images, noises, stability curves and the record of each starting noise."""
     import torch
 
     from .generation import generate as gen
-    from .optimization import optimize as opt
     from .outputs import side_by_side
     from .plots import plot_history
 
-    s = Session("optimize", **kw)
-    seeds, noise = _seed_noises(s, seed, 1, noise_file)
-    run = s.folder(seed=seed if seeds else None, noise_file=str(noise_file) if noise_file else None,
-                   iterations=iterations, lr=lr, momentum=momentum, preserve_norm=preserve_norm,
-                   checkpoint=not no_checkpoint, batch_size=batch_size)
-    for first in range(0, len(s.prompts), batch_size):
-        prompts = s.prompts[first:first + batch_size]
-        r = opt(s.backend, prompts, noise[:1].expand(len(prompts), *noise.shape[1:]), iterations=iterations,
-                lr=lr, momentum=momentum, preserve_norm=preserve_norm, checkpoint=not no_checkpoint,
-                **s.round_trip_kwargs())
-        for j, prompt in enumerate(prompts):
-            start, best = r.initial_noise[j:j + 1], r.noise[j:j + 1]
-            before, after = gen(s.backend, prompt, torch.cat([start, best]), s.steps, s.guidance)
-            history = [h[j] for h in r.history]
-            folder = run.add(first + j, prompt, {
-                "initial_stability": history[0], "optimized_stability": r.best_stability[j],
-                "best_iteration": r.best_iteration[j], "history": history, "stopped": r.stopped},
-                {"initial": before, "optimized": after, "initial_vs_optimized": side_by_side(
-                    [before, after], [f"start {history[0]:.4f}", f"optimized {r.best_stability[j]:.4f}"])},
-                {"initial": start, "optimized": best})
-            plot_history(history, folder / "stability.png", title=prompt)
-            click.echo(f"{prompt!r}: stability {history[0]:.4f} -> {r.best_stability[j]:.4f}"
-                       + (f" (stopped: {r.stopped})" if r.stopped else ""))
-    run.finish()
-    click.echo(f"wrote {run.root}")
+    prompt, n = s.prompts[i], len(results)
+    starts = torch.stack([r["initial"] for r in results])
+    bests = torch.stack([r["optimized"] for r in results])
+    images = gen(s.backend, prompt, torch.cat([starts, bests]), s.steps, s.guidance)
+    suffix = [f"-{j}" if n > 1 else "" for j in range(n)]
+    pictures, failed = {}, []
+    for j, r in enumerate(results):
+        before, after = images[j], images[n + j]
+        start, end = (f"{v:.4f}" if v is not None else "none" for v in (r["initial_stability"],
+                                                                       r["optimized_stability"]))
+        pictures.update({f"initial{suffix[j]}": before, f"optimized{suffix[j]}": after,
+                         f"initial_vs_optimized{suffix[j]}": side_by_side([before, after],
+                                                                          [f"start {start}", f"optimized {end}"])})
+        if r["history"]:
+            pictures[f"stability{suffix[j]}"] = plot_history(r["history"], title=prompt)
+        if r["optimized_stability"] is None:
+            failed.append(f"{prompt!r}, noise {j}: {r['stopped']}")
+        click.echo(f"{prompt!r}{' noise ' + str(j) if n > 1 else ''}: stability {start} -> {end}"
+                   + (f" (stopped: {r['stopped']})" if r["stopped"] else ""))
+    fields = ("initial_stability", "optimized_stability", "best_iteration", "history", "stopped")
+    record = {k: results[0][k] for k in fields} if n == 1 else {"noises": [{k: r[k] for k in fields} for r in results]}
+    run.add(i, prompt, record, pictures, {"initial": starts, "optimized": bests})
+    return failed
 
 
 from .shapes.commands import demo, experiment, train_shapes  # noqa: E402  (subcommands of the shapes world)

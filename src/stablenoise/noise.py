@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable, Sequence
 
 import torch
 
 from .errors import StablenoiseError
 
+SEED_LIMIT = 2**64  # torch generators take seeds modulo 2**64: -1 and 2**64 - 1 would be the same noise
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) < SEED_LIMIT:
+        raise StablenoiseError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
 
 def noise_from_seed(seed: int, shape: Sequence[int]) -> torch.Tensor:
     """Standard Gaussian noise of ``shape`` (one sample, no batch dimension) from ``seed``."""
-    generator = torch.Generator("cpu").manual_seed(int(seed))
+    generator = torch.Generator("cpu").manual_seed(check_seed(seed))
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
@@ -19,14 +28,26 @@ def noises_from_seeds(seeds: Iterable[int], shape: Sequence[int]) -> torch.Tenso
     return torch.stack([noise_from_seed(s, shape) for s in seeds])
 
 
+def generator_seed(noise: torch.Tensor) -> int:
+    """A seed derived from the noise's float32 values, for samplers that draw fresh noise while
+    denoising: the same noise gives the same image, and the drawn noise is not the noise itself
+    (which it would be if the generator were seeded with the noise's own seed)."""
+    data = noise.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+
+
 def check_noise(noise: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """A batch [B, *shape] of finite noise; a single sample gets a batch dimension."""
+    """A batch [B, *shape] of finite floating-point noise; a single sample gets a batch dimension."""
     if not isinstance(noise, torch.Tensor):
         raise StablenoiseError(f"noise must be a tensor, got {type(noise).__name__}")
+    if not noise.is_floating_point():
+        raise StablenoiseError(f"noise must be floating point, got {str(noise.dtype).replace('torch.', '')}")
     if tuple(noise.shape) == tuple(shape):
         noise = noise.unsqueeze(0)
     if tuple(noise.shape[1:]) != tuple(shape) or noise.ndim != len(shape) + 1:
         raise StablenoiseError(f"noise has shape {tuple(noise.shape)}; this model needs [B, {', '.join(map(str, shape))}]")
+    if noise.shape[0] == 0:
+        raise StablenoiseError("no noise given (batch of 0)")
     if not torch.isfinite(noise).all():
         raise StablenoiseError("noise contains NaN or inf")
     return noise

@@ -32,11 +32,15 @@ def paper_equivalent_lr(latent_shape, lr: float = 100.0, reference_shape=PAPER_L
 @dataclass
 class OptimizationResult:
     noise: torch.Tensor  # [B, ...] the most stable iterate of each sample (CPU)
-    initial_noise: torch.Tensor
-    history: list[list[float]]  # stability of each sample at every evaluated iteration
-    best_iteration: list[int]
-    best_stability: list[float]
-    stopped: str | None = None  # why it stopped before ``iterations``, if it did
+    initial_noise: torch.Tensor  # [B, ...] the noise as given
+    history: list[list[float]]  # history[j]: stability of sample j at each iteration it was evaluated
+    best_iteration: list[int | None]  # None: the sample never had a finite score
+    best_stability: list[float | None]
+    stopped: list[str | None]  # why each sample stopped before ``iterations``, if it did
+
+    @property
+    def initial_stability(self) -> list[float | None]:
+        return [h[0] if h else None for h in self.history]
 
 
 def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor, iterations: int = 100,
@@ -46,13 +50,16 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
              callback: Callable[[dict], None] | None = None) -> OptimizationResult:
     """Maximize inversion stability of each noise in a batch (paper: 100 iterations, lr 100, momentum 0.5).
 
+    The update is SGD with heavy-ball momentum, as ``torch.optim.SGD``: v <- momentum * v + g, eps <- eps - lr * v.
     The step size that lr means depends on the latent's dimension (see :func:`paper_equivalent_lr`).
 
-    Each sample's loss depends on its own noise only, so a batch optimizes independently per sample.
+    Each sample's loss depends on its own noise only, so a batch optimizes independently per sample, and a
+    sample whose stability, gradient or noise turns NaN/inf stops alone (the others go on).
     ``checkpoint`` recomputes each UNet call in the backward pass instead of storing 2*T of them.
-    ``preserve_norm`` rescales every iterate to norm sqrt(d), the typical norm of d-dimensional
-    Gaussian noise, so that the optimizer cannot leave the shell the model was trained on.
-    The best iterate of each sample is returned; a NaN/inf stability or noise stops early.
+    ``preserve_norm`` projects the start and every iterate onto the sphere of radius sqrt(d), the typical
+    norm of d-dimensional Gaussian noise, so the optimizer cannot leave the shell the model was trained on.
+    The best iterate of each sample is returned. ``callback`` gets, after each evaluation,
+    ``{"iteration", "stability" (None for stopped samples), "noise" (a CPU copy)}``.
     """
     if iterations < 0:
         raise StablenoiseError(f"iterations must be >= 0, got {iterations}")
@@ -64,36 +71,53 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
     n = start.shape[0]
     with torch.no_grad():
         cond = conditioning(backend, prompt, n, max(guidance, inversion_guidance))
-    eps = start.clone().to(backend.device).requires_grad_(True)
-    opt = torch.optim.SGD([eps], lr=lr, momentum=momentum)
-    radius = math.sqrt(eps[0].numel())
-    best = start.clone()
-    best_s = torch.full((n,), -math.inf, dtype=start.dtype)
-    best_it = [0] * n
-    history: list[list[float]] = []
-    stopped = None
+    radius = math.sqrt(start[0].numel())
+
+    def project(x: torch.Tensor) -> torch.Tensor:
+        if not preserve_norm:
+            return x
+        return x * (radius / x.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *[1] * (x.ndim - 1))
+
+    eps = project(start.clone()).to(backend.device)
+    velocity = torch.zeros_like(eps)
+    best = eps.detach().cpu().clone()
+    best_s: list[float | None] = [None] * n
+    best_it: list[int | None] = [None] * n
+    history: list[list[float]] = [[] for _ in range(n)]
+    stopped: list[str | None] = [None] * n
+    active = list(range(n))
     for i in trange(iterations + 1, desc="optimize", disable=not progress):
-        opt.zero_grad(set_to_none=True)
-        s = cosine(eps, round_trip(backend, cond, eps, steps, guidance, inversion_guidance, checkpoint)[1])
+        index = torch.tensor(active, device=eps.device)
+        x = eps[index].detach().requires_grad_(True)
+        s = cosine(x, round_trip(backend, cond.select(active), x, steps, guidance, inversion_guidance, checkpoint)[1])
         s_cpu = s.detach().cpu()
-        if not torch.isfinite(s_cpu).all():
-            stopped = f"non-finite stability at iteration {i}"
-            break
-        history.append(s_cpu.tolist())
-        better = s_cpu > best_s
-        best[better] = eps.detach().cpu()[better]
-        best_s = torch.where(better, s_cpu, best_s)
-        best_it = [i if b else j for b, j in zip(better.tolist(), best_it)]
+        finite = torch.isfinite(s_cpu)
+        for pos, j in enumerate(active):
+            if not finite[pos]:
+                stopped[j] = f"non-finite stability at iteration {i}"
+                continue
+            value = float(s_cpu[pos])
+            history[j].append(value)
+            if best_s[j] is None or value > best_s[j]:
+                best_s[j], best_it[j] = value, i
+                best[j] = x[pos].detach().cpu()
         if callback is not None:
-            callback({"iteration": i, "stability": s_cpu.tolist(), "noise": eps.detach()})
-        if i == iterations:
+            values = dict(zip(active, s_cpu.tolist()))
+            callback({"iteration": i, "noise": eps.detach().cpu().clone(),
+                      "stability": [values[j] if stopped[j] is None and j in values else None for j in range(n)]})
+        if i == iterations or not finite.any():
             break
-        (1 - s).sum().backward()
-        opt.step()
+        grad, = torch.autograd.grad((1 - s[finite.to(s.device)]).sum(), x)
         with torch.no_grad():
-            if preserve_norm:
-                eps.mul_(radius / eps.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (eps.ndim - 1)))
-            if not torch.isfinite(eps).all():
-                stopped = f"non-finite noise after iteration {i}"
-                break
-    return OptimizationResult(best, start, history, best_it, best_s.tolist(), stopped)
+            velocity[index] = momentum * velocity[index] + grad
+            eps[index] = project(eps[index] - lr * velocity[index])
+        still = []
+        for pos, j in enumerate(active):
+            if stopped[j] is None and not (torch.isfinite(grad[pos]).all() and torch.isfinite(eps[j]).all()):
+                stopped[j] = f"non-finite gradient or noise after iteration {i}"
+            if stopped[j] is None:
+                still.append(j)
+        active = still
+        if not active:
+            break
+    return OptimizationResult(best, start, history, best_it, best_s, stopped)

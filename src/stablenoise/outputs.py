@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +16,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 from .errors import StablenoiseError
-from .records import now, versions, write_json_atomic
+from .records import now, strict_json, versions, write_json_atomic
 
 PROMPT_COLUMNS = ("prompt", "Prompt", "Prompts", "caption", "text")
 
@@ -22,16 +26,18 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise StablenoiseError(f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first prompt
+    except UnicodeDecodeError as e:
+        raise StablenoiseError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if path.suffix.lower() in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            column = next((c for c in PROMPT_COLUMNS if c in (reader.fieldnames or [])), None)
-            if column is None:
-                raise StablenoiseError(f"{path}: no prompt column (one of {', '.join(PROMPT_COLUMNS)})")
-            prompts = [row[column].strip() for row in reader if (row.get(column) or "").strip()]
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        column = next((c for c in PROMPT_COLUMNS if c in (reader.fieldnames or [])), None)
+        if column is None:
+            raise StablenoiseError(f"{path}: no prompt column (one of {', '.join(PROMPT_COLUMNS)})")
+        prompts = [row[column].strip() for row in reader if (row.get(column) or "").strip()]
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
         raise StablenoiseError(f"{path}: no prompts in file")
     return prompts
@@ -61,41 +67,109 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str]) -> Image.
 
 
 class RunFolder:
-    """One run's output folder. Each item is written to a temporary folder and renamed into place
-    when complete; ``run.json`` is rewritten atomically after each item, so an interrupted run keeps
-    everything it finished and nothing half-written."""
+    """One run's output folder: an item folder per prompt and a ``run.json`` with every parameter.
+
+    Each item is written to a temporary folder and renamed into place when complete; ``run.json`` is
+    rewritten atomically after each item, so an interrupted run keeps everything it finished and nothing
+    half-written. A rerun into the same folder with the same command, parameters and model resumes: finished
+    items are skipped (``done``). Any other non-empty folder is refused, and nothing is ever deleted that this
+    class did not write. Used as a context manager, the run ends with a final status: ``done``,
+    ``interrupted`` or ``failed: why``.
+    """
 
     def __init__(self, out: str | Path, command: str, parameters: dict, model: dict):
         self.root = Path(out)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.record = {"command": command, "created": now(), "status": "running", "parameters": parameters,
-                       "model": model, "versions": versions(), "items": []}
-        self.flush()
+        record = {"command": command, "created": now(), "status": "running",
+                  "parameters": strict_json(parameters), "model": strict_json(model), "versions": versions(),
+                  "items": []}
+        if self.root.exists() and not self.root.is_dir():
+            raise StablenoiseError(f"output folder {self.root} is a file")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            old = self._previous_run()
+            if old is not None:
+                self._check_same_run(old, record)
+                record = {**old, "status": "running", "resumed": [*old.get("resumed", []), now()]}
+            elif any(self.root.iterdir()):
+                raise StablenoiseError(f"output folder {self.root} is not empty and holds no stablenoise run: "
+                                       "use another --out")
+            self.record = record
+            self.flush()
+        except OSError as e:
+            raise StablenoiseError(f"cannot write to output folder {self.root}: {e.strerror or e}") from None
+
+    def _previous_run(self) -> dict | None:
+        path = self.root / "run.json"
+        if not path.exists():
+            return None
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict) or not {"command", "parameters", "items"} <= set(old):
+            raise StablenoiseError(f"{path} is not a stablenoise run record: use another --out")
+        return old
+
+    def _check_same_run(self, old: dict, new: dict) -> None:
+        for key in ("command", "parameters", "model"):
+            if old.get(key) != new[key]:
+                what = key
+                if isinstance(new[key], dict) and isinstance(old.get(key), dict):
+                    diff = sorted(k for k in set(new[key]) | set(old[key]) if new[key].get(k) != old[key].get(k))
+                    what = f"{key} ({', '.join(diff)})"
+                raise StablenoiseError(f"output folder {self.root} holds a run with other {what}: use another "
+                                       "--out, or the same settings to resume it")
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted")
+        else:
+            self.finish(f"failed: {str(exc).splitlines()[0] if str(exc) else exc_type.__name__}")
 
     def item_dir(self, index: int, prompt: str) -> Path:
         return self.root / f"{index:03d}-{slug(prompt)}"
 
+    def done(self, index: int, prompt: str) -> bool:
+        """Whether a previous run into this folder finished this item (it is then skipped)."""
+        return any(it.get("index") == index and it.get("prompt") == prompt and
+                   (self.root / it.get("folder", "")).is_dir() for it in self.record["items"])
+
     def add(self, index: int, prompt: str, record: dict, images: dict[str, Image.Image] | None = None,
             tensors: dict | None = None) -> Path:
         final = self.item_dir(index, prompt)
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, image in (images or {}).items():
-            image.save(tmp / f"{name}.png")
-        if tensors:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / "noise.safetensors"))
-        record = {"index": index, "prompt": prompt, "folder": final.name, **record}
-        write_json_atomic(tmp / "record.json", record)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        self.record["items"].append(record)
+        if final.exists():
+            raise StablenoiseError(f"{final} exists but is not in this run's record: move it away and rerun")
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{final.name}.", suffix=".partial"))
+        try:
+            for name, image in (images or {}).items():
+                image.save(tmp / f"{name}.png")
+            if tensors:
+                save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / "noise.safetensors"))
+            record = {"index": index, "prompt": prompt, "folder": final.name, **record}
+            write_json_atomic(tmp / "record.json", record)
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; give it a plain mkdir's mode
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder, nothing else
+            raise
+        self.record["items"].append(strict_json(record))
         self.flush()
         return final
 
-    def finish(self, **extra) -> None:
-        self.record.update(status="complete", finished=now(), **extra)
+    def finish(self, status: str = "done", **extra) -> None:
+        self.record.update(status=status, finished=now(), **extra)
         self.flush()
 
     def flush(self) -> None:
         write_json_atomic(self.root / "run.json", self.record)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Sequence
 
 
@@ -15,12 +15,17 @@ def _plt():
     return plt
 
 
-def plot_history(history: Sequence[float], path: str | Path, title: str = "") -> None:
-    """Stability at every optimization iteration."""
+def plot_history(history: Sequence[float], title: str = ""):
+    """Stability at every optimization iteration, as a PIL image (saved with the item it belongs to)."""
+    from PIL import Image
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(range(len(history)), history, marker=".", lw=1)
     ax.set(xlabel="iteration", ylabel="inversion stability", title=title[:60])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")

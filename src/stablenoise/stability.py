@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -20,6 +21,8 @@ def resolve(backend: Backend, steps: int | None, guidance: float | None,
     inversion_guidance = d.inversion_guidance if inversion_guidance is None else float(inversion_guidance)
     if steps < 1:
         raise StablenoiseError(f"steps must be >= 1, got {steps}")
+    if not (math.isfinite(guidance) and math.isfinite(inversion_guidance)):
+        raise StablenoiseError(f"guidance scales must be finite, got {guidance} and {inversion_guidance}")
     if guidance < 0 or inversion_guidance < 0:
         raise StablenoiseError("guidance scales must be >= 0")
     return steps, guidance, inversion_guidance
@@ -48,7 +51,11 @@ def round_trip(backend: Backend, cond: Conditioning, noise: torch.Tensor, steps:
 
 def stability(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor, steps: int | None = None,
               guidance: float | None = None, inversion_guidance: float | None = None) -> torch.Tensor:
-    """Inversion stability of each noise in a batch: a tensor [B] of cosines in [-1, 1]."""
+    """Inversion stability of each noise in a batch: a tensor [B] of cosines in [-1, 1].
+
+    A noise the model cannot handle (say, scaled by 1e30) scores NaN: callers must treat a non-finite
+    score as "no score", never as a value (``select`` excludes it).
+    """
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     noise = check_noise(noise, backend.latent_shape)
     noise = noise.to(backend.device, torch.promote_types(noise.dtype, torch.float32))

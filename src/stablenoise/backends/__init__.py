@@ -53,11 +53,10 @@ def _registry():
 
 def from_pipeline(pipe, name: str | None = None, height: int | None = None, width: int | None = None,
                   timestep_spacing: str | None = None) -> DiffusersBackend:
-    """Wrap a loaded diffusers pipeline. The DDIM (inverse) schedulers take the pipeline scheduler's
-    config; ``timestep_spacing`` overrides its spacing ("leading" or "trailing")."""
+    """Wrap a loaded diffusers pipeline. The DDIM round trip takes the pipeline scheduler's config
+    (see :func:`stablenoise.ddim.settings`); ``timestep_spacing`` overrides its spacing
+    ("leading", "trailing" or "linspace")."""
     scheduler_overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
-    if timestep_spacing not in (None, "leading", "trailing"):
-        raise StablenoiseError(f"timestep_spacing must be 'leading' or 'trailing', got {timestep_spacing!r}")
     name = name or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "")
     for cls, backend_cls, family in _registry():
         if isinstance(pipe, cls):
@@ -82,6 +81,26 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return table[dtype]
 
 
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on (default: cuda if available), refused at once if this machine lacks it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise StablenoiseError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return device
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None)}.get(device.type,
+                                                                                    getattr(torch, device.type, None))
+    available = getattr(backend, "is_available", lambda: False)()
+    if not available:
+        raise StablenoiseError(f"device {str(device)!r} is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise StablenoiseError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") != 1 or "\\" in model
 
@@ -100,7 +119,7 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
     from ..shapes.pipeline import ShapesPipeline
 
     dtype = parse_dtype(dtype)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = parse_device(device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals make small UNets ~18x slower on CPU
     model = str(model) if model is not None else DEFAULT_MODEL
@@ -110,7 +129,10 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
         index = path / "model_index.json"
         if not index.is_file():
             raise StablenoiseError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        class_name = json.loads(index.read_text()).get("_class_name")
+        try:
+            class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise StablenoiseError(f"{index} is not a valid model_index.json") from None
         loader = ShapesPipeline if class_name == "ShapesPipeline" else DiffusionPipeline
         pipe = _load_or_explain(loader, str(path), model, kwargs)
     elif path.exists() or _looks_like_path(model):

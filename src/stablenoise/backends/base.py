@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from .. import ddim
 from ..errors import StablenoiseError
 
 
@@ -38,6 +38,15 @@ class Conditioning:
             raise StablenoiseError(f"cannot expand a conditioning of {self.batch_size} prompts to {n}")
         return Conditioning(_map(self.cond, lambda t: t.expand(n, *t.shape[1:])),
                             None if self.uncond is None else _map(self.uncond, lambda t: t.expand(n, *t.shape[1:])))
+
+
+    def select(self, index: Sequence[int]) -> "Conditioning":
+        """The conditioning of the samples at ``index`` (in that order)."""
+        if list(index) == list(range(self.batch_size)):
+            return self
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return Conditioning(_map(self.cond, lambda t: t[idx.to(t.device)]),
+                            None if self.uncond is None else _map(self.uncond, lambda t: t[idx.to(t.device)]))
 
 
 def _map(tree, fn):
@@ -89,7 +98,8 @@ class Backend(Protocol):
 
     def decode(self, latents: torch.Tensor) -> list: ...
 
-    def generate(self, prompts: Sequence[str], noise: torch.Tensor, steps: int, guidance: float) -> list: ...
+    def generate(self, prompts: Sequence[str], noise: torch.Tensor, steps: int, guidance: float,
+                 generators: Sequence[torch.Generator] | None = None) -> list: ...
 
     def describe(self) -> dict: ...
 
@@ -113,9 +123,10 @@ class DiffusersBackend:
         for module in self._modules():
             module.requires_grad_(False)  # gradients flow to the noise only
             module.eval()
-        config = self.pipe.scheduler.config
-        self.ddim = DDIMScheduler.from_config(config, **self.scheduler_overrides)
-        self.ddim_inverse = DDIMInverseScheduler.from_config(config, **self.scheduler_overrides)
+        # The DDIM settings come from the pipeline's own scheduler config, whatever its class (see ddim.settings).
+        self.ddim_config = ddim.settings(self.pipe.scheduler.config, **self.scheduler_overrides)
+        self._schedules: dict[int, ddim.Schedule] = {}
+        self._warned_prompts: set[str] = set()
         if not self.latent_shape:
             self.latent_shape = self._default_latent_shape()
 
@@ -130,13 +141,34 @@ class DiffusersBackend:
     def _pipeline_kwargs(self) -> dict:
         return {}
 
-    def encode(self, prompts: Sequence[str], guidance: float) -> Conditioning:  # pragma: no cover
+    def _encode(self, prompts: list[str], guidance: float) -> Conditioning:  # pragma: no cover
         raise NotImplementedError
+
+    def _tokenizers(self) -> list:
+        return [t for t in (getattr(self.pipe, "tokenizer", None), getattr(self.pipe, "tokenizer_2", None)) if t]
 
     def decode(self, latents: torch.Tensor) -> list:  # pragma: no cover
         raise NotImplementedError
 
     # --- shared --------------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str], guidance: float) -> Conditioning:
+        prompts = list(prompts)
+        self._warn_if_truncated(prompts)
+        return self._encode(prompts, guidance)
+
+    def _warn_if_truncated(self, prompts: list[str]) -> None:
+        """Text encoders read a fixed number of tokens and silently drop the rest: say so, once a prompt."""
+        for prompt in dict.fromkeys(prompts):
+            if prompt in self._warned_prompts:
+                continue
+            for tok in self._tokenizers():
+                n, limit = len(tok(prompt, truncation=False).input_ids), tok.model_max_length
+                if n > limit:
+                    self._warned_prompts.add(prompt)
+                    warnings.warn(f"prompt {prompt!r} is {n} tokens long; the text encoder reads {limit} "
+                                  "(start and end included) and ignores the rest", stacklevel=4)
+                    break
+
     @property
     def device(self) -> torch.device:
         return self.pipe.unet.device
@@ -145,10 +177,14 @@ class DiffusersBackend:
     def dtype(self) -> torch.dtype:
         return self.pipe.unet.dtype
 
-    def timesteps(self, steps: int, inverse: bool = False) -> torch.Tensor:
-        sched = self.ddim_inverse if inverse else self.ddim
-        sched.set_timesteps(steps, device=self.device)
-        return sched.timesteps
+    def schedule(self, steps: int) -> ddim.Schedule:
+        if steps not in self._schedules:
+            self._schedules[steps] = ddim.schedule(self.ddim_config, steps, self.device)
+        return self._schedules[steps]
+
+    def timesteps(self, steps: int) -> torch.Tensor:
+        """The model timesteps of ``steps`` denoising steps, noisiest first (inversion visits them reversed)."""
+        return self.schedule(steps).timesteps
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -167,30 +203,27 @@ class DiffusersBackend:
             return (u + guidance * (c - u)).to(self.work_dtype)
         return unet(x, t, **cond.cond).sample.to(self.work_dtype)
 
-    def _run(self, sched, x, cond, steps, guidance, checkpoint):
-        sched.set_timesteps(steps, device=self.device)
-        x = x.to(self.device, self.work_dtype)
-        for t in sched.timesteps:
-            if checkpoint and torch.is_grad_enabled():
-                # Recompute activations in backward: memory holds one UNet call, not 2*T of them.
-                eps = _checkpoint(self.eps, x, t, cond, guidance, use_reentrant=False)
-            else:
-                eps = self.eps(x, t, cond, guidance)
-            x = sched.step(eps, t, x).prev_sample
-        return x
+    def _model(self, cond: Conditioning, guidance: float, checkpoint: bool):
+        """The (x, t) -> eps callable the DDIM loops call, checkpointed when gradients are on."""
+        if checkpoint and torch.is_grad_enabled():
+            # Recompute activations in backward: memory holds one UNet call, not 2*T of them.
+            return lambda x, t: _checkpoint(self.eps, x, t, cond, guidance, use_reentrant=False)
+        return lambda x, t: self.eps(x, t, cond, guidance)
 
     def denoise(self, noise, cond, steps, guidance, checkpoint=False):
         self._check_schedule(steps)
-        return self._run(self.ddim, noise, cond, steps, guidance, checkpoint)
+        x = noise.to(self.device, self.work_dtype)
+        return ddim.denoise(self._model(cond, guidance, checkpoint), x, self.schedule(steps))
 
     def invert(self, latents, cond, steps, guidance, checkpoint=False):
-        return self._run(self.ddim_inverse, latents, cond, steps, guidance, checkpoint)
+        x = latents.to(self.device, self.work_dtype)
+        return ddim.invert(self._model(cond, guidance, checkpoint), x, self.schedule(steps))
 
     def _check_schedule(self, steps: int) -> None:
         """Warn about the two DDIM schedules that make stability meaningless."""
-        self.ddim.set_timesteps(steps)
-        first, total = int(self.ddim.timesteps[0]), self.ddim.config.num_train_timesteps
-        spacing = self.ddim.config.timestep_spacing
+        sched = self.schedule(steps)
+        first, total = int(sched.timesteps[0]), self.ddim_config.get("num_train_timesteps", 1000)
+        spacing = self.ddim_config.get("timestep_spacing", "leading")
         # "leading" spacing with very few steps starts at t ~ 1: nothing is denoised, F is the identity
         # and stability is ~1.0 for every noise. That is a configuration error, not a stable noise.
         if first < total // 2:
@@ -198,16 +231,18 @@ class DiffusersBackend:
                           f"{total}: almost nothing is denoised and stability will be trivially near 1. "
                           "Use more steps or timestep_spacing='trailing'.", stacklevel=3)
         # A first step where alpha_bar ~ 0 (cosine betas at t=999) divides the x0 estimate by ~0.
-        alpha_bar = float(self.ddim.alphas_cumprod[first])
-        if alpha_bar < 1e-6 and not self.ddim.config.clip_sample:
+        alpha_bar = float(sched.alphas[0])
+        if alpha_bar < 1e-6 and sched.clip is None:
             warnings.warn(f"DDIM starts at t={first} where alpha_bar={alpha_bar:.1e}: the x0 estimate is "
                           "amplified beyond use. Use timestep_spacing='leading' for this noise schedule.",
                           stacklevel=3)
 
-    def generate(self, prompts, noise, steps, guidance):
-        """Images from the pipeline's own sampler and scheduler, started from the given noise."""
+    def generate(self, prompts, noise, steps, guidance, generators=None):
+        """Images from the pipeline's own sampler and scheduler, started from the given noise; a stochastic
+        scheduler draws its fresh noise from ``generators`` (one per image)."""
         out = self.pipe(prompt=list(prompts), latents=noise.to(self.device, self.dtype),
                         num_inference_steps=steps, guidance_scale=guidance, output_type="pil",
+                        generator=list(generators) if generators is not None else None,
                         **self._pipeline_kwargs())
         return out.images
 
@@ -215,7 +250,7 @@ class DiffusersBackend:
         return {"backend": type(self).__name__, "name": self.name,
                 "pipeline": type(self.pipe).__name__, "latent_shape": list(self.latent_shape),
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "ddim": dict(self.ddim.config), "defaults": self.defaults.__dict__}
+                "ddim": dict(self.ddim_config), "defaults": self.defaults.__dict__}
 
     def with_scheduler(self, **overrides) -> "DiffusersBackend":
         """A copy whose DDIM schedulers take these config overrides (e.g. ``timestep_spacing="trailing"``)."""

@@ -21,7 +21,7 @@ class StableDiffusionBackend(DiffusersBackend):
     def _pipeline_kwargs(self):
         return {"height": self.height, "width": self.width}
 
-    def encode(self, prompts, guidance):
+    def _encode(self, prompts, guidance):
         cfg = uses_cfg(guidance)
         cond, uncond = self.pipe.encode_prompt(list(prompts), self.device, 1, cfg)
         return Conditioning({"encoder_hidden_states": cond},

@@ -9,7 +9,7 @@ from .sd import StableDiffusionBackend
 
 
 class StableDiffusionXLBackend(StableDiffusionBackend):
-    def encode(self, prompts, guidance):
+    def _encode(self, prompts, guidance):
         cfg = uses_cfg(guidance)
         cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
             prompt=list(prompts), device=self.device, num_images_per_prompt=1,

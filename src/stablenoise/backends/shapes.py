@@ -7,7 +7,7 @@ from .base import Conditioning, DiffusersBackend, uses_cfg
 
 
 class ShapesBackend(DiffusersBackend):
-    def encode(self, prompts, guidance):
+    def _encode(self, prompts, guidance):
         prompts = list(prompts)
         cond = {"encoder_hidden_states": self.pipe.encode_prompt(prompts)}
         uncond = {"encoder_hidden_states": self.pipe.encode_prompt([""] * len(prompts))} if uses_cfg(guidance) else None

@@ -24,12 +24,11 @@ DEMO_PROMPTS = ("a red circle left of a blue square", "three yellow triangles",
 @click.option("--device", default=None)
 @guarded
 def demo(out, k, iterations, prompt_list, device):
-    """Generate, score, select and optimize on the shipped shapes-world model; write an HTML summary."""
-    import torch
-
-    from .. import generate, load, noises_from_seeds, optimize, paper_equivalent_lr, select
-    from ..outputs import RunFolder, side_by_side
-    from .verifier import parse, verify
+    """Generate, score, select and optimize on the shipped shapes-world model; write an HTML summary.
+    A rerun into the same --out with the same settings resumes (finished prompts are kept)."""
+    from .. import load
+    from ..outputs import RunFolder
+    from .verifier import parse
 
     prompts = list(prompt_list or DEMO_PROMPTS)
     for p in prompts:
@@ -39,40 +38,58 @@ def demo(out, k, iterations, prompt_list, device):
     run = RunFolder(out, "demo", {"prompts": prompts, "k": k, "iterations": iterations, "steps": d.steps,
                                   "guidance": d.guidance, "inversion_guidance": d.inversion_guidance},
                     backend.describe())
+    with run:
+        _demo(run, backend, prompts, k, iterations)
+    click.echo(f"wrote {run.root / 'index.html'}")
+
+
+def _demo(run, backend, prompts, k, iterations) -> None:
+    import torch
+
+    from .. import generate, noises_from_seeds, optimize, paper_equivalent_lr, select
+    from ..outputs import side_by_side
+    from .verifier import verify
+
+    pending = [i for i, p in enumerate(prompts) if not run.done(i, p)]
+    if not pending:
+        return write_demo_summary(run)
     # The paper's lr 100 was set for SDXL-turbo's 16,384-dim latent; on this 3,072-dim one it is a 5x larger
     # relative step. The demo shows both it and the lr with the paper's relative step.
     lrs = {"optimized": 100.0, "optimized_equiv": paper_equivalent_lr(backend.latent_shape)}
     opts = {}
     for name, lr in lrs.items():
-        click.echo(f"optimizing seed 0 for {len(prompts)} prompts (lr {lr:g}, {iterations} iterations, batched)")
-        opts[name] = optimize(backend, prompts, noises_from_seeds([0] * len(prompts), backend.latent_shape),
+        click.echo(f"optimizing seed 0 for {len(pending)} prompts (lr {lr:g}, {iterations} iterations, batched)")
+        opts[name] = optimize(backend, [prompts[i] for i in pending],
+                              noises_from_seeds([0] * len(pending), backend.latent_shape),
                               iterations=iterations, lr=lr, checkpoint=False)
-    for i, prompt in enumerate(prompts):
+    for pos, i in enumerate(pending):
+        prompt = prompts[i]
         sel = select(backend, prompt, k=k, batch_size=k, progress=False)
         noise = torch.cat([noises_from_seeds([0], backend.latent_shape), sel.best_noise, sel.worst_noise,
-                           *(o.noise[i:i + 1] for o in opts.values())])
+                           *(o.noise[pos:pos + 1] for o in opts.values())])
         images = generate(backend, prompt, noise)
         verdicts = [verify(im, prompt) for im in images]
         seed0 = sel.scores[sel.seeds.index(0)]
         names = ["seed0", "most_stable", "least_stable", *opts]
-        labels = [f"seed 0: {seed0:.3f}", f"best {sel.best_seed}: {max(sel.scores):.3f}",
-                  f"worst {sel.worst_seed}: {min(sel.scores):.3f}",
-                  *(f"opt lr {lrs[n]:g}: {o.best_stability[i]:.3f}" for n, o in opts.items())]
+        score = dict(zip(sel.seeds, sel.scores))
+        labels = [f"seed 0: {seed0:.3f}", f"best {sel.best_seed}: {score[sel.best_seed]:.3f}",
+                  f"worst {sel.worst_seed}: {score[sel.worst_seed]:.3f}",
+                  *(f"opt lr {lrs[n]:g}: {o.best_stability[pos]:.3f}" for n, o in opts.items())]
         record = {"scores": sel.scores, "best_seed": sel.best_seed, "worst_seed": sel.worst_seed,
-                  "optimization": {n: {"lr": lrs[n], "iterations": iterations, "stability": o.best_stability[i],
-                                       "history": [h[i] for h in o.history]} for n, o in opts.items()},
+                  "optimization": {n: {"lr": lrs[n], "iterations": iterations, "stability": o.best_stability[pos],
+                                       "history": o.history[pos]} for n, o in opts.items()},
                   "verifier": {n: {"passed": v.passed, "reason": v.reason} for n, v in zip(names, verdicts)},
                   "labels": dict(zip(names, labels))}
         run.add(i, prompt, record, {**dict(zip(names, images)), "summary": side_by_side(images, labels)},
-                {"best": sel.best_noise, **{n: o.noise[i:i + 1] for n, o in opts.items()}})
+                {"best": sel.best_noise, **{n: o.noise[pos:pos + 1] for n, o in opts.items()}})
         click.echo(f"{prompt!r}: " + ", ".join(f"{lab} {'pass' if v.passed else 'fail'}"
                                                for lab, v in zip(labels, verdicts)))
     write_demo_summary(run)
-    run.finish()
-    click.echo(f"wrote {run.root / 'index.html'}")
 
 
 def write_demo_summary(run) -> None:
+    from ..records import atomic_write
+
     rows_md, rows_html = [], []
     for item in run.record["items"]:
         folder = item["folder"]
@@ -84,9 +101,11 @@ def write_demo_summary(run) -> None:
     intro = ("Each row: seed 0, the most and least stable of K seeds, and seed 0 after noise optimization with "
              "the paper's lr 100 and with the lr that makes the paper's relative step on this smaller latent; "
              "labels give inversion stability and the exact verifier's verdict.")
-    (run.root / "index.md").write_text("# stablenoise demo\n\n" + intro + "\n\n" + "\n".join(rows_md))
-    (run.root / "index.html").write_text("<!doctype html><meta charset='utf-8'><title>stablenoise demo</title>"
-                                         f"<h1>stablenoise demo</h1><p>{intro}</p>" + "".join(rows_html))
+    markdown = "# stablenoise demo\n\n" + intro + "\n\n" + "\n".join(rows_md)
+    page = ("<!doctype html><meta charset='utf-8'><title>stablenoise demo</title>"
+            f"<h1>stablenoise demo</h1><p>{intro}</p>" + "".join(rows_html))
+    atomic_write(run.root / "index.md", lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    atomic_write(run.root / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 @click.command()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,6 +32,7 @@ from ..errors import StablenoiseError
 from ..generation import generate
 from ..noise import noises_from_seeds
 from ..optimization import optimize
+from ..records import atomic_write
 from ..stability import conditioning, cosine, resolve, round_trip
 from .verifier import verify
 
@@ -138,9 +138,7 @@ class Progress:
     def save(self, **arrays) -> None:
         self.arrays.update(arrays)
         if self.path:
-            tmp = self.path.with_name(self.path.name + ".tmp.npz")
-            np.savez(tmp, key=np.array(self.key), **self.arrays)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, lambda tmp: np.savez(tmp, key=np.array(self.key), **self.arrays))
 
 
 def score_and_verify(backend: Backend, prompts: Sequence[str], seeds: np.ndarray, steps: int, guidance: float,
@@ -195,7 +193,7 @@ def optimize_arm(backend: Backend, prompts: Sequence[str], seeds: Sequence[int],
         images = generate(backend, batch, r.noise, steps, guidance, sampler="ddim")
         norms = (r.noise.flatten(1).norm(dim=1) / r.noise[0].numel() ** 0.5).tolist()
         rows = [[verify(im, p).passed, b, h, n] for im, p, b, h, n in
-                zip(images, batch, r.best_stability, r.history[0], norms)]
+                zip(images, batch, r.best_stability, r.initial_stability, norms)]
         done = np.concatenate([done, np.array(rows, dtype=float).reshape(-1, 4)])
         noises = np.concatenate([noises, r.noise.float().numpy()])
         state.save(**{name: done, name + "_noise": noises})

@@ -1,0 +1,200 @@
+"""The DDIM step and round trip: against diffusers where diffusers is right, against closed forms everywhere."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (DDIMInverseScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, PNDMScheduler)
+
+import stablenoise as sn
+from stablenoise import ddim
+from stablenoise.errors import StablenoiseError
+from toy import gaussian_backend
+
+SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def _model(seed=0):
+    """A deterministic nonlinear stand-in for a UNet: (x, t) -> output depending on both."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(16, 16, generator=g, dtype=torch.float64) / 4
+    return lambda x, t: torch.tanh(x.flatten(1) @ w).view(x.shape) * (1 + float(t) / 1000)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_matches_diffusers_ddim_and_inverse(spacing, set_alpha_to_one, prediction_type):
+    config = dict(SD, timestep_spacing=spacing, steps_offset=1, set_alpha_to_one=set_alpha_to_one,
+                  clip_sample=False, prediction_type=prediction_type)
+    model, steps = _model(), 5  # a divisor of 1000: see test_trailing_with_an_uneven_stride
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    sched = ddim.schedule(ddim.settings(DDIMScheduler(**config).config), steps)
+
+    ref = DDIMScheduler(**config)
+    ref.set_timesteps(steps)
+    assert torch.equal(sched.timesteps, ref.timesteps)
+    z = x.clone()
+    for t in ref.timesteps:
+        z = ref.step(model(z, t), t, z).prev_sample
+    ours = ddim.denoise(model, x, sched)
+    assert torch.allclose(ours, z, rtol=1e-6, atol=1e-6)  # diffusers keeps alphas in float32
+
+    if prediction_type != "epsilon":
+        return  # diffusers' inverse step reads v at the wrong noise level: see test_analytic_round_trip
+    inv = DDIMInverseScheduler(**config)
+    inv.set_timesteps(steps)
+    w = ours.clone()
+    for t in inv.timesteps:
+        w = inv.step(model(w, t), t, w).prev_sample
+    assert torch.allclose(ddim.invert(model, ours, sched), w, rtol=1e-6, atol=1e-6)
+
+
+def test_linspace_uses_the_actual_timestep_list():
+    """diffusers' DDIM step assumes a uniform stride; linspace's is not (999, 666, 333, 0 for 4 steps)."""
+    config = ddim.settings(DDIMScheduler(**SD, timestep_spacing="linspace", clip_sample=False).config)
+    sched = ddim.schedule(config, 4)
+    assert sched.timesteps.tolist() == [999, 666, 333, 0]
+    ac = DDIMScheduler(**SD).alphas_cumprod.double()
+    assert torch.equal(sched.alphas, torch.cat([ac[[999, 666, 333, 0]], torch.ones(1, dtype=torch.float64)]))
+    # diffusers' own step lands on t=749 after t=999 (stride 250), not on 666:
+    ref = DDIMScheduler(**SD, timestep_spacing="linspace", clip_sample=False)
+    ref.set_timesteps(4)
+    x, e = torch.ones(1, dtype=torch.float64), torch.full((1,), 0.5, dtype=torch.float64)
+    theirs = ref.step(e, 999, x).prev_sample
+    ours = ddim.step(e, x, ac[999], ac[666])
+    assert torch.allclose(theirs, ddim.step(e, x, ac[999], ac[749]))
+    assert not torch.allclose(theirs, ours)
+
+
+def _exact_one_step(eps, a, mu, sigma):
+    """The closed-form round trip of one trailing step (t=999 -> clean -> t=999) under the exact predictor."""
+    def predictor(x):
+        return math.sqrt(1 - a) * (x - math.sqrt(a) * mu) / (a * sigma ** 2 + 1 - a)
+    x0 = (eps - math.sqrt(1 - a) * predictor(eps)) / math.sqrt(a)  # the last step lands on alpha_bar = 1
+    return math.sqrt(a) * x0 + math.sqrt(1 - a) * predictor(x0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_analytic_round_trip(prediction_type):
+    """For Gaussian data the exact predictor is known: one step matches the closed form, and the round trip
+    converges to the identity as steps grow (s -> 1), independently of diffusers' scheduler steps."""
+    mu, sigma = 0.3, 0.5
+    backend = gaussian_backend(EulerDiscreteScheduler(**SD, timestep_spacing="trailing",
+                                                      prediction_type=prediction_type), mu, sigma)
+    eps = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cond = backend.encode(["x"] * 3, 1.0)
+
+    def round_trip(steps):
+        return backend.invert(backend.denoise(eps, cond, steps, 1.0), cond, steps, 1.0)
+
+    a = float(DDIMScheduler(**SD).alphas_cumprod.double()[999])
+    expected = _exact_one_step(eps.numpy(), a, mu, sigma)
+    assert np.abs(round_trip(1).numpy() - expected).max() < 1e-10
+    errors = {n: float((round_trip(n) - eps).norm() / eps.norm()) for n in (1, 10, 100, 1000)}
+    assert errors[1] > 0.05  # one step is far from the identity
+    assert errors[1] > errors[10] > errors[100] > errors[1000]
+    assert errors[1000] < 5e-3
+    assert float(sn.cosine(eps, round_trip(1000)).min()) > 0.99999
+    # The probability-flow ODE maps x_T (here: eps at level a) to mu + sigma (x_T - sqrt(a) mu) / sqrt(a s^2 + 1 - a).
+    z0 = backend.denoise(eps, cond, 1000, 1.0)
+    assert torch.allclose(z0, mu + sigma * (eps - math.sqrt(a) * mu) / math.sqrt(a * sigma ** 2 + 1 - a), atol=1e-2)
+
+
+def test_analytic_round_trip_linspace():
+    backend = gaussian_backend(DDIMScheduler(**SD, timestep_spacing="linspace", clip_sample=False))
+    eps = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    cond = backend.encode(["x"], 1.0)
+    inverted = backend.invert(backend.denoise(eps, cond, 500, 1.0), cond, 500, 1.0)
+    assert float((inverted - eps).norm() / eps.norm()) < 5e-3
+
+
+@pytest.mark.parametrize("scheduler, clip", [
+    (EulerDiscreteScheduler(**SD), False),  # no clip_sample at all: diffusers' DDIM would turn it on
+    (DDIMScheduler(**SD), False),  # DDIM's default True, but not set by the model's config
+    (DDIMScheduler(**SD, clip_sample=True), True),  # the model asks for it
+    (EulerDiscreteScheduler.from_config(dict(SD, clip_sample=True, _class_name="EulerDiscreteScheduler")),
+     False),  # a leftover key Euler ignores
+])
+def test_clip_sample_only_when_the_model_asks(scheduler, clip):
+    assert ddim.settings(scheduler.config)["clip_sample"] is clip
+    assert (ddim.schedule(ddim.settings(scheduler.config), 3).clip is not None) is clip
+    assert DDIMScheduler.from_config(EulerDiscreteScheduler(**SD).config).config.clip_sample  # the pitfall
+
+
+SDXL_FILE = dict(SD, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                 interpolation_type="linear", skip_prk_steps=True)  # as SDXL's scheduler_config.json has it
+
+
+@pytest.mark.parametrize("cls, final_is_one", [
+    (EulerDiscreteScheduler, True),  # SDXL: Euler ends at sigma 0; its set_alpha_to_one=False is a leftover
+    (EulerAncestralDiscreteScheduler, True),  # SDXL-turbo
+    (DDIMScheduler, False),  # a DDIM model that asks to stop at alpha_bar(0)
+    (PNDMScheduler, False),  # SD 1.5's shipped scheduler uses it
+])
+def test_final_alpha_as_the_shipped_scheduler_means_it(cls, final_is_one):
+    scheduler = cls.from_config(dict(SDXL_FILE, _class_name=cls.__name__))
+    sched = ddim.schedule(ddim.settings(scheduler.config), 4)
+    ac = DDIMScheduler(**SD).alphas_cumprod.double()
+    assert float(sched.alphas[-1]) == (1.0 if final_is_one else float(ac[0]))
+    # The last denoising step and the first inversion step, against the DDIM formula.
+    a_t, a_f = float(sched.alphas[-2]), float(sched.alphas[-1])
+    x, e = torch.tensor([0.7], dtype=torch.float64), torch.tensor([-0.4], dtype=torch.float64)
+    x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+    assert torch.allclose(ddim.step(e, x, a_t, a_f), math.sqrt(a_f) * x0 + math.sqrt(1 - a_f) * e, atol=1e-14)
+    z0 = (x - math.sqrt(1 - a_f) * e) / math.sqrt(a_f)
+    assert torch.allclose(ddim.step(e, x, a_f, a_t), math.sqrt(a_t) * z0 + math.sqrt(1 - a_t) * e, atol=1e-14)
+
+
+def test_round_trip_is_the_mirror_of_the_denoising_steps():
+    """Inversion visits the denoising timesteps in reverse, each moving between the same two noise levels."""
+    sched = ddim.schedule(ddim.settings(DDIMScheduler(**SD, steps_offset=1, clip_sample=False).config), 5)
+    seen = {"denoise": [], "invert": []}
+    model = _model()
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    z = ddim.denoise(lambda x, t: (seen["denoise"].append(int(t)), model(x, t))[1], x, sched)
+    ddim.invert(lambda x, t: (seen["invert"].append(int(t)), model(x, t))[1], z, sched)
+    assert seen["denoise"] == [801, 601, 401, 201, 1]
+    assert seen["invert"] == seen["denoise"][::-1]
+
+
+@pytest.mark.parametrize("overrides, match", [({"timestep_spacing": "karras"}, "timestep_spacing"),
+                                              ({"prediction_type": "flow"}, "prediction_type")])
+def test_bad_settings(overrides, match):
+    with pytest.raises(StablenoiseError, match=match):
+        ddim.settings(DDIMScheduler(**SD).config, **overrides)
+
+
+def test_model_output_to_noise():
+    x, out = torch.tensor([0.3], dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64)
+    a = 0.64
+    assert float(ddim.to_eps(out, x, a, "epsilon")) == 0.1
+    assert float(ddim.to_eps(out, x, a, "v_prediction")) == pytest.approx(0.8 * 0.1 + 0.6 * 0.3, abs=1e-15)
+    assert float(ddim.to_eps(out, x, a, "sample")) == pytest.approx((0.3 - 0.8 * 0.1) / 0.6, abs=1e-15)
+    with pytest.raises(StablenoiseError, match="prediction_type"):
+        ddim.to_eps(out, x, a, "flow")
+
+
+def test_v_prediction_inversion_reads_the_output_at_the_model_timestep():
+    """Inverting from clean data (alpha_bar = 1): diffusers takes v itself for the noise; v read at the
+    timestep the model was given is the noise estimate the denoising step used."""
+    ac = DDIMScheduler(**SD).alphas_cumprod.double()
+    sched = ddim.Schedule(torch.tensor([999]), torch.stack([ac[999], torch.ones((), dtype=torch.float64)]),
+                          "v_prediction")
+    z = torch.tensor([0.5], dtype=torch.float64)
+    v = torch.tensor([0.2], dtype=torch.float64)
+    a = float(ac[999])
+    eps = math.sqrt(a) * 0.2 + math.sqrt(1 - a) * 0.5
+    assert float(ddim.invert(lambda x, t: v, z, sched)) == pytest.approx(math.sqrt(a) * 0.5 + math.sqrt(1 - a) * eps,
+                                                                         abs=1e-14)
+
+
+def test_clipped_step():
+    x, e = torch.tensor([2.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64)
+    a, b = 0.25, 0.64
+    x0 = min((2.0 + math.sqrt(0.75)) / 0.5, 1.0)  # clipped to 1
+    eps = (2.0 - 0.5 * x0) / math.sqrt(0.75)
+    assert float(ddim.step(e, x, a, b, clip=1.0)) == pytest.approx(0.8 * x0 + 0.6 * eps, abs=1e-12)
+    assert float(ddim.step(e, x, a, b)) == pytest.approx(0.8 * (2.0 + math.sqrt(0.75)) / 0.5 + 0.6 * -1.0, abs=1e-12)

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+import stablenoise as sn
+from stablenoise.errors import StablenoiseError
+from stablenoise.noise import check_noise, check_prompts, generator_seed
+
+
+def test_a_seed_is_one_noise():
+    a = sn.noise_from_seed(7, (2, 3))
+    assert torch.equal(a, torch.randn((2, 3), generator=torch.Generator().manual_seed(7)))
+    assert a.dtype == torch.float32
+    assert torch.equal(sn.noises_from_seeds([7, 8], (2, 3))[1], sn.noise_from_seed(8, (2, 3)))
+    assert not torch.equal(sn.noise_from_seed(7, (2, 3)), sn.noise_from_seed(8, (2, 3)))
+    assert torch.equal(sn.noise_from_seed(2**64 - 1, (2,)), torch.randn(2, generator=torch.Generator().manual_seed(2**64 - 1)))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 2**70, 1.5, True, "3"])
+def test_seeds_outside_the_generator_range_are_refused(seed):
+    """torch takes seeds modulo 2**64: -1 and 2**64 - 1 would silently be the same noise."""
+    with pytest.raises((StablenoiseError, ValueError, TypeError)):
+        sn.noise_from_seed(seed, (2,))
+
+
+def test_generator_seed_depends_on_the_noise_only():
+    a = sn.noise_from_seed(1, (4, 4))
+    assert generator_seed(a) == generator_seed(a.clone().double())
+    assert generator_seed(a) != generator_seed(sn.noise_from_seed(2, (4, 4)))
+    assert 0 <= generator_seed(a) < 2**64
+
+
+@pytest.mark.parametrize("noise, match", [
+    (torch.zeros(1, 2, 2, dtype=torch.int64), "floating point"), (torch.zeros(1, 2, 2, dtype=torch.bool), "floating point"),
+    (torch.zeros(1, 3, 2), "shape"), (torch.zeros(0, 2, 2), "no noise"), (torch.full((1, 2, 2), float("inf")), "NaN or inf"),
+    ([[0.0]], "tensor")])
+def test_bad_noise(noise, match):
+    with pytest.raises(StablenoiseError, match=match):
+        check_noise(noise, (2, 2))
+
+
+def test_single_noise_gets_a_batch_dimension():
+    assert check_noise(torch.zeros(2, 2), (2, 2)).shape == (1, 2, 2)
+    assert check_noise(torch.zeros(3, 2, 2), (2, 2)).shape == (3, 2, 2)
+
+
+def test_prompts_per_noise():
+    assert check_prompts("a", 3) == ["a", "a", "a"]
+    assert check_prompts(["a"], 2) == ["a", "a"]
+    assert check_prompts(["a", "b"], 2) == ["a", "b"]
+    with pytest.raises(StablenoiseError, match="2 prompts for 3 noises"):
+        check_prompts(["a", "b"], 3)
+    with pytest.raises(StablenoiseError, match="no prompt"):
+        check_prompts([], 1)

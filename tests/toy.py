@@ -1,0 +1,117 @@
+"""Backends without a UNet, for exact checks of the algorithms.
+
+``ToyBackend``: a cheap, smooth, prompt-dependent round trip whose stability is below 1 and can be raised by
+gradient descent; a prompt listed in ``poison`` turns its sample's output NaN from a given call on.
+
+``gaussian_backend``: a ``DiffusersBackend`` (the real DDIM code path) whose "UNet" is the exact noise
+predictor for Gaussian data x0 ~ N(mu, sigma^2 I), so every DDIM result has a closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import torch
+
+from stablenoise.backends.base import Conditioning, Defaults, DiffusersBackend
+
+
+class ToyBackend:
+    name = "toy"
+    latent_shape = (2, 4, 4)
+    device = torch.device("cpu")
+    dtype = torch.float32
+    defaults = Defaults(steps=2, guidance=1.0)
+
+    def __init__(self, poison: dict[str, int] | None = None):
+        g = torch.Generator().manual_seed(0)
+        d = math.prod(self.latent_shape)
+        self.mix = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=g, dtype=torch.float64) / d ** 0.5
+        self.poison = poison or {}
+        self.calls = 0
+
+    def encode(self, prompts, guidance):
+        ids = [sum(map(ord, p)) % 7 for p in prompts]  # a prompt means the same shift in every backend
+        return Conditioning({"id": torch.tensor(ids, dtype=torch.float64),
+                             "poison": torch.tensor([self.poison.get(p, -1) for p in prompts])})
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        self.calls += 1
+        x = noise.flatten(1).to(torch.float64)
+        shift = 0.1 * cond.cond["id"][:, None]
+        z = torch.tanh(x @ self.mix.T * 0.5 + shift) * 2
+        bad = (cond.cond["poison"] >= 0) & (self.calls > cond.cond["poison"])
+        z = torch.where(bad[:, None], torch.full_like(z, float("nan")), z)
+        return z.view(noise.shape).to(noise.dtype)
+
+    def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        z = latents.flatten(1).to(torch.float64)
+        return (z @ self.mix).view(latents.shape).to(latents.dtype)
+
+    def decode(self, latents):
+        return [None] * latents.shape[0]
+
+    def generate(self, prompts, noise, steps, guidance, generators=None):
+        return self.decode(noise)
+
+    def describe(self):
+        return {"backend": "ToyBackend"}
+
+
+class GaussianEps(torch.nn.Module):
+    """The exact E[eps | x_t] for data x0 ~ N(mu, sigma^2 I), as a UNet-shaped module.
+
+    x_t = sqrt(a) x0 + sqrt(1 - a) eps  =>  E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a sigma^2 + 1 - a);
+    for v-prediction, v = sqrt(a) eps - sqrt(1 - a) x0.
+    """
+
+    def __init__(self, alphas_cumprod, mu=0.3, sigma=0.5, prediction_type="epsilon"):
+        super().__init__()
+        self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64))
+        self.mu, self.sigma, self.prediction_type = mu, sigma, prediction_type
+        self.config = SimpleNamespace(in_channels=1, sample_size=8)
+
+    @property
+    def device(self):
+        return self.alphas_cumprod.device
+
+    @property
+    def dtype(self):
+        return torch.float64
+
+    def forward(self, x, t, encoder_hidden_states=None):
+        a = self.alphas_cumprod[int(t)]
+        eps = (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sigma ** 2 + 1 - a)
+        if self.prediction_type == "v_prediction":
+            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            eps = a.sqrt() * eps - (1 - a).sqrt() * x0
+        return SimpleNamespace(sample=eps)
+
+
+class _GaussianBackend(DiffusersBackend):
+    def _encode(self, prompts, guidance):
+        return Conditioning({"encoder_hidden_states": torch.zeros(len(prompts), 1, dtype=torch.float64)})
+
+
+def gaussian_backend(scheduler, mu=0.3, sigma=0.5, **overrides) -> DiffusersBackend:
+    """A backend over the analytic predictor and ``scheduler``'s noise schedule and config."""
+    from diffusers import DDIMScheduler
+
+    alphas = DDIMScheduler.from_config(scheduler.config).alphas_cumprod
+    prediction_type = overrides.get("prediction_type", scheduler.config.get("prediction_type", "epsilon"))
+    unet = GaussianEps(alphas, mu, sigma, prediction_type)
+    pipe = SimpleNamespace(scheduler=scheduler, unet=unet, components={"unet": unet})
+    return _GaussianBackend(pipe=pipe, name="gaussian", defaults=Defaults(steps=10, guidance=1.0),
+                            latent_shape=(1, 8, 8), scheduler_overrides=overrides)
+
+
+class ShiftBackend(ToyBackend):
+    """F(eps) = eps + 2: on the Gaussian shell, stability peaks where eps points along the all-ones
+    direction, so large steps overshoot the peak and the last iterate is not the best."""
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        return noise + 2
+
+    def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        return latents
