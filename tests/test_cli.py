@@ -29,7 +29,7 @@ def test_score_select_optimize_generate(common, tmp_path):
     r = run("score", *common, "--prompt", "a red cube", "-n", 3, "--out", tmp_path / "score")
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "score" / "run.json").read_text())
-    assert rec["status"] == "complete" and rec["parameters"]["steps"] == 2
+    assert rec["status"] == "done" and rec["parameters"]["steps"] == 2
     scores = rec["items"][0]["scores"]
     assert len(scores) == 3 and all(0 < s < 1 for s in scores)
     assert rec["versions"]["torch"] == torch.__version__ and rec["model"]["pipeline"] == "StableDiffusionPipeline"
@@ -78,23 +78,59 @@ def _prompts(tmp_path, lines):
     (["score", "--noise", "NAN"], "NaN"),
     (["score", "--model", "DDPM"], "unsupported pipeline class"),
     (["score", "--prompt", " "], "empty prompt"),
+    (["score", "--guidance", "nan"], "guidance scales must be finite"),
+    (["score", "--guidance", "inf"], "guidance scales must be finite"),
+    (["optimize", "--lr", "inf"], "lr must be finite"),
+    (["score", "--noise", "INT"], "floating point"),
+    (["score", "--noise", "BOOL"], "floating point"),
+    (["score", "--seed", "-1"], "is not in the range"),
+    (["score", "--seed", str(2**64)], "is not in the range"),
+    (["score", "--seed", str(2**70)], "is not in the range"),
+    (["score", "--seed", str(2**64 - 1), "-n", "2"], "run past 2**64 - 1"),
+    (["select", "-k", "1000000000"], "is not in the range"),
+    (["score", "-n", "1000000000"], "is not in the range"),
+    (["score", "--prompts", "LATIN1"], "not UTF-8"),
+    (["score", "--device", "bogus"], "unknown device"),
+    (["score", "--device", "cuda"], "not available"),
+    (["score", "--device", "mps"], "not available"),
+    (["score", "--model", "BADINDEX"], "not a valid model_index.json"),
+    (["score", "--out", "UNDERFILE"], "output folder"),
+    (["score", "--out", "FILE"], "is a file"),
+    (["score", "--timestep-spacing", "karras"], "is not one of"),
 ])
 def test_bad_input_one_line_error(args, message, sd_folder, tmp_path):
     files = {"EMPTY": _prompts(tmp_path, ["# nothing"]), "MISSING": tmp_path / "nope.txt",
-             "BADSHAPE": tmp_path / "bad.safetensors", "NAN": tmp_path / "nan.safetensors", "DDPM": _ddpm(tmp_path)}
+             "BADSHAPE": tmp_path / "bad.safetensors", "NAN": tmp_path / "nan.safetensors", "DDPM": _ddpm(tmp_path),
+             "INT": tmp_path / "int.safetensors", "BOOL": tmp_path / "bool.safetensors",
+             "LATIN1": tmp_path / "latin1.txt", "BADINDEX": tmp_path / "badindex", "FILE": tmp_path / "a-file",
+             "UNDERFILE": tmp_path / "a-file" / "out"}
     save_file({"noise": torch.zeros(1, 3, 8, 8)}, str(files["BADSHAPE"]))
     save_file({"noise": torch.full((1, 4, 16, 16), float("nan"))}, str(files["NAN"]))
+    save_file({"noise": torch.zeros(1, 4, 16, 16, dtype=torch.int64)}, str(files["INT"]))
+    save_file({"noise": torch.zeros(1, 4, 16, 16, dtype=torch.bool)}, str(files["BOOL"]))
+    files["LATIN1"].write_bytes("une pomme rôtie\n".encode("latin-1"))
+    files["BADINDEX"].mkdir()
+    (files["BADINDEX"] / "model_index.json").write_text("{not json")
+    files["FILE"].write_text("a user's file\n")
+    before = _snapshot(tmp_path)
     args = [str(files.get(a, a)) for a in args]
     if "--model" not in args:
         args += ["--model", str(sd_folder)]
     if "--prompt" not in args and "--prompts" not in args:
         args += ["--prompt", "a cat"]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
     r = CliRunner().invoke(main, args + ["--steps", "2"] if "--steps" not in args else args)
     assert r.exit_code != 0
     assert message in r.output
     assert "Traceback" not in r.output
     error_lines = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
     assert len(error_lines) == 1
+    assert _snapshot(tmp_path) == before  # nothing written, nothing lost (the run never started)
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 def _ddpm(tmp_path):
@@ -109,3 +145,120 @@ def _ddpm(tmp_path):
 def test_no_prompt(sd_folder):
     r = CliRunner().invoke(main, ["score", "--model", str(sd_folder)])
     assert r.exit_code != 0 and "no prompt given" in r.output
+
+
+def test_rerun_resumes_and_never_deletes_what_it_did_not_write(common, tmp_path):
+    out = tmp_path / "run"
+    args = ["score", *common, "--prompt", "a cat", "--prompt", "a dog", "-n", 2, "--out", out]
+    assert run(*args).exit_code == 0
+    rec = json.loads((out / "run.json").read_text())
+    folder = out / rec["items"][0]["folder"]
+    (folder / "my-notes.txt").write_text("mine")  # a user's file inside a prompt folder
+    (out / "extra.txt").write_text("also mine")
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert (folder / "my-notes.txt").read_text() == "mine" and (out / "extra.txt").read_text() == "also mine"
+    again = json.loads((out / "run.json").read_text())
+    assert again["items"] == rec["items"] and len(again["resumed"]) == 1 and again["status"] == "done"
+    # Other settings into the same folder: refused, nothing touched.
+    r = run("score", *common, "--prompt", "a cat", "-n", 3, "--out", out)
+    assert r.exit_code != 0 and "holds a run with other parameters (prompts, seeds)" in r.output
+    assert json.loads((out / "run.json").read_text()) == again
+    # A folder that is not a stablenoise run: refused.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "photo.png").write_bytes(b"png")
+    r = run("score", *common, "--prompt", "a cat", "--out", foreign)
+    assert r.exit_code != 0 and "not empty and holds no stablenoise run" in r.output
+    assert [p.name for p in foreign.iterdir()] == ["photo.png"]
+
+
+def test_interrupted_run_keeps_finished_prompts_then_resumes(common, tmp_path, monkeypatch):
+    import sys
+
+    stability_module = sys.modules["stablenoise.stability"]
+
+    out = tmp_path / "run"
+    args = ["score", *common, "--prompt", "a cat", "--prompt", "a dog", "-n", 2, "--out", out]
+    real, calls = stability_module.stability, []
+
+    def interrupt_second_prompt(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(stability_module, "stability", interrupt_second_prompt)
+    r = run(*args)
+    assert r.exit_code == 130
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "interrupted" and [it["prompt"] for it in rec["items"]] == ["a cat"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    monkeypatch.setattr(stability_module, "stability", real)
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "done" and [it["prompt"] for it in rec["items"]] == ["a cat", "a dog"]
+
+
+def test_non_finite_scores_are_null_and_fail_the_run(common, tmp_path):
+    path = tmp_path / "huge.safetensors"
+    save_file({"noise": torch.cat([torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16) * 1e30])}, str(path))
+    r = run("score", *common, "--prompt", "a cat", "--noise", path, "--out", tmp_path / "s")
+    text = (tmp_path / "s" / "run.json").read_text()
+    rec = json.loads(text)
+    assert r.exit_code == 1 and "1 stability score(s) were NaN or inf" in r.output
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))  # strict JSON
+    scores = rec["items"][0]["scores"]
+    assert scores[1] is None and 0 < scores[0] < 1
+    assert rec["status"].startswith("failed: 1 stability score(s)")
+    assert "nan" not in r.output.lower().replace("nan or inf", "")
+
+
+def test_optimize_uses_every_noise_of_a_file(common, tmp_path):
+    path = tmp_path / "three.safetensors"
+    noises = torch.stack([torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)])
+    save_file({"noise": noises}, str(path))
+    r = run("optimize", *common, "--prompt", "a cat", "--noise", path, "--iterations", 2, "--batch-size", 2,
+            "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    item = json.loads((tmp_path / "o" / "run.json").read_text())["items"][0]
+    assert len(item["noises"]) == 3 and all(len(n["history"]) == 3 for n in item["noises"])
+    folder = tmp_path / "o" / item["folder"]
+    assert {f"optimized-{j}.png" for j in range(3)} <= {p.name for p in folder.iterdir()}
+    from safetensors.torch import load_file
+    saved = load_file(str(folder / "noise.safetensors"))
+    assert torch.equal(saved["initial"], noises) and saved["optimized"].shape == (3, 4, 16, 16)
+    # Each start was optimized on its own: its first stability is its own score.
+    import stablenoise as sn
+    expected = sn.stability(sn.load(str(common[1]), device="cpu"), "a cat", noises, steps=2)
+    assert [n["initial_stability"] for n in item["noises"]] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_optimize_that_never_scores_fails_with_a_final_status(common, tmp_path):
+    path = tmp_path / "huge.safetensors"
+    save_file({"noise": torch.randn(1, 4, 16, 16) * 1e30}, str(path))
+    r = run("optimize", *common, "--prompt", "a cat", "--noise", path, "--iterations", 2, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "never had a finite stability" in r.output and "Traceback" not in r.output
+    rec = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert rec["status"].startswith("failed: 1 (prompt, noise) pair(s)")
+    assert rec["items"][0]["optimized_stability"] is None and rec["items"][0]["history"] == []
+
+
+def test_prompts_file_with_a_byte_order_mark(tmp_path):
+    from stablenoise.outputs import read_prompts
+
+    (tmp_path / "p.txt").write_bytes("\ufeffa red cube\nb\n".encode("utf-8"))
+    assert read_prompts(tmp_path / "p.txt") == ["a red cube", "b"]
+    (tmp_path / "p.csv").write_bytes("\ufeffprompt,category\na cat,x\n".encode("utf-8"))
+    assert read_prompts(tmp_path / "p.csv") == ["a cat"]
+
+
+def test_long_prompt_warns_once(sd):
+    long = " ".join(["a red cube"] * 10)
+    noise = torch.randn(1, *sd.latent_shape, generator=torch.Generator().manual_seed(0))
+    import stablenoise as sn
+    with pytest.warns(UserWarning, match=r"is \d+ tokens long; the text encoder reads 16") as seen:
+        sn.stability(sd, long, noise, steps=1)
+        sn.stability(sd, long, noise, steps=1)
+    assert sum("tokens long" in str(w.message) for w in seen) == 1
