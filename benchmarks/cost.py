@@ -63,10 +63,15 @@ def main():
     t_gen = median_time(lambda: sn.generate(b, prompt, noise, steps=steps, sampler="ddim"), args.repeats)
     t_score = median_time(lambda: sn.stability(b, prompt, noise, steps=steps), args.repeats)
     t_score1 = median_time(lambda: sn.stability(b, prompt, one, steps=steps), args.repeats)
-    t_opt = median_time(lambda: sn.optimize(b, prompt, noise, iterations=2, steps=steps, checkpoint=False,
-                                            progress=False), args.repeats) / 3
-    t_opt_ck = median_time(lambda: sn.optimize(b, prompt, noise, iterations=2, steps=steps, checkpoint=True,
-                                               progress=False), args.repeats) / 3
+    # optimize(iterations=n) evaluates n + 1 round trips and backpropagates n of them; the difference
+    # between n = 3 and n = 1 is exactly two iterations (two forward round trips and their backward passes).
+    def iteration_time(checkpoint):
+        def run(n):
+            return lambda: sn.optimize(b, prompt, noise, iterations=n, steps=steps, checkpoint=checkpoint,
+                                       progress=False)
+        return (median_time(run(3), args.repeats) - median_time(run(1), args.repeats)) / 2
+
+    t_opt, t_opt_ck = iteration_time(False), iteration_time(True)
     mem_plain, mem_ck = peak_memory_child(args, False), peak_memory_child(args, True)
     result = {
         "model": args.model, "device": args.device, "steps": steps, "batch": args.batch,

@@ -198,3 +198,11 @@ def test_clipped_step():
     eps = (2.0 - 0.5 * x0) / math.sqrt(0.75)
     assert float(ddim.step(e, x, a, b, clip=1.0)) == pytest.approx(0.8 * x0 + 0.6 * eps, abs=1e-12)
     assert float(ddim.step(e, x, a, b)) == pytest.approx(0.8 * (2.0 + math.sqrt(0.75)) / 0.5 + 0.6 * -1.0, abs=1e-12)
+
+
+def test_trailing_with_an_uneven_stride():
+    """7 trailing steps are 999, 856, 713, ...: diffusers' stride (1000 // 7 = 142) would step 999 -> 857."""
+    sched = ddim.schedule(ddim.settings(DDIMScheduler(**SD, timestep_spacing="trailing").config), 7)
+    assert sched.timesteps.tolist() == [999, 856, 713, 570, 428, 285, 142]
+    ac = DDIMScheduler(**SD).alphas_cumprod.double()
+    assert torch.equal(sched.alphas[:-1], ac[sched.timesteps])

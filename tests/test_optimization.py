@@ -73,11 +73,11 @@ def _sgd_reference(backend, prompt, noise, iterations, lr, momentum):
     """The iterates of torch.optim.SGD on 1 - s, evaluated one at a time: the optimizer's reference."""
     eps = noise.clone().requires_grad_(True)
     opt = torch.optim.SGD([eps], lr=lr, momentum=momentum)
-    cond = conditioning(backend, prompt, noise.shape[0], 1.0)
+    cond = conditioning(backend, prompt, noise.shape[0], 2.0)
     iterates, values = [], []
     for i in range(iterations + 1):
         opt.zero_grad()
-        s = cosine(eps, round_trip(backend, cond, eps, 2, 1.0, 1.0)[1])
+        s = cosine(eps, round_trip(backend, cond, eps, 3, 2.0, 1.5)[1])
         iterates.append(eps.detach().clone())
         values.append(s.detach().clone())
         if i < iterations:
@@ -92,7 +92,7 @@ def test_iterates_are_sgd_with_momentum(momentum):
     noise = sn.noises_from_seeds([0, 1], toy.latent_shape)
     seen = []
     r = sn.optimize(toy, ["a", "b"], noise, iterations=6, lr=3.0, momentum=momentum, progress=False,
-                    callback=lambda info: seen.append(info["noise"]))
+                    callback=lambda info: seen.append(info["noise"]), steps=3, guidance=2.0, inversion_guidance=1.5)
     iterates, values = _sgd_reference(ToyBackend(), ["a", "b"], noise, 6, 3.0, momentum)
     assert len(seen) == 7
     for ours, ref in zip(seen, iterates):

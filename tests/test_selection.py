@@ -34,11 +34,18 @@ def test_bad_selection(sd, kwargs, match):
         sn.select(sd, "a cat", steps=2, progress=False, **kwargs)
 
 
-def test_select_on_a_toy_backend_is_exact():
-    toy = ToyBackend()
-    r = sn.select(toy, "a", seeds=[5, 9, 2, 7, 11], batch_size=2, progress=False)
-    direct = sn.stability(ToyBackend(), "a", sn.noises_from_seeds([5, 9, 2, 7, 11], toy.latent_shape))
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_select_on_a_toy_backend_is_exact(batch_size):
+    toy, settings, seen = ToyBackend(), {"steps": 3, "guidance": 2.0, "inversion_guidance": 1.5}, []
+    r = sn.select(toy, "a", seeds=[5, 9, 2, 7, 11], batch_size=batch_size, progress=False, callback=seen.append,
+                  **settings)
+    direct = sn.stability(ToyBackend(), "a", sn.noises_from_seeds([5, 9, 2, 7, 11], toy.latent_shape), **settings)
+    assert r.prompt == "a" and r.seeds == [5, 9, 2, 7, 11]
     assert r.scores == pytest.approx(direct.tolist(), abs=1e-7)
+    assert [x for c in seen for x in c["seeds"]] == r.seeds and [x for c in seen for x in c["scores"]] == r.scores
+    assert len(seen) == -(-5 // batch_size)
+    default = sn.stability(ToyBackend(), "a", sn.noises_from_seeds([5], toy.latent_shape))
+    assert abs(float(default) - r.scores[0]) > 1e-4  # the settings were used
     order = direct.argsort(descending=True).tolist()
     assert r.best_seed == [5, 9, 2, 7, 11][order[0]] and r.worst_seed == [5, 9, 2, 7, 11][order[-1]]
     assert [s for s, _ in r.ranked()] == [[5, 9, 2, 7, 11][i] for i in order]

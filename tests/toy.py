@@ -40,14 +40,14 @@ class ToyBackend:
         self.calls += 1
         x = noise.flatten(1).to(torch.float64)
         shift = 0.1 * cond.cond["id"][:, None]
-        z = torch.tanh(x @ self.mix.T * 0.5 + shift) * 2
+        z = torch.tanh(x @ self.mix.T * 0.5 + shift) * 2 * (1 + 0.01 * steps) + 0.01 * guidance  # settings matter
         bad = (cond.cond["poison"] >= 0) & (self.calls > cond.cond["poison"])
         z = torch.where(bad[:, None], torch.full_like(z, float("nan")), z)
         return z.view(noise.shape).to(noise.dtype)
 
     def invert(self, latents, cond, steps, guidance, checkpoint=False):
         z = latents.flatten(1).to(torch.float64)
-        return (z @ self.mix).view(latents.shape).to(latents.dtype)
+        return (z @ self.mix * (1 + 0.02 * guidance) + 0.001 * steps).view(latents.shape).to(latents.dtype)
 
     def decode(self, latents):
         return [None] * latents.shape[0]
