@@ -262,3 +262,30 @@ def test_long_prompt_warns_once(sd):
         sn.stability(sd, long, noise, steps=1)
         sn.stability(sd, long, noise, steps=1)
     assert sum("tokens long" in str(w.message) for w in seen) == 1
+
+
+def test_killed_process_ends_interrupted_with_finished_prompts_kept(sd_folder, tmp_path):
+    """A real process, killed with SIGTERM while it works: the finished prompt stays, the status says so,
+    no temporary folder is left, and a rerun finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    prompts = _prompts(tmp_path, [f"a cat {i}" for i in range(40)])
+    cmd = [sys.executable, "-m", "stablenoise.cli", "score", "--model", str(sd_folder), "--device", "cpu",
+           "--steps", "2", "-n", "2", "--prompts", str(prompts), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "run.json").exists() and json.loads((out / "run.json").read_text())["items"]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "interrupted" and 1 <= len(rec["items"]) < 40
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(it["folder"] for it in rec["items"])
