@@ -80,3 +80,67 @@ def test_unsupported_pipeline(tmp_path):
 def test_describe_is_json(sd):
     d = json.loads(json.dumps(sd.describe()))
     assert d["pipeline"] == "StableDiffusionPipeline" and d["ddim"]["timestep_spacing"] == "leading"
+
+
+def test_conditioning_select_and_expand():
+    from stablenoise.backends.base import Conditioning
+
+    cond = Conditioning({"h": torch.arange(3.0).view(3, 1), "extra": {"e": torch.arange(3.0) * 10}, "flag": "x"},
+                        {"h": -torch.arange(3.0).view(3, 1), "extra": {"e": -torch.arange(3.0)}, "flag": "x"})
+    sub = cond.select([2, 0])
+    assert sub.cond["h"].view(-1).tolist() == [2.0, 0.0] and sub.cond["extra"]["e"].tolist() == [20.0, 0.0]
+    assert sub.uncond["h"].view(-1).tolist() == [-2.0, 0.0] and sub.uncond["extra"]["e"].tolist() == [-2.0, 0.0]
+    assert sub.cond["flag"] == "x" and sub.batch_size == 2
+    assert cond.select([0, 1, 2]) is cond
+    plain = Conditioning({"h": torch.ones(2, 1)})
+    assert plain.select([1]).uncond is None
+    one = Conditioning({"h": torch.ones(1, 4)}, {"h": torch.zeros(1, 4)})
+    assert one.expand(3).cond["h"].shape == (3, 4) and one.expand(3).uncond["h"].shape == (3, 4)
+    with pytest.raises(StablenoiseError, match="cannot expand"):
+        plain.expand(3)
+
+
+def test_pipeline_sampler_gets_the_noise_settings_and_one_generator_per_image():
+    from types import SimpleNamespace
+
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from toy import gaussian_backend
+
+    backend = gaussian_backend(EulerAncestralDiscreteScheduler(timestep_spacing="trailing"))
+    calls = []
+    backend.pipe = _Recorder(backend.pipe, calls)
+    noise = sn.noises_from_seeds([0, 1], backend.latent_shape)
+    out = sn.generate(backend, ["a", "b"], noise, steps=3, guidance=2.5, sampler="pipeline")
+    (kwargs,) = calls
+    assert out == ["image-a", "image-b"]
+    assert kwargs["prompt"] == ["a", "b"] and kwargs["num_inference_steps"] == 3 and kwargs["guidance_scale"] == 2.5
+    assert kwargs["output_type"] == "pil" and torch.equal(kwargs["latents"], noise.double())
+    from stablenoise.noise import generator_seed
+    assert [g.initial_seed() for g in kwargs["generator"]] == [generator_seed(n) for n in noise]
+
+
+class _Recorder:
+    """A pipeline stand-in that records how it is called."""
+
+    def __init__(self, pipe, calls):
+        self.__dict__.update(vars(pipe))
+        self._calls = calls
+
+    def __call__(self, **kwargs):
+        self._calls.append(kwargs)
+        return type("Out", (), {"images": [f"image-{p}" for p in kwargs["prompt"]]})()
+
+
+def test_describe_names_the_round_trip():
+    from diffusers import DDIMScheduler
+
+    from toy import gaussian_backend
+
+    backend = gaussian_backend(DDIMScheduler(beta_schedule="scaled_linear", timestep_spacing="trailing"))
+    d = json.loads(json.dumps(backend.describe()))
+    assert d["backend"] == "_GaussianBackend" and d["name"] == "gaussian" and d["latent_shape"] == [1, 8, 8]
+    assert d["ddim"]["timestep_spacing"] == "trailing" and d["ddim"]["clip_sample"] is False
+    assert d["ddim"]["set_alpha_to_one"] is True and d["dtype"] == "float64" and d["device"] == "cpu"
+    assert d["defaults"] == {"steps": 10, "guidance": 1.0, "inversion_guidance": 1.0}
+    assert backend.with_scheduler(timestep_spacing="leading").describe()["ddim"]["timestep_spacing"] == "leading"

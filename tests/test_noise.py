@@ -51,3 +51,11 @@ def test_prompts_per_noise():
         check_prompts(["a", "b"], 3)
     with pytest.raises(StablenoiseError, match="no prompt"):
         check_prompts([], 1)
+
+
+def test_generator_seed_is_stable_across_versions():
+    """Recorded images depend on it: changing how it is derived changes every ancestral image."""
+    assert generator_seed(sn.noise_from_seed(0, (4,))) == GOLDEN
+
+
+GOLDEN = 9196262278082472509  # generator_seed(noise_from_seed(0, (4,))) as of 0.1.0

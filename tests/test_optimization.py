@@ -187,3 +187,36 @@ def test_paper_equivalent_lr_matches_the_relative_step_across_latent_sizes():
     small, large = steps[(3, 32, 32)], steps[(4, 64, 64)]
     assert small[18.75] == pytest.approx(large[100.0], rel=1e-9)
     assert small[100.0] > 5 * large[100.0]
+
+
+def test_paper_defaults():
+    import inspect
+
+    p = inspect.signature(sn.optimize).parameters
+    assert (p["iterations"].default, p["lr"].default, p["momentum"].default) == (100, 100.0, 0.5)
+    assert p["preserve_norm"].default is False and p["checkpoint"].default is True
+
+
+def test_preserve_norm_on_a_toy_backend():
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([0, 1], toy.latent_shape) * torch.tensor([0.5, 2.0]).view(2, 1, 1, 1)
+    seen = []
+    r = sn.optimize(toy, ["a", "b"], noise, iterations=3, lr=30.0, preserve_norm=True, progress=False,
+                    callback=lambda info: seen.append(info["noise"]))
+    radius = math.sqrt(math.prod(toy.latent_shape))
+    for x in seen + [r.noise]:
+        assert torch.allclose(x.flatten(1).norm(dim=1), torch.full((2,), radius, dtype=x.dtype), rtol=1e-5)
+    # The projection only rescales: the start keeps its direction.
+    assert torch.allclose(seen[0], noise / noise.flatten(1).norm(dim=1).view(2, 1, 1, 1) * radius, atol=1e-6)
+    free = sn.optimize(ToyBackend(), ["a", "b"], noise, iterations=3, lr=30.0, progress=False)
+    assert not torch.allclose(free.noise.flatten(1).norm(dim=1), torch.full((2,), radius), rtol=1e-3)
+
+
+def test_zero_iterations_and_small_lr_on_a_toy_backend():
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([2], toy.latent_shape).double()
+    r = sn.optimize(toy, "a", noise, iterations=0, progress=False)
+    assert torch.equal(r.noise, noise) and r.noise.dtype == torch.float64 and r.history[0] == [
+        pytest.approx(float(sn.stability(ToyBackend(), "a", noise)), abs=1e-12)]
+    half = sn.optimize(ToyBackend(), "a", noise.half(), iterations=1, lr=0.5, progress=False)
+    assert half.noise.dtype == torch.float32 and len(half.history[0]) == 2
