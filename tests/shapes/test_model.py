@@ -59,13 +59,19 @@ def test_demo_runs_end_to_end(tmp_path):
                                   "--out", str(out)])
     assert r.exit_code == 0, r.output
     record = json.loads((out / "run.json").read_text())
-    assert record["status"] == "complete" and len(record["items"]) == 1
+    assert record["status"] == "done" and len(record["items"]) == 1
     item = record["items"][0]
     assert len(item["scores"]) == 3 and item["best_seed"] in range(3)
     assert set(item["verifier"]) == {"seed0", "most_stable", "least_stable", "optimized", "optimized_equiv"}
     assert [item["optimization"][n]["lr"] for n in ("optimized", "optimized_equiv")] == [100.0, 18.75]
     html = (out / "index.html").read_text()
     assert "a red circle" in html and (out / item["folder"] / "summary.png").exists()
+    # A rerun with the same settings resumes: nothing recomputed, nothing lost.
+    r = CliRunner().invoke(main, ["demo", "--prompt", "a red circle", "-k", "3", "--iterations", "1",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    again = json.loads((out / "run.json").read_text())
+    assert again["items"] == record["items"] and again["status"] == "done" and len(again["resumed"]) == 1
 
 
 def test_demo_rejects_a_caption_the_verifier_cannot_read(tmp_path):
