@@ -244,8 +244,10 @@ def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_check
     click.echo(f"wrote {run.root}")
 
 
+from .rewards.command import reward  # noqa: E402
 from .shapes.commands import demo, experiment, train_shapes  # noqa: E402  (subcommands of the shapes world)
 
+main.add_command(reward)
 main.add_command(demo)
 main.add_command(experiment)
 main.add_command(train_shapes)
