@@ -45,9 +45,10 @@ from PIL import Image, ImageDraw
 HERE = Path(__file__).resolve().parent / "fixtures"
 PROMPTS = ["a red cube on a blue sphere", "two dogs playing in the snow",
            "an astronaut riding a horse, photorealistic", "a bowl of fruit", "a tall lighthouse at dusk"]
-# Odd sizes on purpose: crop margins where floor and round differ (303x200: 115 px, 37x101: 387 px),
-# up- and down-scaling, an odd padding (251x250 pads 1 px), a no-op (224x224).
-SIZES = [(53, 37), (303, 200), (224, 224), (251, 250), (37, 101)]
+# Odd sizes on purpose: crop margins where floor and round differ (303x200: 115 px, 37x103: 399 px),
+# a long side whose int() and round() differ (37x103 -> 224x623.57), up- and down-scaling, an odd
+# padding (251x250 pads 1 px), a no-op (224x224).
+SIZES = [(53, 37), (303, 200), (224, 224), (251, 250), (37, 103)]
 WORDS = sorted({w for p in PROMPTS for w in p.replace(",", " ").split()})
 
 
@@ -184,7 +185,8 @@ def make_hps(folder: Path, refsrc: Path, pil_images) -> dict:
     model.load_state_dict({k: v.float() for k, v in torch.load(raw, map_location="cpu")["state_dict"].items()},
                           strict=False)
     model.eval()
-    with gzip.open(folder / "HPS_v2_compressed.pt.gz", "wb", compresslevel=9) as f:
+    with open(folder / "HPS_v2_compressed.pt.gz", "wb") as out, \
+            gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:  # same bytes every run
         f.write(raw.read_bytes())
     raw.unlink()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": HPS_CFG}, indent=1))
@@ -224,7 +226,7 @@ def make_clip(folder: Path, pil_images) -> dict:
         for k, v in model.named_parameters():
             if "layer_norm" not in k and "layrnorm" not in k and "layernorm" not in k:
                 v.copy_(torch.randn_like(v) * 0.2)
-        model.logit_scale.fill_(np.log(100.0))  # PickScore_v1's scale is about 100
+        model.logit_scale.fill_(np.log(57.3))  # not 100 (PickScore_v1's), so a hard-coded 100 would show
     model.save_pretrained(folder, safe_serialization=True)
     model = CLIPModel.from_pretrained(folder).eval()
 
