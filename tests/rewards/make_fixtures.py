@@ -18,6 +18,9 @@ What computes each reference score:
 - pickscore: the PickScore_v1 model card's code: ``AutoProcessor`` (slow CLIP processor) + ``CLIPModel``,
   logit_scale.exp() * cosine.
 - clipscore: ``torchmetrics.multimodal.CLIPScore(model_name_or_path=folder)`` on one image at a time.
+- imagereward: ImageReward 1.5's own ``ImageReward.score`` (its BLIP ViT, BLIP's ``med.BertModel``,
+  its torchvision transform, max_length 35, the published mean/std) around a tiny BLIP; its
+  ``ImageReward.pt`` a flat state dict as the original, in half precision.
 - aesthetic: improved-aesthetic-predictor's ``simple_inference.py``: the OpenAI ``clip`` package's
   torchvision transform (Resize(224, bicubic), CenterCrop, ToTensor, Normalize), the CLIP image
   embedding, numpy L2 normalization, the ``MLP`` (Linear/Dropout stack) loaded from the .pth. The CLIP
@@ -280,14 +283,92 @@ def make_clip(folder: Path, pil_images) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- ImageReward (BLIP)
+IMAGEREWARD_MED = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+                   "hidden_dropout_prob": 0.1, "hidden_size": 16, "initializer_range": 0.02, "intermediate_size": 32,
+                   "layer_norm_eps": 1e-12, "max_position_embeddings": 40, "model_type": "bert",
+                   "num_attention_heads": 2, "num_hidden_layers": 2, "pad_token_id": 0, "type_vocab_size": 2,
+                   "encoder_width": 64, "add_cross_attention": True}
+
+
+class TinyMLP(torch.nn.Module):
+    """ImageReward's ``MLP`` with small widths: the same ``layers`` Sequential and forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(16, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 12), torch.nn.Dropout(0.2),
+            torch.nn.Linear(12, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 4), torch.nn.Linear(4, 1))
+
+    def forward(self, input):
+        return self.layers(input)
+
+
+def make_imagereward(folder: Path, refsrc: Path, pil_images) -> dict:
+    """ImageReward's own classes (BLIP ViT, BLIP's med BertModel, ``ImageReward.score``) around a tiny
+    BLIP: ViT width 64 (one 64-dim head, as BLIP's ViT-B/L), BERT width 16, a tiny MLP of the original's
+    layer layout; the BERT vocabulary is cut to the test words, [DEC] and [ENC] added as BLIP does."""
+    import types
+
+    for name, sub in (("ImageReward", "ImageReward"), ("ImageReward.models", "ImageReward/models")):
+        module = types.ModuleType(name)  # skip the package __init__s (they import OpenAI's clip)
+        module.__path__ = [str(refsrc / "ir" / sub)]
+        sys.modules[name] = module
+    from transformers import BertTokenizer, BertTokenizerFast
+
+    from ImageReward.ImageReward import ImageReward, _transform
+    from ImageReward.models.BLIP.med import BertConfig, BertModel
+    from ImageReward.models.BLIP.vit import VisionTransformer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ","] + WORDS + letters
+                               + ["##" + c for c in letters]))  # no duplicates ("a" is a word and a letter)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer(str(folder / "vocab.txt"))
+    tok.add_special_tokens({"bos_token": "[DEC]"})  # blip.init_tokenizer
+    tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    tok.save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(folder).save_pretrained(folder)  # tokenizer.json as well
+
+    med = dict(IMAGEREWARD_MED, vocab_size=len(tok))
+    (folder / "med_config.json").write_text(json.dumps(med, indent=1))
+    torch.manual_seed(5)
+    blip = torch.nn.Module()
+    blip.visual_encoder = VisionTransformer(img_size=224, patch_size=16, embed_dim=64, depth=2, num_heads=1,
+                                            mlp_ratio=1.0)
+    blip.tokenizer = tok
+    blip.text_encoder = BertModel(config=BertConfig.from_json_file(str(folder / "med_config.json")),
+                                  add_pooling_layer=False)
+    blip.vision_proj, blip.text_proj = torch.nn.Linear(64, 8), torch.nn.Linear(16, 8)  # as BLIP_Pretrain
+    model = ImageReward.__new__(ImageReward)  # its __init__ builds the full-size BLIP
+    torch.nn.Module.__init__(model)
+    model.device, model.blip, model.preprocess = "cpu", blip, _transform(224)
+    model.mlp = TinyMLP()
+    model.mean, model.std = 0.16717362830052426, 1.0333394966054072
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                scale = 1.0 if k.startswith("mlp.") else 0.2  # a wide spread of rewards
+                v.copy_(torch.randn_like(v) * scale + (1.0 if ("norm" in k.lower() and k.endswith("weight")) else 0.0))
+    # ImageReward.pt is a flat state dict; stored in half precision to keep the fixture small.
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, folder / "ImageReward.pt")
+    model.load_state_dict(torch.load(folder / "ImageReward.pt", map_location="cpu"), strict=False)  # as load()
+    model.eval()
+    with torch.no_grad():
+        scores = [model.score(p, im) for im, p in zip(pil_images, PROMPTS)]
+    ids = [tok(p, padding="max_length", truncation=True, max_length=35)["input_ids"] for p in PROMPTS]
+    return {"imagereward": scores, "token_ids": {"imagereward-tiny": ids}}
+
+
 def main(refsrc: str) -> None:
     refsrc = Path(refsrc)
-    for sub in ("images", "clip-tiny", "hps-tiny"):
+    for sub in ("images", "clip-tiny", "hps-tiny", "imagereward-tiny"):
         shutil.rmtree(HERE / sub, ignore_errors=True)
         (HERE / sub).mkdir(parents=True)
     pil_images = save_images(HERE / "images")
     ref = {"prompts": PROMPTS, "images": [f"image{i}.png" for i in range(len(SIZES))], "scores": {}}
-    for made in (make_clip(HERE / "clip-tiny", pil_images), make_hps(HERE / "hps-tiny", refsrc, pil_images)):
+    for made in (make_clip(HERE / "clip-tiny", pil_images), make_hps(HERE / "hps-tiny", refsrc, pil_images),
+                 make_imagereward(HERE / "imagereward-tiny", refsrc, pil_images)):
         ref.setdefault("token_ids", {}).update(made.pop("token_ids"))
         ref["scores"].update(made)
     import open_clip
@@ -297,7 +378,8 @@ def main(refsrc: str) -> None:
 
     ref["made_with"] = {"torch": torch.__version__, "torchvision": torchvision.__version__,
                         "transformers": transformers.__version__, "open_clip": open_clip.__version__,
-                        "torchmetrics": torchmetrics.__version__, "hpsv2": "1.2.0 (bundled open_clip)"}
+                        "torchmetrics": torchmetrics.__version__, "hpsv2": "1.2.0 (bundled open_clip)",
+                        "image-reward": "1.5"}
     (HERE / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
     print(json.dumps(ref["scores"], indent=1))
 

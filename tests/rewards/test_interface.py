@@ -31,7 +31,7 @@ class Brightness(Reward):
 
 def test_builtin_and_entry_point_names():
     names = available()
-    for name in ("clipscore", "pickscore", "hpsv2", "hpsv2.1", "aesthetic", "shapes-verifier"):
+    for name in ("clipscore", "pickscore", "hpsv2", "hpsv2.1", "imagereward", "aesthetic", "shapes-verifier"):
         assert name in names
 
 
@@ -74,6 +74,8 @@ def test_wrong_architecture(tmp_path):
     torch.save({"state_dict": {"visual.proj": torch.zeros(2, 2)}}, tmp_path / "HPS_v2_compressed.pt")
     with pytest.raises(StablenoiseError, match="missing 'visual.conv1.weight'"):
         sn.load_reward(str(tmp_path / "HPS_v2_compressed.pt"), device="cpu")
+    with pytest.raises(StablenoiseError, match="not an ImageReward checkpoint"):
+        sn.load_reward(f"imagereward:{AESTHETIC_FILE}", device="cpu")
     torch.save({"layers.0.weight": torch.zeros(2, 3)}, tmp_path / "head.pth")
     with pytest.raises(StablenoiseError, match="not a LAION aesthetic MLP checkpoint"):
         sn.load_reward(f"aesthetic:{tmp_path / 'head.pth'}", device="cpu")

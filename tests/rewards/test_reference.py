@@ -20,7 +20,8 @@ def close(scores, name):
 @pytest.fixture(scope="module")
 def sources(hps_folder):
     return {"clipscore": f"clipscore:{CLIP_TINY}", "pickscore": f"pickscore:{CLIP_TINY}",
-            "aesthetic": str(AESTHETIC_FILE), "hpsv2": str(hps_folder / "HPS_v2_compressed.pt")}
+            "aesthetic": str(AESTHETIC_FILE), "hpsv2": str(hps_folder / "HPS_v2_compressed.pt"),
+            "imagereward": str(FIXTURES / "imagereward-tiny" / "ImageReward.pt")}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def rewards(sources):
     return {name: sn.load_reward(src, device="cpu") for name, src in sources.items()}
 
 
-@pytest.mark.parametrize("name", ["clipscore", "pickscore", "aesthetic", "hpsv2"])
+@pytest.mark.parametrize("name", ["clipscore", "pickscore", "aesthetic", "hpsv2", "imagereward"])
 def test_matches_original(rewards, images, prompts, name):
     reward = rewards[name]
     assert reward.name == name and reward.higher_is_better and reward.differentiable
@@ -49,10 +50,11 @@ def test_hps_v21_by_file_name(hps_folder, images, prompts):
     close(reward(images, prompts), "hpsv2")
 
 
-@pytest.mark.parametrize("folder", ["clip-tiny", "hps-tiny"])
+@pytest.mark.parametrize("folder", ["clip-tiny", "hps-tiny", "imagereward-tiny"])
 def test_tokenizers_match_the_originals(folder):
     tok = AutoTokenizer.from_pretrained(FIXTURES / folder)
-    assert tok(REFERENCE["prompts"])["input_ids"] == REFERENCE["token_ids"][folder]
+    kwargs = dict(padding="max_length", truncation=True, max_length=35) if folder == "imagereward-tiny" else {}
+    assert tok(REFERENCE["prompts"], **kwargs)["input_ids"] == REFERENCE["token_ids"][folder]
 
 
 def test_crop_offsets_follow_each_original(images):
@@ -79,7 +81,7 @@ def test_tensor_crop_is_close_to_pil(images):
     assert torch.equal(crop_pil(images[2], 224, "floor"), crop_tensor(to_tensor(images[2])[None], 224, "floor")[0])
 
 
-@pytest.mark.parametrize("name", ["clipscore", "pickscore", "aesthetic", "hpsv2"])
+@pytest.mark.parametrize("name", ["clipscore", "pickscore", "aesthetic", "hpsv2", "imagereward"])
 def test_gradients_reach_the_pixels(rewards, prompts, name):
     pixels = torch.rand(2, 3, 61, 83, generator=torch.Generator().manual_seed(0), requires_grad=True)
     score = rewards[name](pixels, prompts[:2] if name != "aesthetic" else None)

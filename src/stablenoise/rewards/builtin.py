@@ -22,6 +22,8 @@ LAION_H14 = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PickScore's processor, HP
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"hpsv2": "HPS_v2_compressed.pt", "hpsv2.1": "HPS_v2.1_compressed.pt"}
+IMAGEREWARD_REPO = "THUDM/ImageReward"
+BERT = "bert-base-uncased"  # BLIP's tokenizer
 AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 AESTHETIC_URL = f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{AESTHETIC_FILE}"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -126,6 +128,31 @@ def _hps(version: str):
     return factory
 
 
+def imagereward(source, device, dtype):
+    """``ImageReward.pt`` (a file, a folder holding it, or the hub repo) with the ``med_config.json`` and,
+    for offline use, the BERT tokenizer files beside it; otherwise both come from the hub."""
+    from transformers import AutoTokenizer
+
+    from .imagereward import build, read_checkpoint, read_med_config
+
+    if source and Path(source).is_dir():
+        path = Path(source) / "ImageReward.pt"
+    elif source and Path(source).is_file():
+        path = Path(source)
+    else:
+        path = Path(_hub_file(source or IMAGEREWARD_REPO, "ImageReward.pt"))
+    state = read_checkpoint(path)
+    med = path.parent / "med_config.json"
+    med = med if med.is_file() else Path(_hub_file(IMAGEREWARD_REPO, "med_config.json"))
+    if has_tokenizer(path.parent) or (path.parent / "vocab.txt").is_file():
+        tokenizer = hf_from_pretrained(AutoTokenizer, str(path.parent), "a BERT tokenizer")
+    else:
+        tokenizer = hf_from_pretrained(AutoTokenizer, BERT, "a BERT tokenizer")
+        # BLIP adds [DEC] and [ENC] (ids 30522, 30523); prompts never hold them, but the vocab size must match.
+        tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    return build(path, state, read_med_config(med), tokenizer, device, dtype)
+
+
 def _aesthetic_file() -> str:
     target = Path(torch.hub.get_dir()) / "stablenoise" / AESTHETIC_FILE
     if not target.is_file():
@@ -162,5 +189,7 @@ register("pickscore", pickscore, description="PickScore v1: logit_scale * cos", 
 register("hpsv2", _hps("hpsv2"), description="HPS v2.0: 100 * cos", file_names=(HPS_FILES["hpsv2"],),
          aliases=("hpsv2.0", "hps"))
 register("hpsv2.1", _hps("hpsv2.1"), description="HPS v2.1: 100 * cos", file_names=(HPS_FILES["hpsv2.1"],))
+register("imagereward", imagereward, description="ImageReward v1.0: standardized (mean 0, std 1 on its data)",
+         hub_ids=(IMAGEREWARD_REPO,), file_names=("ImageReward.pt",), aliases=("image-reward",))
 register("aesthetic", aesthetic, description="LAION aesthetic predictor v1 (sac+logos+ava1 linear MSE), ~1-10",
          file_names=(AESTHETIC_FILE,), aliases=("laion-aesthetic",))
