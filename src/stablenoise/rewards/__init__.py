@@ -1,7 +1,7 @@
 """Rewards for images and prompts behind one interface: ``load_reward(name)(images, prompts) -> [B]``.
 
 Built in: ``hpsv2``, ``hpsv2.1``, ``pickscore``, ``imagereward``, ``aesthetic``, ``clipscore``; the shapes
-world adds ``shapes-verifier`` through the ``stablenoise.rewards`` entry-point group.
+world adds ``shapes-verifier`` and ``shapes-clip`` through the ``stablenoise.rewards`` entry-point group.
 """
 
 from .base import Reward

@@ -63,8 +63,10 @@ def _size(value, default: int) -> int:
 def hf_preprocess(source: str, image_size: int) -> Preprocess:
     """transformers' CLIPImageProcessor as configured in ``source``: short side to ``size``, crop at floor."""
     cfg = _processor_config(source)
-    if cfg.get("do_center_crop", True) is False or _size(cfg.get("crop_size"), image_size) != image_size:
-        raise StablenoiseError(f"{source}: unsupported image processor settings (expected a {image_size}px centre crop)")
+    sizes = (_size(cfg.get("size"), image_size), _size(cfg.get("crop_size"), image_size))
+    if cfg.get("do_center_crop", True) is False or sizes != (image_size, image_size):
+        raise StablenoiseError(f"{source}: unsupported image processor settings (resize {sizes[0]}, crop {sizes[1]}; "
+                               f"expected both {image_size})")
     return Preprocess(image_size, "crop", "floor", tuple(cfg.get("image_mean", CLIP_MEAN)),
                       tuple(cfg.get("image_std", CLIP_STD)))
 

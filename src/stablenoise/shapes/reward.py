@@ -1,10 +1,15 @@
-"""The shapes-world verifier as a reward: 1 when an image shows what its caption says, else 0.
+"""Rewards of the shapes world, registered through the ``stablenoise.rewards`` entry points so the
+core reward registry finds them without importing the shapes world:
 
-Registered through the ``stablenoise.rewards`` entry point (``shapes-verifier``), so the core reward
-registry finds it without importing the shapes world. Not differentiable: detection is classical.
+- ``shapes-verifier``: 1 when an image shows what its caption says, else 0 (classical detection,
+  not differentiable).
+- ``shapes-clip``: a tiny CLIP trained on rendered shapes-world images (``train_reward.py``), 100 * cos,
+  differentiable.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,3 +36,20 @@ def verifier_reward(source, device, dtype) -> VerifierReward:
     if source is not None:
         raise StablenoiseError("the shapes verifier has no weights: use --reward shapes-verifier")
     return VerifierReward()
+
+
+SHIPPED_REWARD = Path(__file__).resolve().parent.parent / "weights" / "shapes-reward"
+SHAPES_MEAN = SHAPES_STD = (0.5, 0.5, 0.5)  # the model sees pixels in [-1, 1], as the diffusion model does
+
+
+def clip_reward(source, device, dtype):
+    """The learned shapes reward: 100 * cos of a tiny CLIP's embeddings (differentiable)."""
+    from ..rewards.builtin import clip_model, clip_tokenizer
+    from ..rewards.clip import ClipReward, hps_head
+    from ..rewards.preprocess import Preprocess
+
+    folder = str(source or SHIPPED_REWARD)
+    model = clip_model(folder, device, dtype)
+    size = model.config.vision_config.image_size
+    return ClipReward("shapes-clip", model, clip_tokenizer(folder), Preprocess(size, "crop", "floor", SHAPES_MEAN,
+                                                                                SHAPES_STD), hps_head)
