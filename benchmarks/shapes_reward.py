@@ -43,7 +43,8 @@ def main():
     print(f"{len(captions)} held-out captions x {args.seeds} seeds, the model's default sampler")
     print(f"within-caption AUC of shapes-clip for verifier pass: {np.mean(aucs):.3f} over {len(aucs)} captions "
           f"with both outcomes")
-    print(f"verifier pass rate: random seed {np.mean(mean_pass):.3f}, best seed by shapes-clip {np.mean(best_pass):.3f}")
+    print(f"verifier pass rate: random seed {np.mean(mean_pass):.3f}, "
+          f"best seed by shapes-clip {np.mean(best_pass):.3f}")
 
 
 if __name__ == "__main__":

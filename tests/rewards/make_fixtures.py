@@ -126,8 +126,8 @@ def _write_tokenizer(folder: Path, vocab: dict, merges: list[str]) -> None:
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
                                            normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
-                             behavior="removed", invert=True),
+        pre_tokenizers.Split(Regex(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"
+                                   r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<|startoftext|>", "<|endoftext|>"])
@@ -201,7 +201,7 @@ def make_hps(folder: Path, refsrc: Path, pil_images) -> dict:
         n = int((ids != 0).sum())
         assert hf(p)["input_ids"] == ids[:n].tolist(), (p, hf(p)["input_ids"], ids[:n].tolist())
 
-    scores, tensor_scores = [], []
+    scores = []
     with torch.no_grad():
         for im, p in zip(pil_images, PROMPTS):
             out = model(preprocess_val(im).unsqueeze(0), tokenizer([p]))

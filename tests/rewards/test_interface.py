@@ -53,6 +53,7 @@ def test_names_hub_ids_and_files_resolve():
     assert resolve("clipscore:openai/clip-vit-base-patch32")[1] == "openai/clip-vit-base-patch32"
     assert resolve(str(AESTHETIC_FILE))[0].name == "aesthetic"
     assert resolve("/w/HPS_v2.1_compressed.pt")[0].name == "hpsv2.1"
+    assert resolve("hpsv2.1:xswu/HPSv2") == (resolve("hpsv2.1")[0], "xswu/HPSv2")
 
 
 @pytest.mark.parametrize("source, message", [
@@ -60,6 +61,7 @@ def test_names_hub_ids_and_files_resolve():
     ("/nowhere/HPS_v2_compressed.pt", "reward weights not found: /nowhere/HPS_v2_compressed.pt"),
     ("hpsv2:/nowhere/x.pt", "reward weights not found: /nowhere/x.pt"),
     (str(CLIP_TINY), "cannot tell which reward"),
+    ("xswu/HPSv2", "xswu/HPSv2 holds more than one reward; name it: hpsv2:xswu/HPSv2 or hpsv2.1:xswu/HPSv2"),
 ])
 def test_bad_names_and_paths(source, message):
     with pytest.raises(StablenoiseError, match=message.replace("(", r"\(")) as e:

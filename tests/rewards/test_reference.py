@@ -36,6 +36,11 @@ def test_matches_original(rewards, images, prompts, name):
     close(reward(images, prompts if name != "aesthetic" else None), name)
 
 
+def test_blip_vit_layer_norm(rewards):
+    # BLIP's ViT uses LayerNorm(eps=1e-6); too small to move the tiny model's scores, so checked here.
+    assert rewards["imagereward"].vision.config.layer_norm_eps == 1e-6
+
+
 def test_hps_tensor_path_is_the_original_transform(rewards, images, prompts):
     # HPSv2 resizes and pads the ToTensor output: the differentiable path is its own preprocessing.
     scores = torch.cat([rewards["hpsv2"](to_tensor(im)[None], p) for im, p in zip(images, prompts)])
@@ -71,6 +76,9 @@ def test_pad_keeps_aspect_and_pads_black(images):
     assert x[:, :34].abs().max() == 0 and x[:, -34:].abs().max() == 0 and x[:, 34:190].abs().amax(dim=(0, 2)).min() > 0
     y = pad_pil(images[3], 224)  # 251x250 -> 224x223: the odd pixel goes to the bottom
     assert y[:, -1].abs().max() == 0 and y[:, 0].abs().max() > 0
+    z = pad_pil(images[2].crop((0, 0, 224, 101)), 224)  # long side already 224: padded, not resized
+    assert z.shape == (3, 224, 224) and z[:, :61].abs().max() == 0
+    assert torch.equal(z[:, 61:162], to_tensor(images[2])[:, :101])
 
 
 def test_tensor_crop_is_close_to_pil(images):

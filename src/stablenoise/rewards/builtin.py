@@ -189,8 +189,9 @@ register("clipscore", clipscore, description="CLIPScore (torchmetrics): 100 * ma
          hub_ids=(CLIP_L14,), aliases=("clip",))
 register("pickscore", pickscore, description="PickScore v1: logit_scale * cos", hub_ids=(PICKSCORE,))
 register("hpsv2", _hps("hpsv2"), description="HPS v2.0: 100 * cos", file_names=(HPS_FILES["hpsv2"],),
-         aliases=("hpsv2.0", "hps"))
-register("hpsv2.1", _hps("hpsv2.1"), description="HPS v2.1: 100 * cos", file_names=(HPS_FILES["hpsv2.1"],))
+         hub_ids=(HPS_REPO,), aliases=("hpsv2.0", "hps"))
+register("hpsv2.1", _hps("hpsv2.1"), description="HPS v2.1: 100 * cos", file_names=(HPS_FILES["hpsv2.1"],),
+         hub_ids=(HPS_REPO,))
 register("imagereward", imagereward, description="ImageReward v1.0: standardized (mean 0, std 1 on its data)",
          hub_ids=(IMAGEREWARD_REPO,), file_names=("ImageReward.pt",), aliases=("image-reward",))
 register("aesthetic", aesthetic, description="LAION aesthetic predictor v1 (sac+logos+ava1 linear MSE), ~1-10",

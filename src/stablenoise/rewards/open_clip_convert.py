@@ -57,7 +57,8 @@ def clip_config(state: dict, model_cfg: dict = VIT_H_14):
                                f"{v_heads} heads; text width {t_width}, {t_heads} heads)")
     act = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
     vocab = state["token_embedding.weight"].shape[0]
-    vision = dict(hidden_size=v_width, intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+    v_mlp = state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+    vision = dict(hidden_size=v_width, intermediate_size=v_mlp,
                   num_hidden_layers=_layers(state, "visual.transformer.resblocks."), num_attention_heads=v_heads,
                   image_size=grid * patch, patch_size=patch, hidden_act=act, layer_norm_eps=1e-5,
                   projection_dim=state["visual.proj"].shape[1])

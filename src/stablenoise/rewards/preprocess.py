@@ -55,10 +55,11 @@ def crop_tensor(pixels: torch.Tensor, size: int, rounding: str) -> torch.Tensor:
 def pad_tensor(pixels: torch.Tensor, size: int) -> torch.Tensor:
     height, width = pixels.shape[-2:]
     scale = size / float(max(height, width))
-    if scale == 1.0:
-        return pixels
     h, w = round(height * scale), round(width * scale)  # Python's round, as the original
-    pixels = F.interpolate(pixels, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    if scale != 1.0:
+        pixels = F.interpolate(pixels, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    # The original skips the padding too when the long side is already `size`, and then fails on a
+    # non-square image; padding it is what it means.
     ph, pw = size - h, size - w
     return F.pad(pixels, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
 

@@ -90,11 +90,14 @@ def resolve(name_or_path: str) -> tuple[Entry, str | None]:
     if sep and tail and _find(head) is not None:
         return _find(head), tail
     path = Path(text).expanduser()
-    for e in entries().values():
-        if any(text.rstrip("/").lower() == h.lower() for h in e.hub_ids):
-            return e, text
-        if path.name and any(path.name.lower() == f.lower() for f in e.file_names):
-            return e, text
+    found = [e for e in entries().values()
+             if any(text.rstrip("/").lower() == h.lower() for h in e.hub_ids)
+             or (path.name and any(path.name.lower() == f.lower() for f in e.file_names))]
+    if len(found) > 1:  # e.g. xswu/HPSv2 holds HPS v2.0 and v2.1, whose scores are not comparable
+        raise StablenoiseError(f"{text} holds more than one reward; name it: "
+                               + " or ".join(f"{e.name}:{text}" for e in found))
+    if found:
+        return found[0], text
     if path.exists():
         raise StablenoiseError(f"cannot tell which reward {text} is; name it: NAME:{text} "
                                f"(NAME one of {', '.join(available())})")

@@ -29,8 +29,9 @@ def read_state_dict(path: str | Path) -> dict:
     except pickle.UnpicklingError as e:
         needed = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if needed:
-            raise StablenoiseError(f"{path}: refused, this pickle needs full unpickling (it refers to {needed.group(1)}, "
-                                   f"not only tensors); save its state dict or convert it to safetensors") from None
+            raise StablenoiseError(f"{path}: refused, this pickle needs full unpickling (it refers to "
+                                   f"{needed.group(1)}, not only tensors); save its state dict or convert it to "
+                                   f"safetensors") from None
         raise StablenoiseError(f"{path}: not a PyTorch weights file ({_last_line(e)})") from None
     except Exception as e:
         raise StablenoiseError(f"{path}: not a PyTorch weights file ({_first_line(e)})") from None
