@@ -64,8 +64,8 @@ def open_image(path: Path):
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--reward", "reward_name", required=True,
-              help="hpsv2, hpsv2.1, pickscore, imagereward, aesthetic, clipscore, shapes-verifier; a hub id; a "
-                   "local file or folder; or NAME:HUB_ID_OR_PATH.")
+              help="hpsv2, hpsv2.1, pickscore, imagereward, aesthetic, clipscore, shapes-verifier, shapes-clip; "
+                   "a hub id; a local file or folder; or NAME:HUB_ID_OR_PATH.")
 @click.option("--prompt", "prompt_list", multiple=True, help="One prompt for all images, or one per image (repeat).")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="A file of prompts, one per image (as --prompts of the other commands).")
