@@ -6,12 +6,12 @@ Which adapter wraps a pipeline is decided by its class, once, here; the algorith
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import StablenoiseError
+from ..loading import from_pretrained
 from .base import Backend, Conditioning, Defaults, DiffusersBackend, uses_cfg
 from .sd import StableDiffusionBackend
 from .sdxl import StableDiffusionXLBackend
@@ -134,26 +134,14 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
         except (ValueError, UnicodeDecodeError, AttributeError):
             raise StablenoiseError(f"{index} is not a valid model_index.json") from None
         loader = ShapesPipeline if class_name == "ShapesPipeline" else DiffusionPipeline
-        pipe = _load_or_explain(loader, str(path), model, kwargs)
+        pipe = from_pretrained(loader, str(path), f"model {model!r}", **kwargs)
     elif path.exists() or _looks_like_path(model):
         raise StablenoiseError(f"model path not found: {model}")
     else:
-        pipe = _load_or_explain(DiffusionPipeline, model, model, kwargs)
+        pipe = from_pretrained(DiffusionPipeline, model, f"model {model!r}", **kwargs)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing)
-
-
-def _load_or_explain(loader, source: str, model: str, kwargs: dict):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return loader.from_pretrained(source, **kwargs)
-    except StablenoiseError:
-        raise
-    except Exception as e:  # hub errors, offline mode, broken folders: one line for the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StablenoiseError(f"could not load model {model!r}: {msg}") from e
 
 
 __all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "StableDiffusionBackend",

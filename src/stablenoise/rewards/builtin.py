@@ -15,7 +15,8 @@ from ..errors import StablenoiseError
 from .clip import AestheticHead, ClipReward, clipscore_head, hps_head, pickscore_head
 from .preprocess import CLIP_MEAN, CLIP_STD, Preprocess
 from .registry import register
-from .weights import hf_from_pretrained, read_state_dict, require_keys
+from ..loading import from_pretrained
+from .weights import read_state_dict, require_keys
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
 LAION_H14 = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PickScore's processor, HPSv2's tokenizer
@@ -78,14 +79,14 @@ def _place(model, device, dtype):
 def clip_model(source: str, device, dtype):
     from transformers import CLIPModel
 
-    model = hf_from_pretrained(CLIPModel, source, "a CLIP model")
+    model = from_pretrained(CLIPModel, source, f"a CLIP model from {source!r}")
     return _place(model, device, dtype)
 
 
 def clip_tokenizer(source: str):
     from transformers import AutoTokenizer
 
-    return hf_from_pretrained(AutoTokenizer, source, "a CLIP tokenizer")
+    return from_pretrained(AutoTokenizer, source, f"a CLIP tokenizer from {source!r}")
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -147,9 +148,9 @@ def imagereward(source, device, dtype):
     med = path.parent / "med_config.json"
     med = med if med.is_file() else Path(_hub_file(IMAGEREWARD_REPO, "med_config.json"))
     if has_tokenizer(path.parent) or (path.parent / "vocab.txt").is_file():
-        tokenizer = hf_from_pretrained(AutoTokenizer, str(path.parent), "a BERT tokenizer")
+        tokenizer = from_pretrained(AutoTokenizer, str(path.parent), f"a BERT tokenizer from {str(path.parent)!r}")
     else:
-        tokenizer = hf_from_pretrained(AutoTokenizer, BERT, "a BERT tokenizer")
+        tokenizer = from_pretrained(AutoTokenizer, BERT, f"a BERT tokenizer from {BERT!r}")
         # BLIP adds [DEC] and [ENC] (ids 30522, 30523); prompts never hold them, but the vocab size must match.
         tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     return build(path, state, read_med_config(med), tokenizer, device, dtype)

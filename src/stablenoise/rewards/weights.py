@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import StablenoiseError
+from ..loading import first_line as _first_line
 
 
 def read_state_dict(path: str | Path) -> dict:
@@ -40,28 +41,6 @@ def read_state_dict(path: str | Path) -> dict:
 def _last_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith("Check the doc")]
     return (lines or [type(e).__name__])[-1][:200]
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines or [type(e).__name__])[0][:200]
-
-
-def hf_from_pretrained(cls, source: str, what: str, **kwargs):
-    """``cls.from_pretrained`` with hub/offline/folder errors as one StablenoiseError line."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one bar per weight file is noise in a scoring command
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cls.from_pretrained(source, **kwargs)
-    except StablenoiseError:
-        raise
-    except Exception as e:
-        raise StablenoiseError(f"could not load {what} from {source!r}: {_first_line(e)}") from e
 
 
 def require_keys(state: dict, keys, what: str, source) -> None:
