@@ -220,3 +220,26 @@ def test_zero_iterations_and_small_lr_on_a_toy_backend():
         pytest.approx(float(sn.stability(ToyBackend(), "a", noise)), abs=1e-12)]
     half = sn.optimize(ToyBackend(), "a", noise.half(), iterations=1, lr=0.5, progress=False)
     assert half.noise.dtype == torch.float32 and len(half.history[0]) == 2
+
+
+def test_defaults_are_used_when_unset():
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([1], toy.latent_shape)
+    implicit = sn.optimize(toy, "a", noise, iterations=2, progress=False)
+    explicit = sn.optimize(ToyBackend(), "a", noise, iterations=2, lr=100.0, momentum=0.5, steps=2, guidance=1.0,
+                           inversion_guidance=1.0, preserve_norm=False, progress=False)
+    assert implicit.history == explicit.history and torch.equal(implicit.noise, explicit.noise)
+    assert torch.equal(implicit.initial_noise, noise)
+
+
+def test_a_nan_gradient_stops_its_sample_after_a_finite_score():
+    noise = sn.noises_from_seeds([0, 1], ToyBackend.latent_shape)
+    seen = []
+    r = sn.optimize(ToyBackend(bad_gradient=("bad",)), ["a", "bad"], noise, iterations=3, lr=3.0, progress=False,
+                    callback=lambda info: seen.append(info["stability"]))
+    assert r.stopped == [None, "non-finite gradient or noise after iteration 0"]
+    assert [len(h) for h in r.history] == [4, 1] and torch.equal(r.noise[1], noise[1])
+    assert [s[1] is None for s in seen] == [False, True, True, True] and all(s[0] is not None for s in seen)
+    assert [s[0] for s in seen] == pytest.approx(r.history[0])
+    alone = sn.optimize(ToyBackend(bad_gradient=("bad",)), "bad", noise[1:], iterations=3, lr=3.0, progress=False)
+    assert alone.stopped == ["non-finite gradient or noise after iteration 0"] and alone.best_iteration == [0]

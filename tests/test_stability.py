@@ -112,3 +112,28 @@ def test_degenerate_first_step_is_warned():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sn.stability(leading, "a red circle", noise, steps=10)
+
+
+def test_stability_is_the_cosine_of_the_round_trip_with_the_given_settings():
+    from stablenoise.stability import conditioning, cosine, round_trip
+    from toy import ToyBackend
+
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([0, 1], toy.latent_shape)
+    for steps, guidance, inversion in [(3, 2.0, 1.5), (5, 0.0, 2.5), (2, 1.0, 1.0)]:
+        cond = conditioning(toy, "a", 2, max(guidance, inversion))
+        expected = cosine(noise, round_trip(toy, cond, noise, steps, guidance, inversion)[1])
+        ours = sn.stability(toy, "a", noise, steps=steps, guidance=guidance, inversion_guidance=inversion)
+        assert torch.allclose(ours, expected.float(), atol=1e-7)
+    assert not torch.allclose(sn.stability(toy, "a", noise, steps=3), sn.stability(toy, "a", noise, steps=5))
+
+
+def test_defaults_come_from_the_backend():
+    from toy import ToyBackend
+
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([0], toy.latent_shape)
+    d = toy.defaults
+    assert torch.equal(sn.stability(toy, "a", noise),
+                       sn.stability(toy, "a", noise, steps=d.steps, guidance=d.guidance,
+                                    inversion_guidance=d.inversion_guidance))

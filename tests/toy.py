@@ -24,17 +24,19 @@ class ToyBackend:
     dtype = torch.float32
     defaults = Defaults(steps=2, guidance=1.0)
 
-    def __init__(self, poison: dict[str, int] | None = None):
+    def __init__(self, poison: dict[str, int] | None = None, bad_gradient: tuple[str, ...] = ()):
         g = torch.Generator().manual_seed(0)
         d = math.prod(self.latent_shape)
         self.mix = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=g, dtype=torch.float64) / d ** 0.5
         self.poison = poison or {}
+        self.bad_gradient = bad_gradient  # prompts whose round trip is finite but has a NaN gradient
         self.calls = 0
 
     def encode(self, prompts, guidance):
         ids = [sum(map(ord, p)) % 7 for p in prompts]  # a prompt means the same shift in every backend
         return Conditioning({"id": torch.tensor(ids, dtype=torch.float64),
-                             "poison": torch.tensor([self.poison.get(p, -1) for p in prompts])})
+                             "poison": torch.tensor([self.poison.get(p, -1) for p in prompts]),
+                             "bad_gradient": torch.tensor([p in self.bad_gradient for p in prompts])})
 
     def denoise(self, noise, cond, steps, guidance, checkpoint=False):
         self.calls += 1
@@ -43,6 +45,10 @@ class ToyBackend:
         z = torch.tanh(x @ self.mix.T * 0.5 + shift) * 2 * (1 + 0.01 * steps) + 0.01 * guidance  # settings matter
         bad = (cond.cond["poison"] >= 0) & (self.calls > cond.cond["poison"])
         z = torch.where(bad[:, None], torch.full_like(z, float("nan")), z)
+        # sqrt has an infinite slope at 0: adds 0 to the value and NaN (0 * inf) to the gradient.
+        rows = cond.cond["bad_gradient"].nonzero().flatten()
+        if len(rows):
+            z = z.index_add(0, rows, 0 * torch.sqrt((x[rows] - x[rows].detach()).clamp_min(0)))
         return z.view(noise.shape).to(noise.dtype)
 
     def invert(self, latents, cond, steps, guidance, checkpoint=False):
