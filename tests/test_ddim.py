@@ -206,3 +206,25 @@ def test_trailing_with_an_uneven_stride():
     assert sched.timesteps.tolist() == [999, 856, 713, 570, 428, 285, 142]
     ac = DDIMScheduler(**SD).alphas_cumprod.double()
     assert torch.equal(sched.alphas[:-1], ac[sched.timesteps])
+
+
+def test_callbacks_and_clipping_in_both_directions():
+    ac = DDIMScheduler(**SD).alphas_cumprod.double()
+    sched = ddim.Schedule(torch.tensor([801, 401]), torch.stack([ac[801], ac[401], torch.ones((), dtype=torch.float64)]),
+                          "epsilon", clip=1.0)
+    model = _model()
+    x = 3 * torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    seen = {"denoise": [], "invert": []}
+    z = ddim.denoise(model, x, sched, callback=lambda d: seen["denoise"].append((d["i"], int(d["t"]), d["x"])))
+    back = ddim.invert(model, z, sched, callback=lambda d: seen["invert"].append((d["i"], int(d["t"]), d["x"])))
+    assert [(i, t) for i, t, _ in seen["denoise"]] == [(0, 801), (1, 401)]
+    assert [(i, t) for i, t, _ in seen["invert"]] == [(1, 401), (0, 801)]
+    assert torch.equal(seen["denoise"][-1][2], z) and torch.equal(seen["invert"][-1][2], back)
+    # Clipping of the x0 estimate applies to both directions, step by step.
+    step1 = ddim.step(model(x, 801), x, ac[801], ac[401], clip=1.0)
+    assert torch.equal(seen["denoise"][0][2], step1)
+    assert not torch.allclose(step1, ddim.step(model(x, 801), x, ac[801], ac[401]))
+    inv1 = ddim.step(model(z, 401), z, 1.0, ac[401], clip=1.0)
+    assert torch.equal(seen["invert"][0][2], inv1)
+    w = seen["invert"][0][2]
+    assert not torch.allclose(back, ddim.step(model(w, 801), w, ac[401], ac[801]))
