@@ -91,3 +91,12 @@ def test_non_finite_scores_never_win():
 def test_bad_seeds(kwargs, match):
     with pytest.raises(StablenoiseError, match=match):
         sn.select(ToyBackend(), "a", progress=False, **kwargs)
+
+
+def test_k_of_one_and_duplicate_seeds():
+    r = sn.select(ToyBackend(), "a", k=1, progress=False)
+    assert r.seeds == [0] and r.best_seed == r.worst_seed == 0
+    with pytest.raises(StablenoiseError, match="^seeds must be distinct$"):
+        sn.select(ToyBackend(), "a", seeds=[3, 3], progress=False)
+    with pytest.raises(StablenoiseError, match="^batch size must be >= 1, got 0$"):
+        sn.select(ToyBackend(), "a", k=2, batch_size=0, progress=False)

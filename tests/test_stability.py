@@ -137,3 +137,12 @@ def test_defaults_come_from_the_backend():
     assert torch.equal(sn.stability(toy, "a", noise),
                        sn.stability(toy, "a", noise, steps=d.steps, guidance=d.guidance,
                                     inversion_guidance=d.inversion_guidance))
+
+
+def test_cosine_is_computed_in_at_least_float32():
+    a = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    b = a + 0.01 * torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    half = sn.cosine(a.half(), b.half())
+    assert half.dtype == torch.float32 and sn.cosine(a.double(), b).dtype == torch.float64
+    assert torch.allclose(half, sn.cosine(a.half().float(), b.half().float()))
+    assert sn.cosine(a, b).shape == (2,) and torch.allclose(sn.cosine(a, a), torch.ones(2))
