@@ -140,6 +140,7 @@ def test_describe_names_the_round_trip():
     backend = gaussian_backend(DDIMScheduler(beta_schedule="scaled_linear", timestep_spacing="trailing"))
     d = json.loads(json.dumps(backend.describe()))
     assert d["backend"] == "_GaussianBackend" and d["name"] == "gaussian" and d["latent_shape"] == [1, 8, 8]
+    assert d["pipeline"] == "SimpleNamespace"
     assert d["ddim"]["timestep_spacing"] == "trailing" and d["ddim"]["clip_sample"] is False
     assert d["ddim"]["set_alpha_to_one"] is True and d["dtype"] == "float64" and d["device"] == "cpu"
     assert d["defaults"] == {"steps": 10, "guidance": 1.0, "inversion_guidance": 1.0}

@@ -228,3 +228,12 @@ def test_callbacks_and_clipping_in_both_directions():
     assert torch.equal(seen["invert"][0][2], inv1)
     w = seen["invert"][0][2]
     assert not torch.allclose(back, ddim.step(model(w, 801), w, ac[401], ac[801]))
+
+
+def test_step_count_bounds():
+    config = ddim.settings(DDIMScheduler(**SD).config)
+    with pytest.raises(StablenoiseError, match="^steps must be >= 1, got 0$"):
+        ddim.schedule(config, 0)
+    with pytest.raises(StablenoiseError, match=r"^steps must be <= 1000 \(the training timesteps\)$"):
+        ddim.schedule(config, 1001)
+    assert len(ddim.schedule(config, 1000)) == 1000
