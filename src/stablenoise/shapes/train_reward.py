@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import trange
 
 from . import world
 from .pipeline import MAX_TOKENS, build_tokenizer
@@ -64,7 +65,8 @@ def train(out: str | Path, cfg: RewardTrainConfig = RewardTrainConfig()) -> Path
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, start = [], time.time()
-    for step in range(cfg.steps):
+    bar = trange(cfg.steps, desc="train shapes-clip", unit="step")
+    for step in bar:
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -86,7 +88,7 @@ def train(out: str | Path, cfg: RewardTrainConfig = RewardTrainConfig()) -> Path
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
         if step % 100 == 0 or step == cfg.steps - 1:
-            print(f"step {step} loss {np.mean(losses[-100:]):.4f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}", lr=f"{lr:.2e}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
