@@ -126,7 +126,7 @@ class DiffusersBackend:
         # The DDIM settings come from the pipeline's own scheduler config, whatever its class (see ddim.settings).
         self.ddim_config = ddim.settings(self.pipe.scheduler.config, **self.scheduler_overrides)
         self._schedules: dict[int, ddim.Schedule] = {}
-        self._warned_prompts: set[str] = set()
+        self._checked_prompts: set[str] = set()  # each prompt is tokenized for the length check once
         if not self.latent_shape:
             self.latent_shape = self._default_latent_shape()
 
@@ -159,12 +159,12 @@ class DiffusersBackend:
     def _warn_if_truncated(self, prompts: list[str]) -> None:
         """Text encoders read a fixed number of tokens and silently drop the rest: say so, once a prompt."""
         for prompt in dict.fromkeys(prompts):
-            if prompt in self._warned_prompts:
+            if prompt in self._checked_prompts:
                 continue
+            self._checked_prompts.add(prompt)
             for tok in self._tokenizers():
                 n, limit = len(tok(prompt, truncation=False).input_ids), tok.model_max_length
                 if n > limit:
-                    self._warned_prompts.add(prompt)
                     warnings.warn(f"prompt {prompt!r} is {n} tokens long; the text encoder reads {limit} "
                                   "(start and end included) and ignores the rest", stacklevel=4)
                     break
