@@ -191,10 +191,21 @@ def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, first_seed
 @click.option("--steps", type=click.IntRange(min=1), default=6000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--schedule", type=click.Choice(["scaled_linear", "cosine"]), default="scaled_linear",
+              show_default=True, help="Noise schedule (scaled_linear: SD/SDXL's betas, trailing spacing).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="CPU threads (0: torch's default).")
+@click.option("--init", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start from this shapes pipeline's weights (fine-tuning) instead of random ones.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True)
 @guarded
-def train_shapes(out, steps, batch_size, seed):
-    """Train the shapes-world model from scratch (resumes from OUT/checkpoint if present)."""
+def train_shapes(out, steps, batch_size, seed, schedule, threads, init, lr, warmup, ema_decay):
+    """Train the shapes-world model (resumes from OUT/checkpoint if present)."""
     from .train import TrainConfig, train
 
-    final = train(out, TrainConfig(steps=steps, batch_size=batch_size, seed=seed))
+    final = train(out, TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
+                                     schedule=schedule, threads=threads,
+                                     init=init, lr=lr, warmup=warmup, ema_decay=ema_decay))
     click.echo(f"wrote {final}; copy it to src/stablenoise/weights/shapes to ship it")

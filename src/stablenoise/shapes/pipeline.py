@@ -68,12 +68,29 @@ def unet_config(resolution: int = 32, cross_attention_dim: int = 64, **overrides
     return cfg
 
 
-def scheduler_config() -> dict:
-    # Cosine betas suit pixel space. Their last step has alpha_bar(999) ~ 2e-9, so a DDIM step *at*
-    # t=999 ("trailing" spacing) divides the noise prediction's error by ~5e-5 and yields garbage;
-    # "leading" spacing with offset 1 starts at t=901 for 10 steps (alpha_bar 0.024) and works.
-    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-                prediction_type="epsilon", timestep_spacing="leading", steps_offset=1, set_alpha_to_one=True)
+SCHEDULES = ("scaled_linear", "cosine")
+
+
+def scheduler_config(schedule: str = "scaled_linear") -> dict:
+    """The noise schedule the model is trained on, as a DDIMScheduler config.
+
+    ``scaled_linear`` (the shipped model): SD/SDXL's betas with "trailing" spacing, so every step count
+    starts at t = 999 from pure noise, as SDXL-turbo does (alpha_bar(999) ~ 0.005, the same signal
+    level SD's latents keep there).
+
+    ``cosine`` (the first shipped model, kept as ``shapes-cosine``): cosine betas reach
+    alpha_bar(999) ~ 2e-9, so a DDIM step *at* t = 999 divides the noise prediction's error by ~5e-5;
+    it needs "leading" spacing, which starts 10 steps at t = 901 (alpha_bar 0.024) and 5 steps at
+    t = 801 (0.09): Gaussian noise is then fed in as a partly denoised sample.
+    """
+    if schedule == "scaled_linear":
+        return dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                    clip_sample=False, prediction_type="epsilon", timestep_spacing="trailing", steps_offset=0,
+                    set_alpha_to_one=False)
+    if schedule == "cosine":
+        return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                    prediction_type="epsilon", timestep_spacing="leading", steps_offset=1, set_alpha_to_one=True)
+    raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
 class ShapesPipeline(DiffusionPipeline):
@@ -88,12 +105,13 @@ class ShapesPipeline(DiffusionPipeline):
                               scheduler=scheduler)
 
     @classmethod
-    def from_scratch(cls, words: list[str], resolution: int = 32, seed: int = 0) -> "ShapesPipeline":
+    def from_scratch(cls, words: list[str], resolution: int = 32, seed: int = 0,
+                     schedule: str = "scaled_linear") -> "ShapesPipeline":
         torch.manual_seed(seed)
         tok = build_tokenizer(words)
         te = CLIPTextModel(text_encoder_config(len(tok)))
         unet = UNet2DConditionModel(**unet_config(resolution, te.config.hidden_size))
-        return cls(unet, te, tok, DDIMScheduler(**scheduler_config()))
+        return cls(unet, te, tok, DDIMScheduler(**scheduler_config(schedule)))
 
     def encode_prompt(self, prompt: list[str], device=None) -> torch.Tensor:
         ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,

@@ -39,6 +39,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     threads: int = 0  # 0: torch's default
+    schedule: str = "scaled_linear"  # see shapes.pipeline.scheduler_config
+    init: str | None = None  # a shapes pipeline folder whose weights start the run (fine-tuning)
 
 
 def batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
@@ -74,7 +76,12 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = ShapesPipeline.from_scratch(world.vocabulary(), world.RESOLUTION, seed=cfg.seed)
+    pipe = ShapesPipeline.from_scratch(world.vocabulary(), world.RESOLUTION, seed=cfg.seed,
+                                       schedule=cfg.schedule)
+    if cfg.init:
+        start_from = ShapesPipeline.from_pretrained(cfg.init)
+        pipe.unet.load_state_dict(start_from.unet.state_dict())
+        pipe.text_encoder.load_state_dict(start_from.text_encoder.state_dict())
     modules = torch.nn.ModuleList([pipe.unet, pipe.text_encoder])
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
