@@ -304,9 +304,11 @@ def _write_optimized(s, run, i, results) -> list[str]:
 
 
 from .rewards.command import reward  # noqa: E402
+from .bench.command import bench  # noqa: E402
 from .shapes.commands import demo, experiment, train_shapes  # noqa: E402  (subcommands of the shapes world)
 
 main.add_command(reward)
+main.add_command(bench)
 main.add_command(demo)
 main.add_command(experiment)
 main.add_command(train_shapes)

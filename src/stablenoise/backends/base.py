@@ -127,6 +127,7 @@ class DiffusersBackend:
         self.ddim_config = ddim.settings(self.pipe.scheduler.config, **self.scheduler_overrides)
         self._schedules: dict[int, ddim.Schedule] = {}
         self._checked_prompts: set[str] = set()  # each prompt is tokenized for the length check once
+        self.model_evaluations = 0  # UNet evaluations, one per sample (CFG: two); the bench's cost unit
         if not self.latent_shape:
             self.latent_shape = self._default_latent_shape()
 
@@ -195,6 +196,7 @@ class DiffusersBackend:
         """Predicted noise, with classifier-free guidance when guidance > 1."""
         unet = self.pipe.unet
         x = x.to(self.dtype)
+        self.model_evaluations += x.shape[0] * (2 if uses_cfg(guidance) else 1)
         if uses_cfg(guidance):
             if cond.uncond is None:
                 raise StablenoiseError("guidance > 1 needs a conditioning encoded with guidance > 1")

@@ -1,0 +1,108 @@
+"""``stablenoise bench``: a thin shell over :func:`stablenoise.bench.run.run_bench`."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from ..cli_common import guarded
+from ..errors import StablenoiseError
+
+
+def _number_list(kind, minimum):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = [kind(x) for x in str(value).split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+        if not items or any(not math.isfinite(x) or x < minimum for x in items):
+            raise click.BadParameter(f"{value!r}: every value must be a finite number >= {minimum}")
+        return tuple(dict.fromkeys(items))
+    return parse
+
+
+def _names(value: str) -> list[str]:
+    return list(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
+
+
+@click.command()
+@click.option("--model", default="shapes", show_default=True,
+              help="Hub id (stabilityai/sdxl-turbo), local pipeline folder, or a shipped model name.")
+@click.option("--prompts", "prompts_spec", required=True,
+              help="A shipped prompt set (drawbench, pickapic, geneval, partiprompts, shapes-heldout) or a "
+                   ".txt/.csv/.tsv/.jsonl file.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N prompts only.")
+@click.option("--methods", default=None,
+              help="Comma-separated: random, most-stable, least-stable, best[:REWARD], inversion-ablation, "
+                   "optimize[:KEY=VALUE;...], reno[:REWARD=WEIGHT;KEY=VALUE;...] "
+                   "(default: random,most-stable,least-stable,best,optimize,reno).")
+@click.option("--rewards", "rewards_spec", required=True,
+              help="Comma-separated rewards that judge every image (hpsv2, pickscore, imagereward, aesthetic, "
+                   "clipscore, shapes-verifier, shapes-clip, or NAME:PATH).")
+@click.option("-k", type=click.IntRange(1, 100_000), default=16, show_default=True, help="Seeds scored per prompt.")
+@click.option("--steps", "steps_list", callback=_number_list(int, 1), default=None,
+              help="DDIM steps; a list (1,2,4,8) sweeps them (default: the model family's).")
+@click.option("--guidance", "guidance_list", callback=_number_list(float, 0), default=None,
+              help="Denoising CFG scale; a list sweeps it (default: the model family's).")
+@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,
+              help="CFG scale of the inversion (default: the model family's, usually 1).")
+@click.option("--first-seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Samples per round trip when scoring seeds.")
+@click.option("--optimize-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", default=None)
+@click.option("--dtype", default=None)
+@click.option("--variant", default=None)
+@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("stablenoise-out/bench"), show_default=True)
+@click.option("--report/--no-report", default=True, show_default=True, help="Write RUN/report.html at the end.")
+@guarded
+def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guidance_list, inversion_guidance,
+          first_seed, batch_size, optimize_batch_size, device, dtype, variant, timestep_spacing, out, report):
+    """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
+    resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
+    from ..backends import load
+    from ..prompts import load_prompts
+    from ..rewards import load_reward
+    from .methods import DEFAULT_METHODS, parse_methods
+    from .run import Sweep, run_bench
+
+    method_list = parse_methods(methods or DEFAULT_METHODS)
+    reward_names = _names(rewards_spec)
+    if not reward_names:
+        raise StablenoiseError("no reward given: use --rewards NAME[,NAME...]")
+    for m in method_list:
+        if m.kind == "best" and m.reward and m.reward not in reward_names:
+            raise StablenoiseError(f"method best:{m.reward} needs {m.reward} among --rewards")
+    if out.exists() and not out.is_dir():
+        raise StablenoiseError(f"--out {out} is a file, not a folder")
+    prompt_set = load_prompts(prompts_spec, limit=limit)
+    backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing)
+    rewards = {name: load_reward(name, device=backend.device) for name in reward_names}
+    optimizing = {}
+    for m in method_list:
+        for name, _ in (m.settings.reward_weights if m.kind == "reno" else ()):
+            reward = rewards.get(name) or optimizing.get(name) or load_reward(name, device=backend.device)
+            if not reward.differentiable:
+                raise StablenoiseError(f"method {m.label}: reward {name} is not differentiable")
+            optimizing[name] = reward
+    d = backend.defaults
+    sweep = Sweep(steps=steps_list or (d.steps,), guidance=guidance_list or (d.guidance,),
+                  inversion_guidance=inversion_guidance, k=k, first_seed=first_seed)
+    command = shlex.join(["stablenoise", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv[1:2] else None
+    store = run_bench(backend, prompt_set, rewards, method_list, sweep, out, batch_size=batch_size,
+                      optimize_batch_size=optimize_batch_size, optimizing_rewards=optimizing, command=command,
+                      log=click.echo)
+    store.close()
+    click.echo(f"results in {out / 'bench.sqlite'}")
+    if report:
+        from .report import write_report
+
+        paths = write_report(out)
+        click.echo(f"report: {paths}")

@@ -1,0 +1,235 @@
+"""Run a bench: every (steps, guidance) config of a sweep, every prompt, K seeds and the optimizing methods,
+into the results store. A rerun of the same command skips what is stored; a new reward is scored on the
+stored images; an interrupted run loses at most the batch in flight.
+
+Prompt i scores its own seeds ``first_seed + i*K ... + K-1``: prompts that repeat a caption are independent
+samples, not duplicates. Optimizing methods start from each prompt's first seed (seed_rank 0), so their
+rows pair with that seed's row.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..backends.base import Backend, uses_cfg
+from ..errors import StablenoiseError
+from ..noise import noises_from_seeds
+from ..optimization import optimize
+from ..records import atomic_write
+from ..rewards import Reward
+from ..stability import conditioning, cosine, resolve
+from .methods import Method
+from .schema import SEED_METHOD, STABILITY_PREFIX
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Sweep:
+    steps: tuple[int, ...]
+    guidance: tuple[float, ...]
+    inversion_guidance: float | None = None
+    k: int = 16
+    first_seed: int = 0
+
+    def configs(self, backend: Backend) -> list[tuple[int, float, float]]:
+        """(steps, guidance, inversion guidance) of every config, the full grid, each checked."""
+        return [resolve(backend, s, g, self.inversion_guidance) for s in self.steps for g in self.guidance]
+
+
+def prompt_seeds(n_prompts: int, k: int, first_seed: int = 0) -> list[list[int]]:
+    """Each prompt's own K seeds: prompt i gets first_seed + i*k ... first_seed + i*k + k-1."""
+    return [[first_seed + i * k + r for r in range(k)] for i in range(n_prompts)]
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
+
+
+class _Counter:
+    """UNet evaluations spent between two points (0 for backends that do not count)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self) -> int:
+        return int(getattr(self.backend, "model_evaluations", 0))
+
+
+def ablation_inversion_guidance(guidance: float, inversion_guidance: float) -> float | None:
+    """The other inversion guidance of the ablation: the denoising guidance when the run inverts at 1, else
+    1; None without CFG (both are the same then)."""
+    if not uses_cfg(guidance):
+        return None
+    return guidance if inversion_guidance == 1.0 else 1.0
+
+
+def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], methods: Sequence[Method],
+              sweep: Sweep, out: str | Path, batch_size: int = 32, optimize_batch_size: int = 8,
+              optimizing_rewards: Mapping[str, Reward] | None = None, command: str | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> Store:
+    """Fill ``out/bench.sqlite``; returns the open store."""
+    store = Store(out)
+    prompts = list(prompt_set.prompts)
+    if not prompts:
+        raise StablenoiseError(f"prompt set {prompt_set.name!r} is empty")
+    if command:
+        store.note_command(command)
+    ablation = any(m.kind == "inversion-ablation" for m in methods)
+    for steps, guidance, inv in sweep.configs(backend):
+        config = {"prompt_set": prompt_set.name, "prompt_set_digest": prompt_set.digest(),
+                  "model": backend.name, "backend": backend.describe(), "steps": steps, "guidance": guidance,
+                  "inversion_guidance": inv, "k": sweep.k, "first_seed": sweep.first_seed}
+        cid = store.config_id(config, [(p.text, p.tag) for p in prompts])
+        log(f"config {cid}: {len(prompts)} prompts of {prompt_set.name}, {steps} steps, guidance {guidance:g}, "
+            f"inversion guidance {inv:g}, K={sweep.k}")
+        seeds = prompt_seeds(len(prompts), sweep.k, sweep.first_seed)
+        extra_inv = ablation_inversion_guidance(guidance, inv) if ablation else None
+        _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
+                     progress)
+        for method in (m for m in methods if m.optimizing):
+            _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv,
+                      optimize_batch_size, optimizing_rewards or {}, progress, log)
+        _backfill(store, cid, prompts, rewards)
+    return store
+
+
+def _image_path(cid: int, prompt_idx: int, method: str, seed: int, suffix: str = ".png") -> str:
+    return f"images/c{cid}/{prompt_idx:04d}/{_slug(method)}-{seed}{suffix}"
+
+
+def _save_image(store: Store, rel: str, image) -> None:
+    atomic_write(store.root / rel, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _judge(rewards: Mapping[str, Reward], images: list, prompts: list[str]) -> list[dict[str, float]]:
+    scores = [{} for _ in images]
+    for name, reward in rewards.items():
+        values = reward(images, prompts).detach().float().cpu().tolist()
+        for s, v in zip(scores, values):
+            s[name] = v
+    return scores
+
+
+def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
+                 progress) -> None:
+    done = store.done(cid, SEED_METHOD)
+    todo = [(i, r) for i in range(len(prompts)) for r in range(len(seeds[i])) if (i, seeds[i][r]) not in done]
+    count = _Counter(backend)
+    for start in tqdm(range(0, len(todo), batch_size), desc=f"score config {cid}", unit="batch",
+                      disable=not progress):
+        t0 = time.perf_counter()
+        chunk = todo[start:start + batch_size]
+        texts = [prompts[i].text for i, _ in chunk]
+        noise = noises_from_seeds([seeds[i][r] for i, r in chunk], backend.latent_shape)
+        n = len(chunk)
+        with torch.no_grad():
+            cond = conditioning(backend, texts, n, max(guidance, inv, extra_inv or 0.0))
+            c0 = count()
+            z0 = backend.denoise(noise, cond, steps, guidance)
+            c1 = count()
+            s = cosine(noise.to(z0.device), backend.invert(z0, cond, steps, inv)).cpu().tolist()
+            c2 = count()
+            s_extra = None
+            if extra_inv is not None:
+                s_extra = cosine(noise.to(z0.device), backend.invert(z0, cond, steps, extra_inv)).cpu().tolist()
+            c3 = count()
+        images = backend.decode(z0)
+        scores = _judge(rewards, images, texts)
+        seconds = (time.perf_counter() - t0) / n
+        rows = []
+        for j, ((i, r), image) in enumerate(zip(chunk, images)):
+            rel = _image_path(cid, i, SEED_METHOD, seeds[i][r])
+            _save_image(store, rel, image)
+            if s_extra is not None:
+                scores[j][f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"] = s_extra[j]
+            rows.append({"prompt_idx": i, "method": SEED_METHOD, "seed": seeds[i][r], "seed_rank": r,
+                         "stability": s[j], "image_path": rel, "unet_calls": (c2 - c0) // n,
+                         "image_calls": (c1 - c0) // n, "seconds": seconds, "scores": scores[j],
+                         "extra": {"variant_calls": (c3 - c2) // n} if s_extra is not None else {}})
+        store.add(cid, rows)
+
+
+
+def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv, batch_size,
+              optimizing_rewards, progress, log) -> None:
+    from safetensors.torch import save_file
+
+    label = method.label
+    done = store.done(cid, label)
+    todo = [i for i in range(len(prompts)) if (i, seeds[i][0]) not in done]
+    if not todo:
+        return
+    log(f"config {cid}: {label} for {len(todo)} prompts")
+    settings = method.settings
+    count = _Counter(backend)
+    checkpoint = backend.device.type != "cpu"  # trades compute for memory; only worth it on an accelerator
+    for start in range(0, len(todo), batch_size):
+        t0 = time.perf_counter()
+        chunk = todo[start:start + batch_size]
+        texts = [prompts[i].text for i in chunk]
+        noise = noises_from_seeds([seeds[i][0] for i in chunk], backend.latent_shape)
+        n = len(chunk)
+        c0 = count()
+        if method.kind == "optimize":
+            res = optimize(backend, texts, noise, iterations=settings.iterations, lr=settings.lr,
+                           momentum=settings.momentum, steps=steps, guidance=guidance, inversion_guidance=inv,
+                           checkpoint=checkpoint, preserve_norm=settings.preserve_norm, progress=progress)
+            reward_calls = 0
+            extras = [{"start_stability": h[0] if h else None, "best_iteration": b, "stopped": st}
+                      for h, b, st in zip(res.history, res.best_iteration, res.stopped)]
+        else:
+            from ..reward_optimization import reward_optimize
+
+            weighted = {name: (optimizing_rewards[name], w) for name, w in settings.reward_weights}
+            res = reward_optimize(backend, texts, noise, weighted, iterations=settings.iterations, lr=settings.lr,
+                                  momentum=settings.momentum, nesterov=settings.nesterov,
+                                  grad_clip=settings.grad_clip, reg_weight=settings.reg_weight, steps=steps,
+                                  guidance=guidance, checkpoint=checkpoint, progress=progress)
+            reward_calls = res.reward_evaluations // n
+            extras = [{"start_reward": h[0] if h else None, "best_reward": b, "best_iteration": it, "stopped": st}
+                      for h, b, it, st in zip(res.history, res.best_reward, res.best_iteration, res.stopped)]
+        c1 = count()
+        with torch.no_grad():
+            cond = conditioning(backend, texts, n, max(guidance, inv))
+            z0 = backend.denoise(res.noise, cond, steps, guidance)
+            c2 = count()
+            # The stability of the returned noise is a measurement, not part of the method's cost.
+            stab = cosine(res.noise.to(z0.device), backend.invert(z0, cond, steps, inv)).cpu().tolist()
+        images = backend.decode(z0)
+        scores = _judge(rewards, images, texts)
+        seconds = (time.perf_counter() - t0) / n
+        norms = (res.noise.flatten(1).norm(dim=1) / res.noise[0].numel() ** 0.5).tolist()
+        rows = []
+        for j, (i, image) in enumerate(zip(chunk, images)):
+            seed = seeds[i][0]
+            rel = _image_path(cid, i, label, seed)
+            _save_image(store, rel, image)
+            noise_rel = _image_path(cid, i, label, seed, ".safetensors").replace("images/", "noises/", 1)
+            atomic_write(store.root / noise_rel,
+                         lambda tmp, x=res.noise[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
+            rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab[j],
+                         "image_path": rel, "noise_path": noise_rel, "unet_calls": (c2 - c0) // n,
+                         "image_calls": (c2 - c1) // n, "reward_calls": reward_calls, "seconds": seconds,
+                         "scores": scores[j], "extra": {**extras[j], "norm_ratio": norms[j],
+                                                        "settings": settings.__dict__}})
+        store.add(cid, rows)
+
+
+def _backfill(store: Store, cid: int, prompts, rewards: Mapping[str, Reward]) -> None:
+    """Score stored images with rewards added since they were made."""
+    from PIL import Image
+
+    missing = store.missing_scores(cid, list(rewards))
+    for name, items in missing.items():
+        for start in range(0, len(items), 64):
+            chunk = items[start:start + 64]
+            images = [Image.open(store.root / path).convert("RGB") for _, _, path in chunk]
+            values = rewards[name](images, [prompts[p].text for _, p, _ in chunk]).detach().float().cpu().tolist()
+            store.add_scores([(sid, name, v) for (sid, _, _), v in zip(chunk, values)])
