@@ -377,3 +377,60 @@ def test_core_does_not_import_the_shapes_world():
         imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in imported if "shapes" in m], (module, imported)
+
+
+# ---------------------------------------------------------------- the shapes world's sets (entry points)
+
+def pyproject_entry_points(group):
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return [metadata.EntryPoint(name, value, group)
+            for name, value in config["project"]["entry-points"][group].items()]
+
+
+@pytest.fixture
+def shapes_sets(registry):
+    """Registers what pyproject's entry points name, as an installed package would (the venv's metadata
+    only knows them after ``pip install -e .``), by importing each entry point's value."""
+    for ep in pyproject_entry_points(P.ENTRY_POINT_GROUP):
+        loader = ep.load()
+        assert callable(loader)
+        register_prompt_set(ep.name, loader, description=f"from {ep.value}")
+    return registry
+
+
+def experiment_defaults():
+    """The held-out draw of ``stablenoise experiment shapes`` when no prompt option is given."""
+    from stablenoise.shapes.commands import experiment
+
+    defaults = {p.name: p.default for p in experiment.params}
+    return defaults["n_prompts"], defaults["prompt_seed"], defaults["split"]
+
+
+def test_pyproject_names_the_shapes_sets():
+    assert sorted(ep.name for ep in pyproject_entry_points(P.ENTRY_POINT_GROUP)) == ["shapes-heldout",
+                                                                                     "shapes-train"]
+
+
+def test_shapes_heldout_is_the_experiments_selection(shapes_sets):
+    from stablenoise.shapes import world
+
+    n, seed, split = experiment_defaults()
+    assert (n, seed, split) == (200, 0, "heldout")
+    s = load_prompts("shapes-heldout")
+    assert [(p.text, p.tag) for p in s] == world.prompts(n, seed=seed, split=split)
+    assert len(s) == 200 and s.tags == [world.TAGS[i % 6] for i in range(200)]
+    for p in s:
+        combos = [c for c in world.combinations(p.tag) if world.caption_of(p.tag, c) == p.text]
+        assert combos and all(world.split_of(p.tag, c) == "heldout" for c in combos), p
+    assert load_prompts("shapes-heldout").digest() == s.digest()  # deterministic
+    assert "shapes-heldout" in available_prompt_sets() and s.name == "shapes-heldout"
+
+
+def test_shapes_train(shapes_sets):
+    from stablenoise.shapes import world
+
+    n, seed, _ = experiment_defaults()
+    s = load_prompts("shapes-train", limit=50)
+    assert [(p.text, p.tag) for p in s] == world.prompts(n, seed=seed, split="train")[:50]
+    assert len(load_prompts("shapes-train")) == n
+    assert not set(load_prompts("shapes-train").texts) & set(load_prompts("shapes-heldout").texts)
