@@ -6,7 +6,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 import stablenoise as sn
-from stablenoise.backends import FAMILY_DEFAULTS
+from stablenoise.backends import families
 from stablenoise.errors import StablenoiseError
 from tiny import tiny_sd
 
@@ -14,7 +14,7 @@ from tiny import tiny_sd
 def test_load_local_folder(sd_folder, sd):
     b = sn.load(str(sd_folder), device="cpu")
     assert type(b).__name__ == "StableDiffusionBackend"
-    assert b.latent_shape == (4, 16, 16) and b.defaults == FAMILY_DEFAULTS["sd"]
+    assert b.latent_shape == (4, 16, 16) and b.defaults == next(f for f in families() if f.name == "sd").defaults
     noise = sn.noises_from_seeds([0], b.latent_shape)
     assert torch.allclose(sn.stability(b, "a cat", noise, steps=2), sn.stability(sd, "a cat", noise, steps=2), atol=1e-5)
 

@@ -10,11 +10,13 @@ from .errors import StablenoiseError
 from .generation import generate
 from .noise import noise_from_seed, noises_from_seeds
 from .optimization import OptimizationResult, optimize, paper_equivalent_lr
+from .prompts import load_prompts
 from .rewards import Reward, load_reward
 from .selection import SelectionResult, select
+from .settings import OptimizerSettings
 from .stability import cosine, round_trip, stability
 
 __version__ = "0.1.0"
-__all__ = ["Backend", "Conditioning", "Defaults", "OptimizationResult", "Reward", "SelectionResult",
-           "StablenoiseError", "cosine", "from_pipeline", "generate", "load", "load_reward", "noise_from_seed",
+__all__ = ["Backend", "Conditioning", "Defaults", "OptimizationResult", "OptimizerSettings", "Reward", "SelectionResult",
+           "StablenoiseError", "cosine", "from_pipeline", "generate", "load", "load_prompts", "load_reward", "noise_from_seed",
            "noises_from_seeds", "optimize", "paper_equivalent_lr", "round_trip", "select", "stability"]

@@ -304,14 +304,24 @@ def _write_optimized(s, run, i, results) -> list[str]:
 
 
 from .rewards.command import reward  # noqa: E402
-from .bench.command import bench  # noqa: E402
-from .shapes.commands import demo, experiment, train_shapes  # noqa: E402  (subcommands of the shapes world)
+from .bench.command import bench  # noqa: E402  (report joins it when merged)
 
 main.add_command(reward)
 main.add_command(bench)
-main.add_command(demo)
-main.add_command(experiment)
-main.add_command(train_shapes)
+
+
+
+def _add_plugin_commands() -> None:
+    """Subcommands other packages register in the entry point group ``stablenoise.commands`` (the shapes
+    world's demo, experiment and train-shapes): the core never imports them."""
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group="stablenoise.commands"):
+        if ep.name not in main.commands:
+            main.add_command(ep.load(), ep.name)
+
+
+_add_plugin_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import stablenoise as sn
-from stablenoise.backends import SHIPPED_MODEL
+from stablenoise.backends import shipped_models
+
+SHIPPED_MODEL = shipped_models()["shapes"]
 from stablenoise.shapes import world
 from stablenoise.shapes.verifier import detect, verify
 

@@ -13,42 +13,11 @@ import torch
 from ..errors import StablenoiseError
 from ..loading import from_pretrained
 from .base import Backend, Conditioning, Defaults, DiffusersBackend, uses_cfg
+from .registry import Family, families, register_family, shipped_models
 from .sd import StableDiffusionBackend
 from .sdxl import StableDiffusionXLBackend
-from .shapes import ShapesBackend
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "shapes"
-DEFAULT_MODEL = "shapes"  # the name that means the shipped model
-
-# Turbo models are distilled for 1-4 steps without classifier-free guidance; the others take the
-# guidance their model cards use. Steps are diffusers' pipeline defaults.
-FAMILY_DEFAULTS = {
-    "shapes": Defaults(steps=10, guidance=2.0),
-    "sd": Defaults(steps=50, guidance=7.5),
-    "sd-turbo": Defaults(steps=4, guidance=0.0),
-    "sdxl": Defaults(steps=50, guidance=5.0),
-    "sdxl-turbo": Defaults(steps=4, guidance=0.0),
-}
-
-
-def _registry():
-    from transformers.utils import logging as hf_logging
-
-    # The SD pipelines import CLIPImageProcessor, which warns that torchvision (not a dependency:
-    # its PyPI wheels do not import beside CPU torch) is missing. We never use the image processor.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-    from ..shapes.pipeline import ShapesPipeline
-
-    # Most specific first.
-    return [(ShapesPipeline, ShapesBackend, "shapes"),
-            (StableDiffusionXLPipeline, StableDiffusionXLBackend, "sdxl"),
-            (StableDiffusionPipeline, StableDiffusionBackend, "sd")]
+DEFAULT_MODEL = "shapes"  # the CLI's default: the shapes world's shipped model (registered by entry point)
 
 
 def from_pipeline(pipe, name: str | None = None, height: int | None = None, width: int | None = None,
@@ -58,16 +27,17 @@ def from_pipeline(pipe, name: str | None = None, height: int | None = None, widt
     ("leading", "trailing" or "linspace")."""
     scheduler_overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
     name = name or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "")
-    for cls, backend_cls, family in _registry():
-        if isinstance(pipe, cls):
-            if "turbo" in name.lower() and family in ("sd", "sdxl"):
-                family += "-turbo"
-            kwargs = {} if backend_cls is ShapesBackend else {"height": height, "width": width}
-            if backend_cls is ShapesBackend and (height or width):
-                raise StablenoiseError("the shapes model has a fixed 32x32 resolution")
-            return backend_cls(pipe=pipe, name=name or family, defaults=FAMILY_DEFAULTS[family],
+    for fam in families():
+        if isinstance(pipe, fam.pipeline):
+            defaults = fam.defaults
+            if fam.turbo_defaults is not None and "turbo" in name.lower():
+                defaults = fam.turbo_defaults
+            if fam.fixed_size and (height or width):
+                raise StablenoiseError(f"the {fam.name} model has a fixed image size")
+            kwargs = {} if fam.fixed_size else {"height": height, "width": width}
+            return fam.backend(pipe=pipe, name=name or fam.name, defaults=defaults,
                                scheduler_overrides=scheduler_overrides, **kwargs)
-    supported = ", ".join(c.__name__ for c, _, _ in _registry())
+    supported = ", ".join(f.pipeline.__name__ for f in families())
     raise StablenoiseError(f"unsupported pipeline class {type(pipe).__name__}; supported: {supported}")
 
 
@@ -110,20 +80,20 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
          variant: str | None = None, timestep_spacing: str | None = None) -> DiffusersBackend:
     """Load a backend from a hub id (``stabilityai/sdxl-turbo``) or a local pipeline folder.
 
-    ``None`` or ``"shapes"`` is the shapes-world model shipped inside the package (no network).
+    ``None`` or ``"shapes"`` is the shapes-world model shipped inside the package (no network); other
+    registered families may ship more names (``shapes-cosine``).
     ``variant`` picks weight files as in diffusers (``"fp16"``); ``height``/``width`` set the image size
     of SD/SDXL (default: the UNet's native size).
     """
     from diffusers import DiffusionPipeline
-
-    from ..shapes.pipeline import ShapesPipeline
 
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals make small UNets ~18x slower on CPU
     model = str(model) if model is not None else DEFAULT_MODEL
-    path = SHIPPED_MODEL if model == DEFAULT_MODEL else Path(model).expanduser()
+    shipped = shipped_models()
+    path = shipped[model] if model in shipped else Path(model).expanduser()
     kwargs = {k: v for k, v in (("torch_dtype", dtype), ("variant", variant)) if v is not None}
     if path.is_dir():
         index = path / "model_index.json"
@@ -133,7 +103,8 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
             class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
         except (ValueError, UnicodeDecodeError, AttributeError):
             raise StablenoiseError(f"{index} is not a valid model_index.json") from None
-        loader = ShapesPipeline if class_name == "ShapesPipeline" else DiffusionPipeline
+        # A pipeline class diffusers does not know (a registered family's own) loads through that class.
+        loader = next((f.pipeline for f in families() if f.pipeline.__name__ == class_name), DiffusionPipeline)
         pipe = from_pretrained(loader, str(path), f"model {model!r}", **kwargs)
     elif path.exists() or _looks_like_path(model):
         raise StablenoiseError(f"model path not found: {model}")
@@ -144,6 +115,6 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
     return from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing)
 
 
-__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "StableDiffusionBackend",
-           "StableDiffusionXLBackend", "ShapesBackend", "from_pipeline", "load", "uses_cfg",
-           "SHIPPED_MODEL", "FAMILY_DEFAULTS"]
+__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "StableDiffusionBackend",
+           "StableDiffusionXLBackend", "families", "from_pipeline", "load", "register_family", "shipped_models",
+           "uses_cfg"]

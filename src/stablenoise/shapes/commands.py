@@ -108,81 +108,33 @@ def write_demo_summary(run) -> None:
     atomic_write(run.root / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
-@click.command()
+SHAPES_METHODS = ("random,most-stable,least-stable,best,inversion-ablation,optimize,optimize:lr=18.75,"
+                  "optimize:preserve_norm=1,reno:shapes-clip=1")
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("world", type=click.Choice(["shapes"]))
-@click.option("--n-prompts", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--prompt-seed", type=int, default=0, show_default=True, help="Seed of the held-out prompt draw.")
-@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-              help="Captions to use instead of a draw (one a line).")
-@click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("-k", type=click.IntRange(min=1), default=100, show_default=True, help="Seeds scored per prompt.")
-@click.option("--first-seed", type=int, default=0, show_default=True,
-              help="Prompt i gets seeds FIRST_SEED + i*K ... + K-1 (disjoint across prompts).")
-@click.option("--steps", type=click.IntRange(min=1), default=None)
-@click.option("--guidance", type=click.FloatRange(min=0), default=None)
-@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
-@click.option("--optimize-prompts", type=click.IntRange(min=0), default=None,
-              help="Optimize only this many prompts (tag-balanced); default all.")
-@click.option("--iterations", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--optimizer", "optimizer_specs", multiple=True, default=("lr=100,momentum=0.5",), show_default=True,
-              help="An optimization arm, e.g. 'lr=18.75' or 'lr=100,preserve_norm=1' (rescale every iterate to "
-                   "the Gaussian shell; not in the paper). Repeat to compare several arms on the same prompts.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True)
+@click.option("--steps", default=None, help="DDIM steps; a list sweeps them (default: the model's).")
+@click.option("--guidance", default=None, help="CFG scale; a list sweeps it (default: the model's).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N held-out prompts.")
+@click.option("--methods", default=SHAPES_METHODS, show_default=True)
 @click.option("--model", default="shapes", show_default=True)
 @click.option("--device", default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stablenoise-experiment"),
-              show_default=True)
-@guarded
-def experiment(world, n_prompts, prompt_seed, prompts_file, split, k, first_seed, steps, guidance,
-               inversion_guidance, optimize_prompts, iterations, optimizer_specs, batch_size, bootstrap, model,
-               device, out):
-    """The paper's experiment on a world with an exact verifier: random vs most/least stable vs oracle
-    vs optimized, per tag, with bootstrap CIs; writes results.md, results.json and plots.
-    OUT/state.npz keeps the scores and finished optimizations: an interrupted run resumes, and a rerun
-    with another --optimizer reuses the scores."""
-    import time
-    from dataclasses import asdict
+@click.option("--out", type=click.Path(path_type=Path), default=Path("stablenoise-experiment"), show_default=True)
+@click.pass_context
+def experiment(ctx, world, k, steps, guidance, limit, methods, model, device, out):
+    """The paper's experiment on the shapes world, whose verifier checks every image exactly: a preset of
+    ``stablenoise bench --prompts shapes-heldout --rewards shapes-verifier,shapes-clip`` with every method
+    (ReNO-style optimization through the learned shapes-clip reward). Resumable; writes OUT/report.html."""
+    from ..bench.command import bench
 
-    from ..backends import load
-    from ..outputs import read_prompts
-    from ..records import now, versions, write_json_atomic
-    from ..stability import resolve
-    from . import experiment as exp
-    from . import world as shapes_world
-    from .verifier import parse
-
-    optimizers = tuple(dict.fromkeys(exp.OptimizerArm.parse(x) for x in optimizer_specs))
-    if prompts_file:
-        captions = read_prompts(prompts_file)
-        tags = [parse(c).tag for c in captions]
-    else:
-        pairs = shapes_world.prompts(n_prompts, seed=prompt_seed, split=split)
-        captions, tags = [c for c, _ in pairs], [t for _, t in pairs]
-    backend = load(model, device=device)
-    steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
-    cfg = exp.ExperimentConfig(k=k, first_seed=first_seed, steps=steps, guidance=guidance,
-                               inversion_guidance=inversion_guidance, batch_size=batch_size,
-                               optimize_prompts=optimize_prompts, iterations=iterations, optimizers=optimizers,
-                               bootstrap=bootstrap)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    data = exp.run(backend, captions, tags, cfg, log=click.echo, state_path=out / "state.npz")
-    summary = exp.summarize(data, bootstrap=bootstrap)
-    summary["objects"], examples = exp.diagnose(backend, data, steps, guidance, batch_size)
-    examples.save(out / "examples.png")
-    plots = exp.plots(data, summary, out) + ["examples.png"]
-    header = (f"# Shapes-world experiment\n\n{len(captions)} {'given' if prompts_file else split} prompts, "
-              f"K = {k} seeds, {steps} DDIM steps, guidance {guidance}, inversion guidance {inversion_guidance}; "
-              f"seeds {first_seed}.. (K per prompt, disjoint); optimization from each prompt's first seed, "
-              f"{iterations} iterations, on {len(data.optimized_index)} prompts, arms: "
-              f"{'; '.join(a.label for a in optimizers)}. Run time {time.time() - t0:.0f} s.")
-    (out / "results.md").write_text(exp.markdown(summary, header) + "\n" + "\n".join(f"![]({p})" for p in plots) + "\n")
-    write_json_atomic(out / "results.json", {
-        "created": now(), "versions": versions(), "model": backend.describe(),
-        "config": asdict(cfg), "prompt_seed": None if prompts_file else prompt_seed, "split": split,
-        "seconds": time.time() - t0, "summary": summary, "data": exp.data_dict(data)})
-    click.echo((out / "results.md").read_text())
+    args = ["--model", model, "--prompts", "shapes-heldout", "--rewards", "shapes-verifier,shapes-clip",
+            "--methods", methods, "-k", str(k), "--out", str(out)]
+    for flag, value in (("--steps", steps), ("--guidance", guidance), ("--limit", limit), ("--device", device)):
+        if value is not None:
+            args += [flag, str(value)]
+    bench.main(args, standalone_mode=False, prog_name="stablenoise bench")
 
 
 @click.command("train-shapes")

@@ -1,0 +1,80 @@
+"""Model families: which adapter wraps which pipeline class, with the family's defaults and shipped models.
+
+Families outside the core (the shapes world, third-party models) register with :func:`register_family`
+or an entry point in the group ``stablenoise.backends`` naming a function that returns a :class:`Family`
+(or a list of them). The algorithms never ask which family they run on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..plugins import register_entry_points
+from .base import Defaults
+
+ENTRY_POINT_GROUP = "stablenoise.backends"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline: type  # matched with isinstance: list the most specific classes first
+    backend: type
+    defaults: Defaults
+    turbo_defaults: Defaults | None = None  # for checkpoints whose name says "turbo"
+    models: dict[str, Path] = field(default_factory=dict)  # shipped model names -> pipeline folders
+    fixed_size: bool = False  # the pipeline has one image size (height/width are refused)
+
+
+_FAMILIES: list[Family] = []
+_entry_points = {"loaded": False}
+
+
+def register_family(family: Family) -> None:
+    """Register a family before the built-in ones (so a subclass pipeline wins over its base class)."""
+    if all(f.name != family.name for f in _FAMILIES):
+        _FAMILIES.insert(0, family)
+
+
+def _load_entry_points() -> None:
+    if _entry_points["loaded"]:
+        return
+    _entry_points["loaded"] = True
+
+    def add(name, ep):
+        made = ep.load()()
+        for fam in made if isinstance(made, (list, tuple)) else [made]:
+            register_family(fam)
+
+    register_entry_points(ENTRY_POINT_GROUP, {f.name for f in _FAMILIES}, add)
+
+
+def _builtin() -> list[Family]:
+    from transformers.utils import logging as hf_logging
+
+    # The SD pipelines import CLIPImageProcessor, which warns that torchvision (not a dependency: its PyPI
+    # wheels do not import beside CPU torch) is missing. We never use the image processor.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    from .sd import StableDiffusionBackend
+    from .sdxl import StableDiffusionXLBackend
+
+    # Turbo models are distilled for 1-4 steps without classifier-free guidance; the others take the
+    # guidance their model cards use. Steps are diffusers' pipeline defaults.
+    return [Family("sdxl", StableDiffusionXLPipeline, StableDiffusionXLBackend, Defaults(50, 5.0), Defaults(4, 0.0)),
+            Family("sd", StableDiffusionPipeline, StableDiffusionBackend, Defaults(50, 7.5), Defaults(4, 0.0))]
+
+
+def families() -> list[Family]:
+    """Registered families first (most specific), then the built-in SD/SDXL ones."""
+    _load_entry_points()
+    return [*_FAMILIES, *_builtin()]
+
+
+def shipped_models() -> dict[str, Path]:
+    return {name: path for f in families() for name, path in f.models.items()}

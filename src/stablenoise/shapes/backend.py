@@ -1,0 +1,34 @@
+"""The shipped shapes-world model (``ShapesPipeline``): pixel space, so decoding is a rescale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .pipeline import to_pil
+from ..backends.base import Conditioning, DiffusersBackend, Defaults, uses_cfg
+
+
+class ShapesBackend(DiffusersBackend):
+    def _encode(self, prompts, guidance):
+        prompts = list(prompts)
+        cond = {"encoder_hidden_states": self.pipe.encode_prompt(prompts)}
+        uncond = {"encoder_hidden_states": self.pipe.encode_prompt([""] * len(prompts))} if uses_cfg(guidance) else None
+        return Conditioning(cond, uncond)
+
+    def decode(self, latents):
+        return to_pil(latents)
+
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+def family():
+    """The shapes world's model family, registered through the ``stablenoise.backends`` entry point:
+    ``--model shapes`` (SD/SDXL-style scaled-linear betas, trailing spacing) and ``--model shapes-cosine``
+    (the first shipped model: cosine betas, leading spacing)."""
+    from ..backends.registry import Family
+    from .pipeline import ShapesPipeline
+
+    return Family("shapes", ShapesPipeline, ShapesBackend, Defaults(steps=10, guidance=2.0),
+                  models={"shapes": WEIGHTS / "shapes", "shapes-cosine": WEIGHTS / "shapes-cosine"},
+                  fixed_size=True)
