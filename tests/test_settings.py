@@ -9,8 +9,9 @@ def test_parse_over_a_base_keeps_the_unnamed_settings():
     assert s == OptimizerSettings(lr=18.75, preserve_norm=True)
     assert OptimizerSettings.parse("momentum=0.9,preserve-norm=0") == OptimizerSettings(momentum=0.9)
     r = OptimizerSettings.parse("lr=2", OptimizerSettings.reno())
-    assert (r.lr, r.momentum, r.nesterov, r.iterations, r.grad_clip, r.reg_weight) == (2.0, 0.9, True, 50, 0.1, 0.01)
-    assert dict(r.reward_weights) == {"hpsv2": 5.0, "imagereward": 1.0, "pickscore": 0.05, "clipscore": 0.01}
+    assert (r.lr, r.momentum, r.nesterov, r.iterations, r.grad_clip, r.reg_weight) == (2.0, 0.9, True, 49, 0.1, 0.01)
+    assert dict(r.reward_weights) == {"hpsv2.1": 0.05, "imagereward": 1.0, "pickscore": 0.05,
+                                      "clipscore": 0.01}
 
 
 def test_reward_weights_replace_the_base_weights():

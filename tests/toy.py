@@ -58,6 +58,10 @@ class ToyBackend:
     def decode(self, latents):
         return [None] * latents.shape[0]
 
+    def decode_pixels(self, latents):
+        """A smooth map of the 2-channel latent to 3 channels in (0, 1)."""
+        return torch.sigmoid(torch.stack([latents[:, 0], latents[:, 1], (latents[:, 0] - latents[:, 1]) / 2], 1))
+
     def generate(self, prompts, noise, steps, guidance, generators=None):
         return self.decode(noise)
 
@@ -120,4 +124,18 @@ class ShiftBackend(ToyBackend):
         return noise + 2
 
     def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        return latents
+
+
+class QuadBackend(ToyBackend):
+    """Denoise and decode are the identity on a [3, 2, 2] latent: a reward of the pixels is a function of the
+    noise itself (say, a quadratic), for exact comparisons with ``torch.optim.SGD``."""
+
+    latent_shape = (3, 2, 2)
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        self.calls += 1
+        return noise
+
+    def decode_pixels(self, latents):
         return latents

@@ -41,9 +41,12 @@ class OptimizerSettings:
     def reno(cls) -> "OptimizerSettings":
         """ReNO's published defaults (Eyring et al. 2024; see docs/reno.md): 50 iterations of SGD with
         Nesterov momentum 0.9, lr 5, gradient-norm clipping 0.1, noise-norm regularizer 0.01, and reward
-        weights HPSv2 5, ImageReward 1, PickScore 0.05, CLIP 0.01."""
-        return cls(iterations=50, lr=5.0, momentum=0.9, nesterov=True, grad_clip=0.1, reg_weight=0.01,
-                   reward_weights=(("hpsv2", 5.0), ("imagereward", 1.0), ("pickscore", 0.05), ("clipscore", 0.01)))
+        weights HPSv2.1 5, ImageReward 1, PickScore 0.05, CLIP 0.01 on ReNO's reward scales. ReNO's HPS term
+        is 1 - cos, ours 100 * cos: its weight 5 is 0.05 here; the other three are on the same scale.
+        ReNO scores 50 images (49 updates); ``iterations`` counts updates, as in ``optimize``."""
+        return cls(iterations=49, lr=5.0, momentum=0.9, nesterov=True, grad_clip=0.1, reg_weight=0.01,
+                   reward_weights=(("hpsv2.1", 0.05), ("imagereward", 1.0), ("pickscore", 0.05),
+                                   ("clipscore", 0.01)))
 
     def changes(self, base: "OptimizerSettings") -> str:
         """The settings that differ from ``base``, as a spec (the empty string when none)."""

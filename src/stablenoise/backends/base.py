@@ -1,7 +1,8 @@
 """The backend protocol the algorithms depend on, and the shared diffusers implementation.
 
 A backend turns prompts into conditioning, runs deterministic DDIM (eta = 0) from noise to a clean
-latent, inverts a clean latent back to noise with DDIM inversion, and decodes latents to images.
+latent, inverts a clean latent back to noise with DDIM inversion, and decodes latents to images (PIL, or a
+differentiable pixel tensor for reward gradients).
 Everything a model family does differently (how prompts are encoded, extra UNet inputs, decoding)
 lives in its adapter; the DDIM loops live here once.
 """
@@ -98,6 +99,10 @@ class Backend(Protocol):
 
     def decode(self, latents: torch.Tensor) -> list: ...
 
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, ...] -> float images [B, 3, H, W] in [0, 1], differentiable (what ``decode`` shows)."""
+        ...
+
     def generate(self, prompts: Sequence[str], noise: torch.Tensor, steps: int, guidance: float,
                  generators: Sequence[torch.Generator] | None = None) -> list: ...
 
@@ -150,6 +155,9 @@ class DiffusersBackend:
 
     def decode(self, latents: torch.Tensor) -> list:  # pragma: no cover
         raise NotImplementedError
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable decode")
 
     # --- shared --------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], guidance: float) -> Conditioning:

@@ -27,7 +27,11 @@ class StableDiffusionBackend(DiffusersBackend):
         return Conditioning({"encoder_hidden_states": cond},
                             {"encoder_hidden_states": uncond} if cfg else None)
 
-    def decode(self, latents):
+    def decode_pixels(self, latents):
         vae = self.pipe.vae
         image = vae.decode(latents.to(self.device, vae.dtype) / vae.config.scaling_factor).sample
-        return self.pipe.image_processor.postprocess(image.float(), output_type="pil")
+        return (image.float() / 2 + 0.5).clamp(0, 1)  # the image processor's denormalize
+
+    def decode(self, latents):
+        pixels = self.decode_pixels(latents)
+        return self.pipe.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[False] * len(pixels))

@@ -18,6 +18,9 @@ class ShapesBackend(DiffusersBackend):
     def decode(self, latents):
         return to_pil(latents)
 
+    def decode_pixels(self, latents):
+        return (latents.float() / 2 + 0.5).clamp(0, 1)  # to_pil's rescale, before the 8-bit rounding
+
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
