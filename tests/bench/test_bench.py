@@ -26,6 +26,7 @@ pytestmark = pytest.mark.model
 CLIP_TINY = Path(__file__).parent.parent / "rewards" / "fixtures" / "clip-tiny"
 SHAPES_ARGS = ["--prompts", "shapes-heldout", "--limit", "3", "-k", "3", "--rewards", "shapes-verifier,shapes-clip",
                "--no-report"]
+METHODS = "random,most-stable,best,inversion-ablation,optimize:iterations=1,reno:shapes-clip=1;iterations=1"
 
 
 def invoke(*args):
@@ -43,9 +44,7 @@ def comparable(rows):
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
-    r = invoke(*SHAPES_ARGS, "--steps", "1,2", "--methods",
-               "random,most-stable,best,inversion-ablation,optimize:iterations=1,reno:shapes-clip=1;iterations=1",
-               "--out", out)
+    r = invoke(*SHAPES_ARGS, "--steps", "1,2", "--methods", METHODS, "--out", out)
     assert r.exit_code == 0, r.output
     return out
 
@@ -73,7 +72,9 @@ def test_store_holds_every_row_with_the_library_values(shapes_run):
         r0 = seed_rows[4]
         image = sn.generate(backend, prompts[r0["prompt_idx"]], noise[4:5], steps, guidance, sampler="ddim")[0]
         stored = Image.open(shapes_run / r0["image_path"])
-        assert np.array_equal(np.asarray(stored), np.asarray(image))
+        # Equal up to one 8-bit level: a batch of 9 and a batch of 1 round float32 sums differently.
+        diff = np.abs(np.asarray(stored, dtype=int) - np.asarray(image, dtype=int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
         clip = sn.load_reward("shapes-clip")
         assert r0["scores"]["shapes-clip"] == pytest.approx(float(clip([stored], [prompts[r0["prompt_idx"]]])[0]),
                                                             abs=1e-4)
@@ -102,15 +103,14 @@ def test_store_holds_every_row_with_the_library_values(shapes_run):
 def test_same_command_twice_adds_nothing_and_changes_nothing(shapes_run, tmp_path):
     before = comparable(Store(shapes_run, create=False).rows())
     r = invoke(*SHAPES_ARGS, "--steps", "1,2", "--methods",
-               "random,most-stable,best,inversion-ablation,optimize:iterations=1,reno:shapes-clip=1;iterations=1",
-               "--out", shapes_run)
+               METHODS, "--out", shapes_run)
     assert r.exit_code == 0, r.output
     assert comparable(Store(shapes_run, create=False).rows()) == before
     # A fresh run of the same command gives the same rows.
     fresh = tmp_path / "fresh"
-    r = invoke(*SHAPES_ARGS, "--steps", "1", "--methods", "random", "--out", fresh)
+    r = invoke(*SHAPES_ARGS, "--steps", "1", "--methods", METHODS, "--out", fresh)
     assert r.exit_code == 0, r.output
-    first = [x for x in before if x[0] == 1 and x[2] == "seed"]
+    first = [x for x in before if x[0] == 1]
     assert [x[1:] for x in comparable(Store(fresh, create=False).rows())] == [x[1:] for x in first]
 
 
