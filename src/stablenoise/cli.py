@@ -303,10 +303,12 @@ def _write_optimized(s, run, i, results) -> list[str]:
     return failed
 
 
+from .bench.command import report  # noqa: E402
 from .rewards.command import reward  # noqa: E402
 from .shapes.commands import demo, experiment, train_shapes  # noqa: E402  (subcommands of the shapes world)
 
 main.add_command(reward)
+main.add_command(report)
 main.add_command(demo)
 main.add_command(experiment)
 main.add_command(train_shapes)
