@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from stablenoise.bench.report import derive_methods, load_results, write_report
+from stablenoise.bench.document import Image as Picture
+from stablenoise.bench.document import Table
+from stablenoise.bench.report import build, derive_methods, load_results, write_report
 from stablenoise.bench.schema import DDL, SCHEMA_VERSION, SEED_METHOD
 from stablenoise.cli import main
 from stablenoise.errors import StablenoiseError
@@ -28,8 +30,10 @@ def _png(run, rel, color):
     return rel
 
 
-def make_store(run, steps=(10, 20), schema_version=SCHEMA_VERSION, with_samples=True):
-    """Two configs differing in steps; per config the truth as (prompt, seed rank) arrays.
+def make_store(run, configs=(("toyset", 10, 1.0), ("toyset", 20, 1.0)), schema_version=SCHEMA_VERSION,
+               with_samples=True):
+    """Configs (prompt set, steps, guidance), by default two differing in steps; per config the truth as
+    (prompt, seed rank) arrays.
 
     toy = 10 * stability + prompt index, so within a prompt the most stable seed has the highest toy reward;
     the seed of rank 5 of prompt 0 has a NULL stability and the highest toy reward of all (so it must never
@@ -43,9 +47,9 @@ def make_store(run, steps=(10, 20), schema_version=SCHEMA_VERSION, with_samples=
     db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(schema_version),))
     rng = np.random.default_rng(0)
     truth = {}
-    for c, n_steps in enumerate(steps, start=1):
+    for c, (prompt_set, n_steps, guidance) in enumerate(configs, start=1):
         db.execute("INSERT INTO configs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                   (c, f"digest{c}", "toyset", "shapes", n_steps, 1.0, 1.0, K, 0,
+                   (c, f"digest{c}", prompt_set, "shapes", n_steps, guidance, 1.0, K, 0,
                     json.dumps({"command": "stablenoise bench --prompts toyset"}),
                     json.dumps({"torch": "2.3.0", "stablenoise": "0.1.0"}), "2024-01-01"))
         db.executemany("INSERT INTO prompts VALUES (?,?,?,?)",
@@ -220,6 +224,26 @@ def test_report_html_is_self_contained_and_never_shows_nan(written):
     assert Image.open(run / "report_files" / tile).size == (96, 96)  # 32x32 enlarged, pixel for pixel
 
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Plots take most of a report's time; tests of its structure do without them."""
+    import stablenoise.bench.report as report
+
+    monkeypatch.setattr(report, "plot_deciles", lambda *args: b"png")
+    monkeypatch.setattr(report, "plot_sweep", lambda *args: b"png")
+
+
+def test_prompt_sets_side_by_side_and_a_guidance_sweep(tmp_path, no_plots):
+    make_store(tmp_path, configs=[("toyset", 10, 1.0), ("other", 10, 1.0), ("toyset", 10, 3.0)])
+    blocks = build(load_results(tmp_path), grid_prompts=0, n_boot=20)
+    table1 = [b for b in blocks if isinstance(b, Table) and b.groups]
+    assert len(table1) == 1  # toyset and other at guidance 1, side by side
+    assert [label for label, _ in table1[0].groups] == ["toyset (6 prompts)", "other (6 prompts)"]
+    assert table1[0].headers == ["method"] + 2 * ["stability", "shapes-verifier", "toy"]
+    sweeps = [b for b in blocks if isinstance(b, Picture) and b.name.startswith("sweep-")]
+    assert [b.name for b in sweeps] == ["sweep-guidance-1-3.png"]
+
+
 def _bad_stores(tmp_path):
     make_store(tmp_path / "other-version", schema_version=SCHEMA_VERSION + 1)
     make_store(tmp_path / "empty", with_samples=False)
@@ -240,7 +264,7 @@ def test_unusable_stores_give_one_line_errors(tmp_path):
         assert len(result.output.strip().splitlines()) == 1
 
 
-def test_report_command(store, tmp_path):
+def test_report_command(store, tmp_path, no_plots):
     run, _ = store
     result = CliRunner().invoke(main, ["report", str(run), "--html", str(tmp_path / "r.html"),
                                        "--md", str(tmp_path / "r.md"), "--grid-prompts", "2", "--bootstrap", "20"])
