@@ -52,6 +52,7 @@ def test_win_rate_counts_ties_half():
     assert r["mean"] == 1.0 and r["n"] == 1
 
 
+@pytest.mark.filterwarnings("error")  # an undefined rho is skipped, not computed as NaN
 def test_spearman_hand_computed():
     # d = [-1, 1, -1, 1, 0]: rho = 1 - 6 * 4 / (5 * 24) = 0.8
     assert stats.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
@@ -60,6 +61,7 @@ def test_spearman_hand_computed():
     assert stats.spearman([1, 2, 3], [0, 0, 1]) == pytest.approx(np.sqrt(3) / 2)
 
 
+@pytest.mark.filterwarnings("error")  # an undefined rho is skipped, not computed as NaN
 def test_within_prompt_spearman_skips_constant_prompts():
     s = np.array([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5.0]])
     r = np.array([[2, 1, 4, 3, 5], [5, 4, 3, 2, 1], [7, 7, 7, 7, 7.0]])
