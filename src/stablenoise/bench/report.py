@@ -164,6 +164,10 @@ def fmt_count(x) -> str:
 
 # ----------------------------------------------------------------------------- sections
 
+def _prompts(n: int) -> str:
+    return f"{n} prompt" + ("" if n == 1 else "s")
+
+
 def _header(results: Results, analyses: list[ConfigAnalysis]) -> list:
     configs = [a.config for a in analyses]
     blocks = [Text(f"Run folder: {results.run_dir}. Models: {', '.join(dict.fromkeys(c.model for c in configs))}. "
@@ -211,7 +215,7 @@ def _table1(analyses: list[ConfigAnalysis]) -> list:
         headers, groups = ["method"], []
         for label, a in zip(labels, group):
             headers += a.measures
-            groups.append((f"{label} ({a.table.n_prompts} prompts)", len(a.measures)))
+            groups.append((f"{label} ({_prompts(a.table.n_prompts)})", len(a.measures)))
         caption = (f"{c.model} · {c.steps} steps · guidance {c.guidance:g} · inversion guidance "
                    f"{c.inversion_guidance:g} · K={c.k}")
         if len(group) == 1:  # one prompt set: named in the caption, no column groups needed
@@ -253,6 +257,8 @@ def _win_rates(a: ConfigAnalysis) -> list:
 
 
 def _correlation(a: ConfigAnalysis) -> list:
+    if not a.spearman:
+        return [Text("No rewards scored yet.")]
     rows = []
     for r, (within, pooled) in a.spearman.items():
         rows.append([r, fmt_ci(within, signed=True), str(within["n"]) if within else "0",
@@ -264,6 +270,8 @@ def _correlation(a: ConfigAnalysis) -> list:
 
 def _decile_section(a: ConfigAnalysis, name: str) -> list:
     rewards = list(a.deciles)
+    if not rewards:
+        return []
     rows = []
     for d in range(stats.DECILES):
         n = max((a.deciles[r][d]["n"] for r in rewards if a.deciles[r][d]), default=0)
@@ -325,7 +333,7 @@ def _grid(a: ConfigAnalysis, run_dir: Path, n: int, name: str) -> list:
     if not rows:
         return []
     headers = ["prompt", "random (first seed)", *columns[1:]]
-    return [Table(headers, rows, f"Images of {len(rows)} prompts (each tile: stability · {first or 'no reward'})")]
+    return [Table(headers, rows, f"Images of {_prompts(len(rows))} (each tile: stability · {first or 'no reward'})")]
 
 
 def _sweeps(analyses: list[ConfigAnalysis]) -> list:
@@ -366,7 +374,7 @@ def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int
     blocks = _header(results, analyses) + _table1(analyses) + _sweeps(analyses)
     for a in analyses:
         name = f"config-{a.config.id}"
-        blocks += [Heading(f"Config {a.config.id}: {a.config.label()} ({a.table.n_prompts} prompts)"),
+        blocks += [Heading(f"Config {a.config.id}: {a.config.label()} ({_prompts(a.table.n_prompts)})"),
                    Heading("Differences", 3), *_differences(a),
                    Heading("Win rates", 3), *_win_rates(a),
                    Heading("Stability and reward", 3), *_correlation(a), *_decile_section(a, name),

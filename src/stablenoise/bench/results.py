@@ -256,8 +256,8 @@ def derive_methods(table: ConfigTable, ks=ABLATION_KS) -> dict[str, Method]:
     one_image = {"unet_calls": _mean(s.image_calls), "reward_calls": np.zeros(table.n_prompts),
                  "seconds": _mean(_image_seconds(s))}
     methods = {"random": Method(
-        "random", "random", {r: _mean(s.scores[r]) for r in table.rewards}, _mean(s.stability), one_image, _take(s.image, first), _take(s.stability, first),
-        {r: _take(s.scores[r], first) for r in table.rewards})}
+        "random", "random", {r: _mean(s.scores[r]) for r in table.rewards}, _mean(s.stability), one_image,
+        _take(s.image, first), _take(s.stability, first), {r: _take(s.scores[r], first) for r in table.rewards})}
     methods["most stable"] = _selected("most stable", table, _pick(s.stability), scored)
     methods["least stable"] = _selected("least stable", table, _pick(s.stability, largest=False), scored)
     for variant in table.variants:
@@ -267,14 +267,15 @@ def derive_methods(table: ConfigTable, ks=ABLATION_KS) -> dict[str, Method]:
     for n in ks:
         if n < k:
             head = slice(0, n)
-            if n == 1:  # the first seed: nothing to choose, so nothing to score
+            if n == 1:  # the first seed: nothing to choose (even if its stability is NULL), nothing to score
+                idx = first
                 cost = {"unet_calls": s.image_calls[:, 0], "reward_calls": np.zeros(table.n_prompts),
                         "seconds": _image_seconds(s)[:, 0]}
             else:
+                idx = _pick(s.stability[:, head])
                 cost = {"unet_calls": _sum(s.unet_calls[:, head]), "reward_calls": _sum(s.reward_calls[:, head]),
                         "seconds": _sum(s.seconds[:, head])}
-            methods[f"most stable of {n}"] = _selected(f"most stable of {n}", table,
-                                                       _pick(s.stability[:, head]), cost)
+            methods[f"most stable of {n}"] = _selected(f"most stable of {n}", table, idx, cost)
     for reward in table.rewards:
         images = np.isfinite(s.image_calls)
         cost = {"unet_calls": _sum(s.image_calls), "reward_calls": _sum(s.reward_calls) + images.sum(axis=1),
