@@ -10,7 +10,7 @@ from ..cli_common import guarded
 
 
 @click.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))  # load_results says what is wrong
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the HTML report (default: RUN/report.html).")
 @click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
