@@ -303,12 +303,12 @@ def _write_optimized(s, run, i, results) -> list[str]:
     return failed
 
 
+from .bench.command import bench, report  # noqa: E402
 from .rewards.command import reward  # noqa: E402
-from .bench.command import bench  # noqa: E402  (report joins it when merged)
 
 main.add_command(reward)
 main.add_command(bench)
-
+main.add_command(report)
 
 
 def _add_plugin_commands() -> None:

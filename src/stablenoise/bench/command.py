@@ -1,4 +1,5 @@
-"""``stablenoise bench``: a thin shell over :func:`stablenoise.bench.run.run_bench`."""
+"""``stablenoise bench`` and ``stablenoise report``: thin shells over :func:`stablenoise.bench.run.run_bench` and
+:func:`stablenoise.bench.report.write_report`."""
 
 from __future__ import annotations
 
@@ -107,5 +108,25 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     if report:
         from .report import write_report
 
-        paths = write_report(out)
-        click.echo(f"report: {paths}")
+        html, md = write_report(out)
+        click.echo(f"wrote {html} and {md}")
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))  # load_results says what is wrong
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML report (default: RUN/report.html).")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the Markdown report; its plots go to a _files folder beside it "
+                   "(default: RUN/report.md, RUN/report_files/).")
+@click.option("--grid-prompts", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Prompts in each config's image grid (spread over tags; 0: no grid).")
+@click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Bootstrap resamples of the prompts per interval.")
+@guarded
+def report(run_dir, html_path, md_path, grid_prompts, bootstrap):
+    """Report a bench run: every method against a random seed, with 95% bootstrap intervals over prompts."""
+    from .report import write_report
+
+    html, md = write_report(run_dir, html_path, md_path, grid_prompts=grid_prompts, n_boot=bootstrap)
+    click.echo(f"wrote {html} and {md}")

@@ -1,0 +1,401 @@
+"""The bench report: every method of a run against a random seed, written as one self-contained HTML file
+(RUN/report.html) and as Markdown with its plots in RUN/report_files/.
+
+Numbers first (``analyze``: every interval of one config, computed once so the same comparison reads the
+same everywhere, sweeps included), then sections of blocks (``document``) that both renderers share.
+All intervals are 95% bootstrap intervals over prompts (``stablenoise.stats``), seeded per config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import stats
+from .document import Code, Heading, Image, Table, Text, render_html, render_markdown
+from .figures import plot_deciles, plot_sweep, thumbnail
+from .results import COSTS, ConfigTable, Method, Results, derive_methods, load_results
+
+__all__ = ["load_results", "derive_methods", "analyze", "write_report"]
+
+MISSING = "–"  # what a report shows instead of NaN
+STABILITY = "stability"
+COMPARATORS = ("random", "most stable", "least stable")
+SETTING_FIELDS = ("model", "steps", "guidance", "inversion_guidance", "k", "first_seed")
+SWEEP_AXES = ("steps", "guidance")
+ABLATION_PREFIX = "most stable of "
+
+
+# ----------------------------------------------------------------------------- numbers
+
+def is_binary(values) -> bool:
+    """A verifier-like reward: every known value is 0 or 1 (shown as a percentage)."""
+    v = np.concatenate([np.ravel(x) for x in values])
+    v = v[np.isfinite(v)]
+    return len(v) > 0 and bool(np.isin(v, (0.0, 1.0)).all())
+
+
+def _verifiers(a: "ConfigAnalysis") -> list[str]:
+    return [r for r in a.table.rewards if "verifier" in r.lower() and a.binary[r]]
+
+
+@dataclass
+class ConfigAnalysis:
+    table: ConfigTable
+    methods: dict[str, Method]
+    binary: dict[str, bool]
+    level: dict = field(default_factory=dict)  # method -> measure -> interval (measure: STABILITY or a reward)
+    vs_random: dict = field(default_factory=dict)  # method -> measure -> paired difference
+    vs_start: dict = field(default_factory=dict)  # optimizing method -> measure -> paired difference
+    wins: dict = field(default_factory=dict)  # reward -> method -> comparator -> win rate
+    spearman: dict = field(default_factory=dict)  # reward -> (within prompt, pooled)
+    deciles: dict = field(default_factory=dict)  # reward -> [interval per decile]
+    cost: dict = field(default_factory=dict)  # method -> cost -> mean per prompt (None if unknown)
+    # (method, learned reward, verifier, compared with, {"up"/"fails"/"fooled": interval}); per verifier a last
+    # row "first seed" with only "fails"
+    fooled: list = field(default_factory=list)
+
+    @property
+    def config(self):
+        return self.table.config
+
+    @property
+    def measures(self) -> list[str]:
+        return [STABILITY, *self.table.rewards]
+
+
+def _measure(m: Method, name: str) -> np.ndarray:
+    return m.stability if name == STABILITY else m.values[name]
+
+
+def _mean(x) -> float | None:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else None
+
+
+def _fooled_rates(values: dict, base: dict, reward: str, verifier: str, n_boot: int, rng) -> dict:
+    """Per prompt: did the learned reward rise over the base seed, does the verifier fail, and both."""
+    up, fails = values[reward] > base[reward], values[verifier] == 0
+    known = np.isfinite(values[reward]) & np.isfinite(base[reward]) & np.isfinite(values[verifier])
+    return {k: stats.mean_ci(np.where(known, x, np.nan), n_boot, rng)
+            for k, x in (("up", up), ("fails", fails), ("fooled", up & fails))}
+
+
+def analyze(table: ConfigTable, n_boot: int = 1000, seed: int = 0) -> ConfigAnalysis:
+    """Every number the report shows for one config."""
+    rng = np.random.default_rng([seed, table.config.id])  # a config's numbers do not depend on the others
+    methods = derive_methods(table)
+    s = table.seeds
+    a = ConfigAnalysis(table, methods, {r: is_binary([s.scores[r], *(o.scores[r] for o in table.optimized.values())])
+                                        for r in table.rewards})
+    random, first = methods["random"], methods["random"].shown_values
+    for name, m in methods.items():
+        a.level[name] = {x: stats.mean_ci(_measure(m, x), n_boot, rng) for x in a.measures}
+        a.cost[name] = {c: _mean(m.cost[c]) for c in COSTS}
+        if name != "random":
+            a.vs_random[name] = {x: stats.paired_diff_ci(_measure(m, x), _measure(random, x), n_boot, rng)
+                                 for x in a.measures}
+        if m.start is not None:
+            a.vs_start[name] = {x: stats.paired_diff_ci(_measure(m, x), m.start[x], n_boot, rng) for x in a.measures}
+    for r in table.rewards:
+        a.wins[r] = {}
+        for name, m in methods.items():
+            if name == "random":
+                continue
+            row = {c: stats.win_rate(m.values[r], methods[c].values[r], n_boot, rng)
+                   for c in COMPARATORS if c != name}
+            if m.start is not None:
+                row["start seed"] = stats.win_rate(m.values[r], m.start[r], n_boot, rng)
+            a.wins[r][name] = row
+        a.spearman[r] = (stats.within_prompt_spearman(s.stability, s.scores[r], n_boot, rng),
+                         stats.pooled_spearman(s.stability, s.scores[r], n_boot, rng))
+        a.deciles[r] = stats.by_decile(s.stability, s.scores[r], n_boot, rng)
+    learned = [r for r in table.rewards if r not in _verifiers(a) and not a.binary[r]]
+    for verifier in _verifiers(a) if learned else []:
+        for reward in learned:
+            # Each candidate against the seed it replaces: best of K against a random draw (the first seed),
+            # an optimizing method against its own starting seed.
+            candidates = [(f"best of K by {reward}", first)] + [(n, m.start) for n, m in methods.items()
+                                                               if m.start is not None]
+            for name, base in candidates:
+                a.fooled.append((name, reward, verifier, "first seed" if base is first else "start seed",
+                                 _fooled_rates(methods[name].values, base, reward, verifier, n_boot, rng)))
+        v = first[verifier]  # for reference: how often a random draw fails
+        a.fooled.append(("first seed", MISSING, verifier, MISSING,
+                         {"fails": stats.mean_ci(np.where(np.isfinite(v), v == 0, np.nan), n_boot, rng)}))
+    return a
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def _finite(*xs) -> bool:
+    return all(x is not None and math.isfinite(x) for x in xs)
+
+
+def fmt_ci(ci: dict | None, percent: bool = False, signed: bool = False, mark: bool = False) -> str:
+    """"0.253 [0.241, 0.266]"; percentages for 0/1 rewards ("62.5% [50.0, 75.0]", differences in
+    percentage points); ``mark`` appends " *" when the interval excludes 0."""
+    if ci is None or not _finite(ci["mean"], ci["lo"], ci["hi"]):
+        return MISSING
+    scale, digits = (100, 1) if percent else (1, 3)
+    m, lo, hi = (scale * ci[k] for k in ("mean", "lo", "hi"))
+    head = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
+    unit = (" pp" if signed else "%") if percent else ""
+    star = " *" if mark and (ci["lo"] > 0 or ci["hi"] < 0) else ""
+    return f"{head}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]{star}"
+
+
+def fmt_value(x, binary: bool = False) -> str:
+    """One sample's score: pass/fail for a 0/1 reward."""
+    if x is None or not math.isfinite(x):
+        return MISSING
+    return ("pass" if x == 1 else "fail") if binary else f"{x:.3f}"
+
+
+def fmt_count(x) -> str:
+    if x is None or not math.isfinite(x):
+        return MISSING
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+# ----------------------------------------------------------------------------- sections
+
+def _prompts(n: int) -> str:
+    return f"{n} prompt" + ("" if n == 1 else "s")
+
+
+def _header(results: Results, analyses: list[ConfigAnalysis]) -> list:
+    configs = [a.config for a in analyses]
+    blocks = [Text(f"Run folder: {results.run_dir}. Models: {', '.join(dict.fromkeys(c.model for c in configs))}. "
+                   f"Prompt sets: {', '.join(dict.fromkeys(c.prompt_set for c in configs))}."),
+              Table(["config", "prompt set", "model", "steps", "guidance", "inversion guidance", "K", "first seed",
+                     "prompts", "optimizing methods"],
+                    [[str(c.id), c.prompt_set, c.model, str(c.steps), f"{c.guidance:g}", f"{c.inversion_guidance:g}",
+                      str(c.k), str(c.first_seed), str(a.table.n_prompts), ", ".join(a.table.optimized) or MISSING]
+                     for c, a in zip(configs, analyses)], "Run configs")]
+    versions: dict[str, list] = {}
+    for c in configs:
+        for key, value in c.versions.items():
+            versions.setdefault(key, [])
+            if str(value) not in versions[key]:
+                versions[key].append(str(value))
+    if versions:
+        blocks.append(Table(["package", "version"], [[k, " / ".join(v)] for k, v in versions.items()],
+                            "Package versions (of every config; several when configs differ)"))
+    commands = list(dict.fromkeys(str(c.settings["command"]) for c in configs if c.settings.get("command")))
+    if commands:
+        blocks += [Text("Command:"), *[Code(c) for c in commands]]
+    blocks.append(Text(
+        "Methods: random = the mean over a prompt's K seeds (what a random seed gives on average); most / least "
+        "stable = the seed of highest / lowest inversion stability; most stable (VARIANT) = chosen by a stability "
+        "variant; most stable of k = among the first k seeds only; best of K by R = the seed with the highest "
+        "reward R (an oracle when R is a verifier); other rows are optimizing methods. Intervals are 95% bootstrap "
+        "intervals over prompts; 0/1 rewards are shown as percentages; – = no value."))
+    return blocks
+
+
+def _rows_union(analyses: list[ConfigAnalysis]) -> list[str]:
+    return list(dict.fromkeys(n for a in analyses for n in a.methods))
+
+
+def _table1(analyses: list[ConfigAnalysis]) -> list:
+    """The paper's Table 1 per setting: methods x rewards, the prompt sets of one setting side by side."""
+    blocks = [Heading("Results per method (mean [95% CI] over prompts)")]
+    settings: dict[tuple, list[ConfigAnalysis]] = {}
+    for a in analyses:
+        settings.setdefault(tuple(getattr(a.config, f) for f in SETTING_FIELDS), []).append(a)
+    for group in settings.values():
+        c = group[0].config
+        sets = [a.config.prompt_set for a in group]
+        labels = [s if sets.count(s) == 1 else f"{s} (config {a.config.id})" for s, a in zip(sets, group)]
+        headers, groups = ["method"], []
+        for label, a in zip(labels, group):
+            headers += a.measures
+            groups.append((f"{label} ({_prompts(a.table.n_prompts)})", len(a.measures)))
+        caption = (f"{c.model} · {c.steps} steps · guidance {c.guidance:g} · inversion guidance "
+                   f"{c.inversion_guidance:g} · K={c.k}")
+        if len(group) == 1:  # one prompt set: named in the caption, no column groups needed
+            caption, groups = f"{groups[0][0]} · {caption}", None
+        rows = []
+        for name in _rows_union(group):
+            row = [name]
+            for a in group:
+                row += [fmt_ci(a.level.get(name, {}).get(x), percent=a.binary.get(x, False)) for x in a.measures]
+            rows.append(row)
+        blocks.append(Table(headers, rows, caption, groups))
+    return blocks
+
+
+def _differences(a: ConfigAnalysis) -> list:
+    pct = a.binary
+    blocks = [Table(["method", *a.measures],
+                    [[n, *(fmt_ci(d[x], pct.get(x, False), signed=True, mark=True) for x in a.measures)]
+                     for n, d in a.vs_random.items()],
+                    "Paired difference vs random (same prompts); * = the 95% interval excludes 0")]
+    if a.vs_start:
+        blocks.append(Table(["method", *a.measures],
+                            [[f"{n} − its start seed",
+                              *(fmt_ci(d[x], pct.get(x, False), signed=True, mark=True) for x in a.measures)]
+                             for n, d in a.vs_start.items()],
+                            "Optimizing methods vs the seed they started from (same prompt and seed)"))
+    return blocks
+
+
+def _win_rates(a: ConfigAnalysis) -> list:
+    blocks = []
+    for r, rows in a.wins.items():
+        columns = list(COMPARATORS) + (["start seed"] if a.vs_start else [])
+        blocks.append(Table(["method", *(f"vs {c}" for c in columns)],
+                            [[n, *(fmt_ci(row[c], percent=True) if c in row else MISSING for c in columns)]
+                             for n, row in rows.items()],
+                            f"Win rate by {r}: share of prompts where the method scores higher (ties count half)"))
+    return blocks
+
+
+def _correlation(a: ConfigAnalysis) -> list:
+    if not a.spearman:
+        return [Text("No rewards scored yet.")]
+    rows = []
+    for r, (within, pooled) in a.spearman.items():
+        rows.append([r, fmt_ci(within, signed=True), str(within["n"]) if within else "0",
+                     str(within["skipped"]) if within else MISSING, fmt_ci(pooled, signed=True)])
+    return [Table(["reward", "within prompt", "prompts", "skipped (constant)", "pooled"], rows,
+                  "Spearman correlation between a seed's stability and its reward: within prompt (mean over prompts "
+                  "of each prompt's correlation over its K seeds) and pooled over all (prompt, seed) pairs")]
+
+
+def _decile_section(a: ConfigAnalysis, name: str) -> list:
+    rewards = list(a.deciles)
+    if not rewards:
+        return []
+    rows = []
+    for d in range(stats.DECILES):
+        n = max((a.deciles[r][d]["n"] for r in rewards if a.deciles[r][d]), default=0)
+        rows.append([str(d + 1), str(n), *(fmt_ci(a.deciles[r][d], percent=a.binary[r]) for r in rewards)])
+    return [Table(["decile", "prompts", *rewards], rows,
+                  "Reward by within-prompt stability decile (1 = the least stable tenth of each prompt's seeds; "
+                  "with fewer than 10 seeds per prompt some deciles hold few prompts)"),
+            Image(plot_deciles(a.deciles, a.binary, a.config.label()), f"{name}-deciles.png",
+                  "Reward by within-prompt stability decile, with 95% intervals over prompts")]
+
+
+def _costs(a: ConfigAnalysis) -> list:
+    return [Table(["method", "UNet calls", "reward calls", "seconds"],
+                  [[n, *(fmt_count(c[k]) for k in COSTS)] for n, c in a.cost.items()],
+                  "Cost per prompt (mean over prompts). Image-only seconds are the image's share of a seed row's "
+                  "time; best of K by a reward counts K reward calls")]
+
+
+def _fooled(a: ConfigAnalysis) -> list:
+    if not a.fooled:
+        return []
+    rows = [[name, learned, verifier, base, *(fmt_ci(c.get(k), percent=True) for k in ("up", "fails", "fooled"))]
+            for name, learned, verifier, base, c in a.fooled]
+    return [Table(["method", "learned reward", "verifier", "compared with", "learned reward up", "verifier fails",
+                   "fooled: up and fails"], rows,
+                  "Fooled: how often the learned reward rose over the seed the method replaced while the verifier "
+                  "fails the image (last row: how often a random seed fails)")]
+
+
+def _pick_prompts(table: ConfigTable, n: int) -> list[int]:
+    """Up to n prompt positions, taken in turn from each tag so that every tag is shown."""
+    by_tag: dict[str, list[int]] = {}
+    for i, tag in enumerate(table.tags):
+        by_tag.setdefault(tag, []).append(i)
+    picked, queues = [], [list(v) for v in by_tag.values()]
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return sorted(picked)
+
+
+def _grid(a: ConfigAnalysis, run_dir: Path, n: int, name: str) -> list:
+    t = a.table
+    columns = ["random", "most stable", "least stable", *(f"best of K by {r}" for r in t.rewards), *t.optimized]
+    first = t.rewards[0] if t.rewards else None
+    rows = []
+    for p in _pick_prompts(t, n):
+        row = [f"{t.tags[p]}: {t.texts[p]}" if t.tags[p] else t.texts[p]]
+        for j, column in enumerate(columns):
+            m = a.methods[column]
+            path = m.image[p]
+            png = thumbnail(run_dir / path) if path else None
+            caption = f"stability {fmt_value(m.shown_stability[p])}"
+            if first:
+                caption += f" · {first} {fmt_value(m.shown_values[first][p], a.binary[first])}"
+            row.append(Image(png, f"{name}-grid-{t.prompt_idx[p]}-{j}.png", caption) if png else MISSING)
+        rows.append(row)
+    if not rows:
+        return []
+    headers = ["prompt", "random (first seed)", *columns[1:]]
+    return [Table(headers, rows, f"Images of {_prompts(len(rows))} (each tile: stability · {first or 'no reward'})")]
+
+
+def _sweeps(analyses: list[ConfigAnalysis]) -> list:
+    """Gain over random against steps (or guidance) where configs differ only in that."""
+    blocks = []
+    for axis in SWEEP_AXES:
+        others = [f for f in ("prompt_set", *SETTING_FIELDS) if f != axis]
+        groups: dict[tuple, dict] = {}
+        for a in analyses:
+            groups.setdefault(tuple(getattr(a.config, f) for f in others), {}).setdefault(getattr(a.config, axis), a)
+        for key, by_x in groups.items():
+            if len(by_x) < 2:
+                continue
+            xs = sorted(by_x)
+            members = [by_x[x] for x in xs]
+            methods = [n for n in _rows_union(members) if n != "random" and not n.startswith(ABLATION_PREFIX)]
+            rewards = list(dict.fromkeys(r for a in members for r in a.table.rewards))
+            series = {r: {n: [a.vs_random.get(n, {}).get(r) for a in members] for n in methods} for r in rewards}
+            c = members[0].config
+            title = (f"{c.prompt_set} · {c.model}" + ("" if axis == "steps" else f" · {c.steps} steps")
+                     + ("" if axis == "guidance" else f" · guidance {c.guidance:g}"))
+            blocks.append(Heading(f"Sweep over {axis}: {title}", 3))
+            for r in rewards:
+                pct = any(a.binary.get(r, False) for a in members)
+                blocks.append(Table([f"method \\ {axis}", *(f"{x:g}" for x in xs)],
+                                    [[n, *(fmt_ci(ci, pct, signed=True, mark=True) for ci in series[r][n])]
+                                     for n in methods], f"{r}: gain over random; * = the interval excludes 0"))
+            name = f"sweep-{axis}-{'-'.join(str(a.config.id) for a in members)}"
+            percent = {r: any(a.binary.get(r, False) for a in members) for r in rewards}
+            blocks.append(Image(plot_sweep(axis, xs, series, percent, title), f"{name}.png",
+                                f"Gain over random vs {axis}, with 95% intervals over prompts"))
+    return [Heading("Sweeps"), *blocks] if blocks else []
+
+
+def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int = 0) -> list:
+    """The report's blocks."""
+    analyses = [analyze(t, n_boot, seed) for t in results.tables]
+    blocks = _header(results, analyses) + _table1(analyses) + _sweeps(analyses)
+    for a in analyses:
+        name = f"config-{a.config.id}"
+        blocks += [Heading(f"Config {a.config.id}: {a.config.label()} ({_prompts(a.table.n_prompts)})"),
+                   Heading("Differences", 3), *_differences(a),
+                   Heading("Win rates", 3), *_win_rates(a),
+                   Heading("Stability and reward", 3), *_correlation(a), *_decile_section(a, name),
+                   Heading("Cost", 3), *_costs(a)]
+        if a.fooled:
+            blocks += [Heading("Fooled rewards", 3), *_fooled(a)]
+        if grid_prompts > 0:
+            blocks += [Heading("Images", 3), *_grid(a, results.run_dir, grid_prompts, name)]
+    return blocks
+
+
+def write_report(run_dir, out_html=None, out_md=None, grid_prompts: int = 8, n_boot: int = 1000,
+                 seed: int = 0) -> tuple[Path, Path]:
+    """Write RUN/report.html (self-contained) and RUN/report.md (plots in report_files/ next to it)."""
+    results = load_results(run_dir)
+    blocks = build(results, grid_prompts, n_boot, seed)
+    title = f"stablenoise bench report: {results.run_dir.resolve().name}"
+    html_path = Path(out_html) if out_html else results.run_dir / "report.html"
+    md_path = Path(out_md) if out_md else results.run_dir / "report.md"
+    for path in (html_path, md_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(render_html(title, blocks), encoding="utf-8")
+    md_path.write_text(render_markdown(title, blocks, md_path.parent / f"{md_path.stem}_files"), encoding="utf-8")
+    return html_path, md_path

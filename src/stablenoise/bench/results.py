@@ -1,0 +1,299 @@
+"""Reading a bench results store into arrays, and deriving the compared methods from them.
+
+Each run config becomes a ``ConfigTable``: its seed rows as (prompt, seed rank) arrays and its optimizing
+methods' rows as per-prompt arrays, NaN wherever a row or score is missing (a run still in progress, a
+NULL stability). The selection methods are read off the seed rows here, so they need no rows of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StablenoiseError
+from .schema import SCHEMA_VERSION, SEED_METHOD, STABILITY_PREFIX
+
+STORE_NAME = "bench.sqlite"  # the store's file in a run folder (as the bench runner writes it)
+ABLATION_KS = (1, 4, 16, 100)  # "most stable of k": the first k seeds only
+COSTS = ("unet_calls", "reward_calls", "seconds")
+
+
+@dataclass(frozen=True)
+class Config:
+    id: int
+    prompt_set: str
+    model: str
+    steps: int
+    guidance: float
+    inversion_guidance: float
+    k: int
+    first_seed: int
+    settings: dict  # configs.json: the full config
+    versions: dict
+
+    def label(self) -> str:
+        return (f"{self.prompt_set} · {self.model} · {self.steps} steps · guidance {self.guidance:g} · "
+                f"inversion guidance {self.inversion_guidance:g} · K={self.k}")
+
+
+@dataclass
+class Rows:
+    """Samples as arrays: shape (prompts, seeds) for the seed rows, (prompts,) for an optimizing method."""
+    seed: np.ndarray
+    stability: np.ndarray
+    scores: dict[str, np.ndarray]  # rewards and stability variants
+    unet_calls: np.ndarray
+    image_calls: np.ndarray
+    reward_calls: np.ndarray
+    seconds: np.ndarray
+    variant_calls: np.ndarray  # extra["variant_calls"]: what the stability variants' inversions cost
+    image: np.ndarray  # object: path relative to the run folder, or None
+
+
+@dataclass
+class ConfigTable:
+    config: Config
+    prompt_idx: list[int]
+    texts: list[str]
+    tags: list[str]
+    seeds: Rows  # (P, K); column = seed_rank
+    optimized: dict[str, Rows]  # method label -> (P,) rows
+    rewards: list[str]
+    variants: list[str]  # score names starting with STABILITY_PREFIX
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompt_idx)
+
+
+@dataclass
+class Results:
+    run_dir: Path
+    meta: dict
+    tables: list[ConfigTable]
+
+
+@dataclass
+class Method:
+    """One compared method's per-prompt outcome (arrays of shape (prompts,), NaN where unknown)."""
+    name: str
+    kind: str  # "random", "selection" or "optimizing"
+    values: dict[str, np.ndarray]  # reward -> value
+    stability: np.ndarray
+    cost: dict[str, np.ndarray]  # COSTS -> per prompt
+    # What an image grid shows: for "random" the first seed (its values are a mean over seeds).
+    image: np.ndarray
+    shown_stability: np.ndarray
+    shown_values: dict[str, np.ndarray]
+    start: dict[str, np.ndarray] | None = field(default=None)  # optimizing: its starting seed's values
+
+
+def _json(text) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _float(x) -> float:
+    return np.nan if x is None else float(x)
+
+
+def load_results(run_dir) -> Results:
+    """Every config of a run folder's store, as ``ConfigTable`` arrays. Read-only: safe while a run writes."""
+    run = Path(run_dir)
+    path = run / STORE_NAME
+    if not path.is_file():
+        raise StablenoiseError(f"{run}: no bench results store ({STORE_NAME})")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return _read(db, run, path)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise StablenoiseError(f"{path}: not a readable bench store ({_one_line(e)})") from None
+
+
+def _read(db: sqlite3.Connection, run: Path, path: Path) -> Results:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+        raise StablenoiseError(f"{path}: not a bench store (no meta table)")
+    meta = dict(db.execute("SELECT key, value FROM meta"))
+    version = meta.get("schema_version")
+    if version != str(SCHEMA_VERSION):
+        raise StablenoiseError(f"{path}: schema version {version}, but this stablenoise reads version "
+                               f"{SCHEMA_VERSION}")
+    samples = db.execute("SELECT id, config_id, prompt_idx, method, seed, seed_rank, stability, image_path, "
+                         "unet_calls, image_calls, reward_calls, seconds, extra FROM samples ORDER BY id").fetchall()
+    if not samples:
+        raise StablenoiseError(f"{path}: the store has no samples yet")
+    scores: dict[int, dict[str, float]] = {}
+    for sample_id, name, value in db.execute("SELECT sample_id, name, value FROM scores"):
+        scores.setdefault(sample_id, {})[name] = _float(value)
+    prompts: dict[int, dict[int, tuple[str, str]]] = {}
+    for cid, idx, text, tag in db.execute("SELECT config_id, idx, text, tag FROM prompts"):
+        prompts.setdefault(cid, {})[idx] = (text, tag or "")
+    by_config: dict[int, list] = {}
+    for row in samples:
+        by_config.setdefault(row[1], []).append(row)
+    tables = []
+    for r in db.execute("SELECT id, prompt_set, model, steps, guidance, inversion_guidance, k, first_seed, json, "
+                        "versions FROM configs ORDER BY id"):
+        if r[0] in by_config:  # a config whose first batch has not committed yet has nothing to show
+            config = Config(*r[:8], settings=_json(r[8]), versions=_json(r[9]))
+            tables.append(_table(config, prompts.get(config.id, {}), by_config[config.id], scores))
+    return Results(run, meta, tables)
+
+
+def _empty_rows(shape) -> Rows:
+    nan = np.full(shape, np.nan)
+    return Rows(seed=np.full(shape, -1, dtype=np.int64), stability=nan.copy(), scores={},
+                unet_calls=nan.copy(), image_calls=nan.copy(), reward_calls=nan.copy(), seconds=nan.copy(),
+                variant_calls=nan.copy(), image=np.full(shape, None, dtype=object))
+
+
+def _put(rows: Rows, at, sample, scores: dict[str, float]) -> None:
+    _, _, _, _, seed, _, stability, image, unet, image_calls, reward_calls, seconds, extra = sample
+    rows.seed[at], rows.stability[at], rows.image[at] = seed, _float(stability), image
+    rows.unet_calls[at], rows.image_calls[at], rows.reward_calls[at] = unet, image_calls, reward_calls
+    rows.seconds[at] = seconds
+    rows.variant_calls[at] = float(_json(extra).get("variant_calls", 0) or 0)
+    for name, value in scores.items():
+        rows.scores.setdefault(name, np.full(rows.stability.shape, np.nan))[at] = value
+
+
+def _table(config: Config, prompts: dict, samples: list, scores: dict) -> ConfigTable:
+    prompt_idx = sorted(set(prompts) | {s[2] for s in samples})
+    position = {idx: i for i, idx in enumerate(prompt_idx)}
+    seed_rows = [s for s in samples if s[3] == SEED_METHOD]
+    k = max([config.k] + [s[5] + 1 for s in seed_rows])
+    seeds = _empty_rows((len(prompt_idx), k))
+    optimized: dict[str, Rows] = {}
+    for s in samples:
+        if s[3] == SEED_METHOD:
+            _put(seeds, (position[s[2]], s[5]), s, scores.get(s[0], {}))
+        else:
+            rows = optimized.setdefault(s[3], _empty_rows(len(prompt_idx)))
+            _put(rows, position[s[2]], s, scores.get(s[0], {}))
+    names = dict.fromkeys(n for rows in [seeds, *optimized.values()] for n in rows.scores)
+    for rows in [seeds, *optimized.values()]:  # every reward everywhere, NaN where not scored
+        for name in names:
+            rows.scores.setdefault(name, np.full(rows.stability.shape, np.nan))
+    return ConfigTable(
+        config=config, prompt_idx=prompt_idx,
+        texts=[prompts.get(i, ("", ""))[0] for i in prompt_idx], tags=[prompts.get(i, ("", ""))[1] for i in prompt_idx],
+        seeds=seeds, optimized=optimized,
+        rewards=sorted(n for n in names if not n.startswith(STABILITY_PREFIX)),
+        variants=sorted(n for n in names if n.startswith(STABILITY_PREFIX)))
+
+
+# ----------------------------------------------------------------------------- methods
+
+def _pick(values: np.ndarray, largest: bool = True) -> np.ndarray:
+    """Per row, the column of the largest (smallest) finite value; -1 where none is finite (so a NULL
+    stability or reward never wins)."""
+    known = np.isfinite(values)
+    filled = np.where(known, values if largest else -values, -np.inf)
+    idx = filled.argmax(axis=1)
+    idx[~known.any(axis=1)] = -1
+    return idx
+
+
+def _take(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    out = values[np.arange(len(idx)), np.maximum(idx, 0)]
+    if out.dtype == object:
+        out[idx < 0] = None
+    else:
+        out = np.where(idx < 0, np.nan, out)
+    return out
+
+
+def _sum(values: np.ndarray) -> np.ndarray:
+    """Per-prompt sum over the seeds present; NaN for a prompt without seeds."""
+    return np.where(np.isfinite(values).any(axis=1), np.nansum(values, axis=1), np.nan)
+
+
+def _mean(values: np.ndarray) -> np.ndarray:
+    """Per-prompt mean over the seeds present; NaN (without numpy's empty-slice warning) when none is."""
+    known = np.isfinite(values)
+    return np.where(known.any(axis=1), np.where(known, values, 0).sum(axis=1) / np.maximum(known.sum(axis=1), 1),
+                    np.nan)
+
+
+def _image_seconds(seeds: Rows) -> np.ndarray:
+    """The share of a seed row's seconds its image alone took (the row's time covers the whole round trip)."""
+    return seeds.seconds * seeds.image_calls / np.where(seeds.unet_calls > 0, seeds.unet_calls, np.nan)
+
+
+def _selected(name: str, t: ConfigTable, idx: np.ndarray, cost: dict) -> Method:
+    s = t.seeds
+    values = {r: _take(s.scores[r], idx) for r in t.rewards}
+    stability = _take(s.stability, idx)
+    return Method(name, "selection", values, stability, cost, _take(s.image, idx), stability, values)
+
+
+def derive_methods(table: ConfigTable, ks=ABLATION_KS) -> dict[str, Method]:
+    """The compared methods of one config, in report order: random, most/least stable, the stability
+    variants, the K ablation, best of K by each reward, then the optimizing methods as stored.
+
+    Costs per prompt: random = one image (the mean image_calls of the seed rows); a stability selection =
+    the UNet calls of every seed it scored (plus the variant's extra inversions); best of K by a reward =
+    K images and K reward calls. Seconds of image-only costs are the image's share of the seed rows' time."""
+    s = table.seeds
+    k = s.stability.shape[1]
+    scored = {"unet_calls": _sum(s.unet_calls), "reward_calls": _sum(s.reward_calls), "seconds": _sum(s.seconds)}
+    first = np.zeros(table.n_prompts, dtype=int)
+    first[~np.isfinite(s.unet_calls[:, 0])] = -1
+    one_image = {"unet_calls": _mean(s.image_calls), "reward_calls": np.zeros(table.n_prompts),
+                 "seconds": _mean(_image_seconds(s))}
+    methods = {"random": Method(
+        "random", "random", {r: _mean(s.scores[r]) for r in table.rewards}, _mean(s.stability), one_image,
+        _take(s.image, first), _take(s.stability, first), {r: _take(s.scores[r], first) for r in table.rewards})}
+    methods["most stable"] = _selected("most stable", table, _pick(s.stability), scored)
+    methods["least stable"] = _selected("least stable", table, _pick(s.stability, largest=False), scored)
+    for variant in table.variants:
+        name = f"most stable ({variant[len(STABILITY_PREFIX):]})"
+        cost = {**scored, "unet_calls": _sum(s.unet_calls + s.variant_calls)}
+        methods[name] = _selected(name, table, _pick(s.scores[variant]), cost)
+    for n in ks:
+        if n < k:
+            head = slice(0, n)
+            if n == 1:  # the first seed: nothing to choose (even if its stability is NULL), nothing to score
+                idx = first
+                cost = {"unet_calls": s.image_calls[:, 0], "reward_calls": np.zeros(table.n_prompts),
+                        "seconds": _image_seconds(s)[:, 0]}
+            else:
+                idx = _pick(s.stability[:, head])
+                cost = {"unet_calls": _sum(s.unet_calls[:, head]), "reward_calls": _sum(s.reward_calls[:, head]),
+                        "seconds": _sum(s.seconds[:, head])}
+            methods[f"most stable of {n}"] = _selected(f"most stable of {n}", table, idx, cost)
+    for reward in table.rewards:
+        images = np.isfinite(s.image_calls)
+        cost = {"unet_calls": _sum(s.image_calls), "reward_calls": _sum(s.reward_calls) + images.sum(axis=1),
+                "seconds": _sum(_image_seconds(s))}
+        methods[f"best of K by {reward}"] = _selected(f"best of K by {reward}", table, _pick(s.scores[reward]), cost)
+    for label, rows in table.optimized.items():
+        values = {r: rows.scores[r] for r in table.rewards}
+        start = np.array([_rank_of(s.seed[p], seed) for p, seed in enumerate(rows.seed)], dtype=int)
+        methods[label] = Method(label, "optimizing", values, rows.stability,
+                                {"unet_calls": rows.unet_calls, "reward_calls": rows.reward_calls,
+                                 "seconds": rows.seconds},
+                                rows.image, rows.stability, values,
+                                start={"stability": _take(s.stability, start),
+                                       **{r: _take(s.scores[r], start) for r in table.rewards}})
+    return methods
+
+
+def _rank_of(prompt_seeds: np.ndarray, seed: int) -> int:
+    """The seed rank of ``seed`` among a prompt's seed rows; -1 if it is not one of them."""
+    hits = np.flatnonzero(prompt_seeds == seed) if seed >= 0 else []
+    return int(hits[0]) if len(hits) else -1

@@ -1,0 +1,124 @@
+"""The package's statistics: bootstrap intervals over prompts, paired differences, win rates, Spearman
+correlations and stability deciles. Pure numpy/scipy.
+
+Prompts are the independent units: a prompt's K seeds share the prompt, so resampling seeds instead of
+prompts would give intervals that are too narrow. Every resampling draws from a seeded numpy Generator
+(``rng``: a Generator, an int seed, or None for seed 0), so a report is reproducible to the digit.
+
+Every interval is a dict ``{"mean", "lo", "hi", "n"}``: ``mean`` is the estimate (for the pooled Spearman,
+the pooled rho), ``lo``/``hi`` the 95% percentile interval and ``n`` the prompts it rests on. NaN values
+(missing scores) are skipped and counted out of ``n``; with nothing left the answer is None, never NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+ALPHA = 0.05  # two-sided: 95% intervals
+DECILES = 10
+
+
+def _rng(rng) -> np.random.Generator:
+    return np.random.default_rng(0 if rng is None else rng)
+
+
+def _interval(estimate: float, replicates: np.ndarray, n: int) -> dict:
+    replicates = replicates[np.isfinite(replicates)]
+    lo, hi = np.percentile(replicates, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)]) if len(replicates) else (
+        estimate, estimate)
+    return {"mean": float(estimate), "lo": float(lo), "hi": float(hi), "n": int(n)}
+
+
+def _bootstrap(statistic, n: int, n_boot: int, rng) -> np.ndarray:
+    """``statistic(indices)`` on n_boot resamples (with replacement) of the n prompts."""
+    rng = _rng(rng)
+    return np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
+
+
+def mean_ci(values, n_boot: int = 1000, rng=None) -> dict | None:
+    """Mean over prompts with a 95% bootstrap percentile interval; NaN values skipped."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return None
+    # All resamples at once: an (n_boot, n) index matrix is small next to the reports' prompt counts.
+    replicates = v[_rng(rng).integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
+    return _interval(v.mean(), replicates, len(v))
+
+
+def paired_diff_ci(a, b, n_boot: int = 1000, rng=None) -> dict | None:
+    """Mean of a - b over the prompts where both are known. Resampling the per-prompt differences keeps
+    each prompt's pair together, so the prompt-to-prompt spread that a and b share cancels out."""
+    return mean_ci(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), n_boot, rng)
+
+
+def win_rate(a, b, n_boot: int = 1000, rng=None) -> dict | None:
+    """Share of prompts where a beats b, a tie counting half (so identical methods score exactly 0.5)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    wins = np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
+    wins[np.isnan(a) | np.isnan(b)] = np.nan
+    return mean_ci(wins, n_boot, rng)
+
+
+def spearman(x, y) -> float:
+    """Spearman's rho (average ranks for ties) of the pairs where both are finite; NaN when either side is
+    constant, where rho is undefined."""
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    keep = np.isfinite(x) & np.isfinite(y)
+    rx, ry = rankdata(x[keep]), rankdata(y[keep])
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def within_prompt_spearman(stability, reward, n_boot: int = 1000, rng=None) -> dict | None:
+    """Mean over prompts of each prompt's Spearman between its seeds' stability and reward (arrays of
+    shape (prompts, K)), with a bootstrap interval over prompts. Within a prompt, because prompts differ in
+    both stability and reward level, and a pooled correlation mixes that in. Prompts whose stability or
+    reward is constant have no rho and are skipped (counted in ``skipped``)."""
+    s, r = np.atleast_2d(np.asarray(stability, dtype=float)), np.atleast_2d(np.asarray(reward, dtype=float))
+    rhos = np.array([spearman(si, ri) for si, ri in zip(s, r)])
+    out = mean_ci(rhos, n_boot, rng)
+    return None if out is None else {**out, "skipped": int(np.isnan(rhos).sum())}
+
+
+def pooled_spearman(stability, reward, n_boot: int = 1000, rng=None) -> dict | None:
+    """Spearman over all (prompt, seed) pairs pooled; the interval resamples whole prompts."""
+    s, r = np.atleast_2d(np.asarray(stability, dtype=float)), np.atleast_2d(np.asarray(reward, dtype=float))
+    rho = spearman(s, r)
+    if np.isnan(rho):
+        return None
+    replicates = _bootstrap(lambda idx: spearman(s[idx], r[idx]), len(s), n_boot, rng)
+    return _interval(rho, replicates, len(s))
+
+
+def stability_deciles(stability, bins: int = DECILES) -> np.ndarray:
+    """Each seed's within-prompt stability decile, 1 = least stable tenth (0 where stability is unknown).
+
+    A seed of rank r (0 = least stable) among a prompt's m known seeds falls in decile
+    floor(bins * (r + 0.5) / m) + 1: with m = 100 these are exact tenths, and with fewer seeds than bins
+    the least stable seed is still decile 1 and the most stable decile ``bins``."""
+    s = np.atleast_2d(np.asarray(stability, dtype=float))
+    out = np.zeros(s.shape, dtype=int)
+    for row, values in zip(out, s):
+        known = np.flatnonzero(np.isfinite(values))
+        rank = np.empty(len(known), dtype=int)
+        rank[np.argsort(values[known], kind="stable")] = np.arange(len(known))
+        row[known] = np.floor(bins * (rank + 0.5) / len(known)).astype(int) + 1
+    return out
+
+
+def by_decile(stability, reward, n_boot: int = 1000, rng=None, bins: int = DECILES) -> list[dict | None]:
+    """Mean reward per within-prompt stability decile (index 0 = decile 1, the least stable), each with a
+    bootstrap interval over prompts: a prompt contributes the mean reward of its seeds in that decile."""
+    rng = _rng(rng)
+    decile = stability_deciles(stability, bins)
+    r = np.atleast_2d(np.asarray(reward, dtype=float))
+    out = []
+    for d in range(1, bins + 1):
+        in_d = (decile == d) & np.isfinite(r)
+        counts = in_d.sum(axis=1)
+        per_prompt = np.where(in_d, r, 0.0).sum(axis=1) / np.maximum(counts, 1)
+        out.append(mean_ci(np.where(counts > 0, per_prompt, np.nan), n_boot, rng))
+    return out

@@ -1,0 +1,274 @@
+"""The bench report on small synthetic stores whose right answers are known by construction."""
+
+import json
+import re
+import sqlite3
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from stablenoise.bench.document import Image as Picture
+from stablenoise.bench.document import Table
+from stablenoise.bench.report import build, derive_methods, load_results, write_report
+from stablenoise.bench.schema import DDL, SCHEMA_VERSION, SEED_METHOD
+from stablenoise.cli import main
+from stablenoise.errors import StablenoiseError
+
+K, PROMPTS, TAGS = 8, 6, ["circles", "circles", "squares", "squares", "counts", "counts"]
+VARIANT = "stability@inversion_guidance=1"
+VARIANT_CALLS = 20
+OPT_UNET, OPT_SECONDS = 500, 5.0
+N_BOOT = 100
+
+
+def _png(run, rel, color):
+    path = run / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), color).save(path)
+    return rel
+
+
+def make_store(run, configs=(("toyset", 10, 1.0), ("toyset", 20, 1.0)), schema_version=SCHEMA_VERSION,
+               with_samples=True):
+    """Configs (prompt set, steps, guidance), by default two differing in steps; per config the truth as
+    (prompt, seed rank) arrays.
+
+    toy = 10 * stability + prompt index, so within a prompt the most stable seed has the highest toy reward;
+    the seed of rank 5 of prompt 0 has a NULL stability and the highest toy reward of all (so it must never
+    be the most stable, but is the best by toy). The stability variant ranks seeds in reverse. One
+    optimizing method starts from each prompt's first seed: toy +1 over it, stability 0.99, verifier fails.
+    The second config lacks the last seed and the optimized row of its last prompt (a run in progress)."""
+    run.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(run / "bench.sqlite")
+    db.executescript(DDL)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(schema_version),))
+    rng = np.random.default_rng(0)
+    truth = {}
+    for c, (prompt_set, n_steps, guidance) in enumerate(configs, start=1):
+        db.execute("INSERT INTO configs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                   (c, f"digest{c}", prompt_set, "shapes", n_steps, guidance, 1.0, K, 0,
+                    json.dumps({"command": "stablenoise bench --prompts toyset"}),
+                    json.dumps({"torch": "2.3.0", "stablenoise": "0.1.0"}), "2024-01-01"))
+        db.executemany("INSERT INTO prompts VALUES (?,?,?,?)",
+                       [(c, i, f"prompt {i} of {TAGS[i]}", TAGS[i]) for i in range(PROMPTS)])
+        stab = 0.5 + 0.05 * np.array([rng.permutation(K) for _ in range(PROMPTS)], dtype=float)
+        toy = 10 * stab + np.arange(PROMPTS)[:, None]
+        verifier = (rng.random((PROMPTS, K)) < 0.5).astype(float)
+        stab[0, 5], toy[0, 5], verifier[0, 5] = np.nan, 100.0, 1.0
+        variant = 2.0 - stab
+        present = np.ones((PROMPTS, K), dtype=bool)
+        if c == 2:
+            present[PROMPTS - 1, K - 1] = False
+        t = {"stab": stab, "toy": toy, "verifier": verifier, "variant": variant, "present": present,
+             "unet": 2 * n_steps, "image": n_steps}
+        truth[c] = t
+        sid = 100 * c
+        for p in range(PROMPTS):
+            for j in range(K):
+                if not present[p, j]:
+                    continue
+                sid += 1
+                seed = p * K + j
+                db.execute("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           (sid, c, p, SEED_METHOD, seed, j, None if np.isnan(stab[p, j]) else stab[p, j],
+                            _png(run, f"images/c{c}/p{p}-s{j}.png", (30 * j, 40 * p, 100)), None, 2 * n_steps,
+                            n_steps, 0, 1.0, json.dumps({"variant_calls": VARIANT_CALLS}), "now"))
+                db.executemany("INSERT INTO scores VALUES (?,?,?)",
+                               [(sid, "toy", toy[p, j]), (sid, "shapes-verifier", verifier[p, j]),
+                                (sid, VARIANT, None if np.isnan(variant[p, j]) else variant[p, j])])
+            if c == 2 and p == PROMPTS - 1:
+                continue
+            sid += 1
+            db.execute("INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (sid, c, p, "optimize", p * K, 0, 0.99, _png(run, f"images/c{c}/p{p}-opt.png", "white"),
+                        "noise.safetensors", OPT_UNET, n_steps, 0, OPT_SECONDS, "{}", "now"))
+            db.executemany("INSERT INTO scores VALUES (?,?,?)",
+                           [(sid, "toy", toy[p, 0] + 1.0), (sid, "shapes-verifier", 0.0)])
+    if not with_samples:
+        db.execute("DELETE FROM scores")
+        db.execute("DELETE FROM samples")
+    db.commit()
+    db.close()
+    return truth
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    return run, make_store(run)
+
+
+@pytest.fixture(scope="module")
+def written(store):
+    run, truth = store
+    html, md = write_report(run, n_boot=N_BOOT)
+    return run, truth, html.read_text(), md.read_text()
+
+
+def _methods(store, config_id):
+    run, truth = store
+    table = next(t for t in load_results(run).tables if t.config.id == config_id)
+    return table, derive_methods(table), truth[config_id]
+
+
+def _masked_max(values, keep):
+    return np.where(keep, values, -np.inf).max(axis=1)
+
+
+def test_load_results_reads_every_config_into_arrays(store):
+    run, truth = store
+    results = load_results(run)
+    assert [t.config.steps for t in results.tables] == [10, 20]
+    t = results.tables[0]
+    assert t.rewards == ["shapes-verifier", "toy"] and t.variants == [VARIANT]
+    assert t.tags == TAGS and t.texts[2] == "prompt 2 of squares"
+    np.testing.assert_array_equal(t.seeds.scores["toy"], truth[1]["toy"])
+    assert np.isnan(t.seeds.stability[0, 5])
+    assert list(t.optimized) == ["optimize"] and t.config.settings["command"].startswith("stablenoise bench")
+    assert np.isnan(results.tables[1].seeds.stability[PROMPTS - 1, K - 1])  # the missing row
+
+
+def test_selection_methods_by_construction(store):
+    table, m, t = _methods(store, 1)
+    known = np.isfinite(t["stab"])
+    assert list(m)[:6] == ["random", "most stable", "least stable", "most stable (inversion_guidance=1)",
+                           "most stable of 1", "most stable of 4"]
+    np.testing.assert_allclose(m["random"].values["toy"], t["toy"].mean(axis=1))
+    np.testing.assert_allclose(m["random"].values["shapes-verifier"], t["verifier"].mean(axis=1))
+    # most stable = the highest toy among seeds with a stability: the NULL-stability seed never wins
+    np.testing.assert_allclose(m["most stable"].values["toy"], _masked_max(t["toy"], known))
+    np.testing.assert_allclose(m["least stable"].values["toy"], -_masked_max(-t["toy"], known))
+    np.testing.assert_allclose(m["most stable"].stability, np.nanmax(t["stab"], axis=1))
+    # the variant ranks in reverse: its most stable is the least stable
+    np.testing.assert_allclose(m["most stable (inversion_guidance=1)"].values["toy"], m["least stable"].values["toy"])
+    # the K ablation looks at the first k seeds only
+    np.testing.assert_allclose(m["most stable of 1"].values["toy"], t["toy"][:, 0])
+    np.testing.assert_allclose(m["most stable of 4"].values["toy"], _masked_max(t["toy"][:, :4], known[:, :4]))
+    # best of K by a reward: argmax of that reward, and its values on every reward
+    best = t["toy"].argmax(axis=1)
+    assert best[0] == 5
+    np.testing.assert_allclose(m["best of K by toy"].values["toy"], t["toy"].max(axis=1))
+    np.testing.assert_allclose(m["best of K by toy"].values["shapes-verifier"],
+                               t["verifier"][np.arange(PROMPTS), best])
+    np.testing.assert_allclose(m["best of K by shapes-verifier"].values["shapes-verifier"], t["verifier"].max(axis=1))
+    # grids show the first seed for random
+    assert m["random"].image[3] == "images/c1/p3-s0.png"
+    np.testing.assert_allclose(m["random"].shown_values["toy"], t["toy"][:, 0])
+
+
+def test_optimizing_methods_keep_their_rows_and_start_seed(store):
+    _, m, t = _methods(store, 1)
+    opt = m["optimize"]
+    assert opt.kind == "optimizing" and list(m)[-1] == "optimize"
+    np.testing.assert_allclose(opt.values["toy"], t["toy"][:, 0] + 1)
+    np.testing.assert_allclose(opt.start["toy"], t["toy"][:, 0])
+    np.testing.assert_allclose(opt.stability, 0.99)
+
+
+def test_costs_per_method(store):
+    _, m, t = _methods(store, 1)
+    unet, image = t["unet"], t["image"]
+
+    def cost(name):
+        return {k: float(np.mean(v)) for k, v in m[name].cost.items()}
+
+    assert cost("random") == {"unet_calls": image, "reward_calls": 0, "seconds": 1.0 * image / unet}
+    assert cost("most stable") == {"unet_calls": K * unet, "reward_calls": 0, "seconds": K * 1.0}
+    assert cost("least stable") == cost("most stable")
+    assert cost("most stable (inversion_guidance=1)")["unet_calls"] == K * (unet + VARIANT_CALLS)
+    assert cost("most stable of 4")["unet_calls"] == 4 * unet
+    assert cost("most stable of 1")["unet_calls"] == image  # nothing to choose from: no scoring
+    assert cost("best of K by toy") == {"unet_calls": K * image, "reward_calls": K, "seconds": K * image / unet}
+    assert cost("optimize") == {"unet_calls": OPT_UNET, "reward_calls": 0, "seconds": OPT_SECONDS}
+
+
+def test_a_run_in_progress_leaves_gaps_not_errors(store):
+    _, m, t = _methods(store, 2)
+    last = PROMPTS - 1
+    assert m["most stable"].cost["unet_calls"][last] == (K - 1) * t["unet"]
+    assert m["random"].values["toy"][last] == pytest.approx(t["toy"][last, :K - 1].mean())
+    assert np.isnan(m["optimize"].values["toy"][last])
+
+
+def test_report_tables_show_the_expected_values(written):
+    run, truth, html, md = written
+    t = truth[1]
+    most_stable_toy = _masked_max(t["toy"], np.isfinite(t["stab"])).mean()
+    random_pass = 100 * t["verifier"].mean()
+    for text in (html, md):
+        assert f"{t['toy'].mean(axis=1).mean():.3f} [" in text  # random, toy
+        assert f"{most_stable_toy:.3f} [" in text
+        assert f"{random_pass:.1f}% [" in text  # a 0/1 reward as a percentage
+        assert "+1.000 [1.000, 1.000] *" in text  # optimize vs its start seed: exactly +1 toy
+        assert "+1.000 [1.000, 1.000]" in text  # within-prompt Spearman(stability, toy) = 1
+        assert "stablenoise bench --prompts toyset" in text and "2.3.0" in text
+        assert "Sweep over steps" in text and "Fooled" in text
+    assert "most stable of 4" in html and "best of K by toy" in html
+    # the cost table: best of K by toy = 8 images of 10 UNet calls and 8 reward calls
+    assert re.search(r"<td>best of K by toy</td><td>80</td><td>8</td>", html)
+
+
+def test_report_html_is_self_contained_and_never_shows_nan(written):
+    run, _, html, md = written
+    assert html.count("data:image/png;base64,") >= 10  # plots and grid tiles embedded
+    assert "<script" not in html and 'src="images/' not in html
+    without_data = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+    assert "nan" not in without_data.lower() and "nan" not in md.lower()
+    files = sorted(p.name for p in (run / "report_files").iterdir())
+    assert "config-1-deciles.png" in files and any(f.startswith("sweep-steps") for f in files)
+    assert all(f"report_files/{f}" in md for f in files)
+    tile = next(f for f in files if "-grid-" in f)
+    assert Image.open(run / "report_files" / tile).size == (96, 96)  # 32x32 enlarged, pixel for pixel
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Plots take most of a report's time; tests of its structure do without them."""
+    import stablenoise.bench.report as report
+
+    monkeypatch.setattr(report, "plot_deciles", lambda *args: b"png")
+    monkeypatch.setattr(report, "plot_sweep", lambda *args: b"png")
+
+
+def test_prompt_sets_side_by_side_and_a_guidance_sweep(tmp_path, no_plots):
+    make_store(tmp_path, configs=[("toyset", 10, 1.0), ("other", 10, 1.0), ("toyset", 10, 3.0)])
+    blocks = build(load_results(tmp_path), grid_prompts=0, n_boot=20)
+    table1 = [b for b in blocks if isinstance(b, Table) and b.groups]
+    assert len(table1) == 1  # toyset and other at guidance 1, side by side
+    assert [label for label, _ in table1[0].groups] == ["toyset (6 prompts)", "other (6 prompts)"]
+    assert table1[0].headers == ["method"] + 2 * ["stability", "shapes-verifier", "toy"]
+    sweeps = [b for b in blocks if isinstance(b, Picture) and b.name.startswith("sweep-")]
+    assert [b.name for b in sweeps] == ["sweep-guidance-1-3.png"]
+
+
+def _bad_stores(tmp_path):
+    make_store(tmp_path / "other-version", schema_version=SCHEMA_VERSION + 1)
+    make_store(tmp_path / "empty", with_samples=False)
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "bench.sqlite").write_text("not a database")
+    (tmp_path / "none").mkdir()
+    return {"other-version": "schema version", "empty": "no samples", "garbage": "not a readable bench store",
+            "none": "no bench results store"}
+
+
+def test_unusable_stores_give_one_line_errors(tmp_path):
+    for name, message in _bad_stores(tmp_path).items():
+        with pytest.raises(StablenoiseError, match=message) as e:
+            load_results(tmp_path / name)
+        assert "\n" not in str(e.value)
+        result = CliRunner().invoke(main, ["report", str(tmp_path / name)])
+        assert result.exit_code != 0 and message in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_report_command(store, tmp_path, no_plots):
+    run, _ = store
+    result = CliRunner().invoke(main, ["report", str(run), "--html", str(tmp_path / "r.html"),
+                                       "--md", str(tmp_path / "r.md"), "--grid-prompts", "2", "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "r_files").is_dir()
+    # two prompts of different tags in each config's grid
+    assert (tmp_path / "r.html").read_text().count("prompt 2 of squares") == 2

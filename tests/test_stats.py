@@ -1,0 +1,104 @@
+import math
+
+import numpy as np
+import pytest
+
+from stablenoise import stats
+
+NAN = math.nan
+
+
+def test_mean_ci_mean_n_and_nan_skipped():
+    r = stats.mean_ci([1.0, NAN, 3.0, 4.0], n_boot=500, rng=1)
+    assert r["mean"] == pytest.approx(8 / 3) and r["n"] == 3
+    assert 1.0 <= r["lo"] <= r["mean"] <= r["hi"] <= 4.0
+    assert stats.mean_ci([NAN, NAN]) is None and stats.mean_ci([]) is None
+    constant = stats.mean_ci([2.5] * 7)
+    assert (constant["lo"], constant["hi"]) == (2.5, 2.5)
+
+
+def test_mean_ci_is_a_95_percent_interval_that_shrinks_with_n():
+    # 0..99: standard error 28.87 / sqrt(100) = 2.887, so a 95% interval is about 2 * 1.96 * 2.887 = 11.3 wide.
+    r = stats.mean_ci(np.arange(100.0), n_boot=4000, rng=0)
+    assert r["hi"] - r["lo"] == pytest.approx(11.3, rel=0.08)
+    assert r["lo"] < 49.5 < r["hi"]
+    values = np.random.default_rng(3).normal(size=2000)
+    small, large = stats.mean_ci(values[:20], rng=0), stats.mean_ci(values, rng=0)
+    assert (large["hi"] - large["lo"]) < (small["hi"] - small["lo"]) / 5  # ~ 1/sqrt(100)
+
+
+def test_resampling_is_seeded():
+    values = np.random.default_rng(0).normal(size=30)
+    assert stats.mean_ci(values, rng=7) == stats.mean_ci(values, rng=7)
+    assert stats.mean_ci(values, rng=7) != stats.mean_ci(values, rng=8)
+
+
+def test_paired_difference_cancels_the_spread_between_prompts():
+    base = np.array([0.0, 10.0, -20.0, 35.0, 3.0, -7.0])
+    r = stats.paired_diff_ci(base + 1.0, base, rng=0)
+    assert r["mean"] == pytest.approx(1.0)
+    assert (r["lo"], r["hi"]) == pytest.approx((1.0, 1.0))  # unpaired, the interval would be ~ +-20 wide
+    # only prompts where both sides are known
+    r = stats.paired_diff_ci([1.0, NAN, 3.0], [0.0, 5.0, 1.0])
+    assert r["mean"] == pytest.approx(1.5) and r["n"] == 2
+
+
+def test_win_rate_counts_ties_half():
+    r = stats.win_rate([3.0, 2.0, 2.0, 1.0], [1.0, 2.0, 0.0, 1.0], rng=0)
+    assert r["mean"] == pytest.approx(0.75) and r["n"] == 4  # win, tie, win, tie
+    assert stats.win_rate([1.0, 1.0], [1.0, 1.0])["mean"] == 0.5
+    assert stats.win_rate([0.0, 5.0], [1.0, 4.0])["mean"] == 0.5
+    r = stats.win_rate([1.0, NAN, 0.0], [0.0, 1.0, NAN])
+    assert r["mean"] == 1.0 and r["n"] == 1
+
+
+@pytest.mark.filterwarnings("error")  # an undefined rho is skipped, not computed as NaN
+def test_spearman_hand_computed():
+    # d = [-1, 1, -1, 1, 0]: rho = 1 - 6 * 4 / (5 * 24) = 0.8
+    assert stats.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    assert math.isnan(stats.spearman([1, 2, 3], [1, 1, 1]))
+    # ties take average ranks: y ranks [1.5, 1.5, 3] -> Pearson of ranks
+    assert stats.spearman([1, 2, 3], [0, 0, 1]) == pytest.approx(np.sqrt(3) / 2)
+
+
+@pytest.mark.filterwarnings("error")  # an undefined rho is skipped, not computed as NaN
+def test_within_prompt_spearman_skips_constant_prompts():
+    s = np.array([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5.0]])
+    r = np.array([[2, 1, 4, 3, 5], [5, 4, 3, 2, 1], [7, 7, 7, 7, 7.0]])
+    out = stats.within_prompt_spearman(s, r, rng=0)
+    assert out["mean"] == pytest.approx((0.8 - 1.0) / 2)
+    assert (out["n"], out["skipped"]) == (2, 1)
+    assert (out["lo"], out["hi"]) == pytest.approx((-1.0, 0.8))
+    assert stats.within_prompt_spearman(s[2:], r[2:]) is None
+
+
+def test_within_prompt_and_pooled_spearman_differ_when_prompts_differ_in_level():
+    # Within each prompt reward rises with stability; across prompts the more stable prompt scores lower.
+    s = np.array([[1, 2, 3], [4, 5, 6.0]])
+    r = np.array([[10, 11, 12], [0, 1, 2.0]])
+    assert stats.within_prompt_spearman(s, r)["mean"] == pytest.approx(1.0)
+    pooled = stats.pooled_spearman(s, r, n_boot=200, rng=0)
+    assert pooled["mean"] == pytest.approx(1 - 6 * 54 / (6 * 35))  # ranks of r: 4 5 6 1 2 3
+    assert pooled["n"] == 2 and pooled["lo"] <= pooled["mean"] <= pooled["hi"] == pytest.approx(1.0)
+    assert stats.pooled_spearman([[1, 2]], [[3, 3]]) is None
+
+
+def test_stability_deciles_put_the_least_stable_first():
+    assert stats.stability_deciles(np.arange(100.0))[0].tolist() == [r // 10 + 1 for r in range(100)]
+    # K = 8 < 10 bins: the least stable seed is still decile 1 and the most stable decile 10
+    s = np.array([[0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, NAN, 0.6]])
+    d = stats.stability_deciles(s)[0]
+    assert d[1] == 1 and d[2] == 10 and d[7] == 0
+    assert d[[1, 5, 3, 0, 8, 4, 6, 2]].tolist() == sorted(d[[1, 5, 3, 0, 8, 4, 6, 2]].tolist())
+
+
+def test_reward_by_decile():
+    rng = np.random.default_rng(0)
+    stability = np.array([rng.permutation(10) for _ in range(4)], dtype=float)
+    reward = stability.copy()  # reward = the seed's stability rank 0..9 -> decile d has reward d - 1
+    reward[0, stability[0] == 9] = NAN  # an unknown reward leaves that prompt out of its decile
+    out = stats.by_decile(stability, reward, n_boot=200, rng=0)
+    assert [o["mean"] for o in out] == pytest.approx(list(range(10)))
+    assert out[9]["n"] == 3 and out[0]["n"] == 4
+    assert (out[0]["lo"], out[0]["hi"]) == (0.0, 0.0)
+    assert stats.by_decile([[1.0, 2.0]], [[NAN, NAN]])[0] is None
