@@ -45,12 +45,13 @@ def make_store(run, configs=(("toyset", 10, 1.0), ("toyset", 20, 1.0)), schema_v
     db.executescript(DDL)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(schema_version),))
+    db.execute("INSERT INTO meta VALUES ('commands', ?)", (json.dumps(["stablenoise bench --prompts toyset"]),))
     rng = np.random.default_rng(0)
     truth = {}
     for c, (prompt_set, n_steps, guidance) in enumerate(configs, start=1):
         db.execute("INSERT INTO configs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                    (c, f"digest{c}", prompt_set, "shapes", n_steps, guidance, 1.0, K, 0,
-                    json.dumps({"command": "stablenoise bench --prompts toyset"}),
+                    json.dumps({"prompt_set": prompt_set}),
                     json.dumps({"torch": "2.3.0", "stablenoise": "0.1.0"}), "2024-01-01"))
         db.executemany("INSERT INTO prompts VALUES (?,?,?,?)",
                        [(c, i, f"prompt {i} of {TAGS[i]}", TAGS[i]) for i in range(PROMPTS)])
@@ -127,7 +128,7 @@ def test_load_results_reads_every_config_into_arrays(store):
     assert t.tags == TAGS and t.texts[2] == "prompt 2 of squares"
     np.testing.assert_array_equal(t.seeds.scores["toy"], truth[1]["toy"])
     assert np.isnan(t.seeds.stability[0, 5])
-    assert list(t.optimized) == ["optimize"] and t.config.settings["command"].startswith("stablenoise bench")
+    assert list(t.optimized) == ["optimize"] and t.config.settings["prompt_set"] == t.config.prompt_set
     assert np.isnan(results.tables[1].seeds.stability[PROMPTS - 1, K - 1])  # the missing row
 
 

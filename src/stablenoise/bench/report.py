@@ -8,6 +8,8 @@ All intervals are 95% bootstrap intervals over prompts (``stablenoise.stats``), 
 
 from __future__ import annotations
 
+import json
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +188,11 @@ def _header(results: Results, analyses: list[ConfigAnalysis]) -> list:
     if versions:
         blocks.append(Table(["package", "version"], [[k, " / ".join(v)] for k, v in versions.items()],
                             "Package versions (of every config; several when configs differ)"))
-    commands = list(dict.fromkeys(str(c.settings["command"]) for c in configs if c.settings.get("command")))
+    # The runner keeps every command that wrote to the store in meta["commands"] (a JSON list).
+    try:
+        commands = [str(c) for c in json.loads(results.meta.get("commands", "[]"))]
+    except ValueError:
+        commands = []
     if commands:
         blocks += [Text("Command:"), *[Code(c) for c in commands]]
     blocks.append(Text(

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import StablenoiseError
 from .schema import SCHEMA_VERSION, SEED_METHOD, STABILITY_PREFIX
+from .store import STORE_NAME
 
-STORE_NAME = "bench.sqlite"  # the store's file in a run folder (as the bench runner writes it)
 ABLATION_KS = (1, 4, 16, 100)  # "most stable of k": the first k seeds only
 COSTS = ("unet_calls", "reward_calls", "seconds")
 
