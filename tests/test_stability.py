@@ -103,7 +103,8 @@ def test_degenerate_first_step_is_warned():
     from stablenoise.shapes import world
     from stablenoise.shapes.pipeline import ShapesPipeline
 
-    backend = sn.from_pipeline(ShapesPipeline.from_scratch(world.vocabulary()), timestep_spacing="trailing")
+    backend = sn.from_pipeline(ShapesPipeline.from_scratch(world.vocabulary(), schedule="cosine"),
+                             timestep_spacing="trailing")
     noise = sn.noises_from_seeds([0], backend.latent_shape)
     with pytest.warns(UserWarning, match="alpha_bar"):
         sn.stability(backend, "a red circle", noise, steps=2)
