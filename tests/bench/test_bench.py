@@ -130,6 +130,19 @@ def test_a_reward_added_later_scores_the_stored_images(tmp_path):
     assert r0["scores"]["shapes-clip"] == pytest.approx(float(clip([image], [prompt])[0]), abs=1e-4)
 
 
+def test_the_inversion_ablation_added_later_completes_the_stored_seeds(tmp_path):
+    out = tmp_path / "run"
+    base = ["--prompts", "shapes-heldout", "--limit", "2", "-k", "2", "--steps", "2", "--rewards", "shapes-verifier",
+            "--no-report", "--out", out]
+    assert invoke(*base, "--methods", "random").exit_code == 0
+    r = invoke(*base, "--methods", "random,inversion-ablation")
+    assert r.exit_code == 0, r.output
+    later = Store(out, create=False).rows()
+    fresh = tmp_path / "fresh"
+    assert invoke(*base[:-1], fresh, "--methods", "random,inversion-ablation").exit_code == 0
+    assert comparable(later) == comparable(Store(fresh, create=False).rows())
+
+
 def test_tiny_random_sd_with_a_tiny_random_reward(sd_folder, tmp_path):
     out = tmp_path / "sd"
     prompts = tmp_path / "p.txt"

@@ -93,6 +93,8 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
         extra_inv = ablation_inversion_guidance(guidance, inv) if ablation else None
         _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
                      progress)
+        if extra_inv is not None:
+            _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size)
         for method in (m for m in methods if m.optimizing):
             _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv,
                       optimize_batch_size, optimizing_rewards or {}, progress, log)
@@ -155,6 +157,25 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
                          "extra": {"variant_calls": (c3 - c2) // n} if s_extra is not None else {}})
         store.add(cid, rows)
 
+
+
+def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size) -> None:
+    """The inversion ablation's stability for seed rows stored before it was asked for."""
+    name = f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"
+    missing = store.missing_scores(cid, [name], method=SEED_METHOD).get(name, [])
+    count = _Counter(backend)
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start:start + batch_size]
+        texts = [prompts[p].text for _, p, _, _ in chunk]
+        noise = noises_from_seeds([seed for _, _, _, seed in chunk], backend.latent_shape)
+        with torch.no_grad():
+            cond = conditioning(backend, texts, len(chunk), max(guidance, extra_inv))
+            z0 = backend.denoise(noise, cond, steps, guidance)
+            c0 = count()
+            s = cosine(noise.to(z0.device), backend.invert(z0, cond, steps, extra_inv)).cpu().tolist()
+            calls = (count() - c0) // len(chunk)
+        store.add_scores([(sid, name, v) for (sid, _, _, _), v in zip(chunk, s)],
+                         extra={sid: {"variant_calls": calls} for sid, _, _, _ in chunk})
 
 
 def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv, batch_size,
@@ -230,6 +251,6 @@ def _backfill(store: Store, cid: int, prompts, rewards: Mapping[str, Reward]) ->
     for name, items in missing.items():
         for start in range(0, len(items), 64):
             chunk = items[start:start + 64]
-            images = [Image.open(store.root / path).convert("RGB") for _, _, path in chunk]
-            values = rewards[name](images, [prompts[p].text for _, p, _ in chunk]).detach().float().cpu().tolist()
-            store.add_scores([(sid, name, v) for (sid, _, _), v in zip(chunk, values)])
+            images = [Image.open(store.root / path).convert("RGB") for _, _, path, _ in chunk]
+            values = rewards[name](images, [prompts[p].text for _, p, _, _ in chunk]).detach().float().cpu().tolist()
+            store.add_scores([(sid, name, v) for (sid, _, _, _), v in zip(chunk, values)])

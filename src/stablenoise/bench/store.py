@@ -129,21 +129,29 @@ class Store:
             s["scores"] = scores.get(s["id"], {})
         return samples
 
-    def missing_scores(self, config_id: int, names: list[str]) -> dict[str, list[tuple[int, int, str]]]:
-        """For each reward name, the samples of a config that lack its score: (sample id, prompt, image)."""
+    def missing_scores(self, config_id: int, names: list[str], method: str | None = None
+                       ) -> dict[str, list[tuple[int, int, str, int]]]:
+        """For each score name, the samples of a config (of one method, if given) that lack it:
+        (sample id, prompt index, image path, seed)."""
         out = {}
+        only = " AND method=?" if method else ""
         for name in names:
             rows = self.db.execute(
-                "SELECT id, prompt_idx, image_path FROM samples WHERE config_id=? AND id NOT IN "
-                "(SELECT sample_id FROM scores WHERE name=?) ORDER BY id", (config_id, name)).fetchall()
+                "SELECT id, prompt_idx, image_path, seed FROM samples WHERE config_id=?" + only + " AND id NOT IN "
+                "(SELECT sample_id FROM scores WHERE name=?) ORDER BY id",
+                (config_id, *([method] if method else []), name)).fetchall()
             if rows:
                 out[name] = [tuple(r) for r in rows]
         return out
 
-    def add_scores(self, scores: list[tuple[int, str, float]]) -> None:
+    def add_scores(self, scores: list[tuple[int, str, float]], extra: dict[int, dict] | None = None) -> None:
+        """Add scores to stored samples (and merge ``extra`` into their details), in one transaction."""
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO scores (sample_id, name, value) VALUES (?,?,?)",
                                 [(sid, name, _finite(v)) for sid, name, v in scores])
+            for sid, more in (extra or {}).items():
+                old = json.loads(self.db.execute("SELECT extra FROM samples WHERE id=?", (sid,)).fetchone()[0])
+                self.db.execute("UPDATE samples SET extra=? WHERE id=?", (canonical({**old, **more}), sid))
 
     def note_command(self, command: str) -> None:
         """Keep every command that wrote to this store (the report shows them)."""
