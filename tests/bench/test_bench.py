@@ -143,6 +143,16 @@ def test_the_inversion_ablation_added_later_completes_the_stored_seeds(tmp_path)
     assert comparable(later) == comparable(Store(fresh, create=False).rows())
 
 
+def test_optimizing_methods_can_run_on_the_first_prompts_only(tmp_path):
+    out = tmp_path / "run"
+    r = invoke("--prompts", "shapes-heldout", "--limit", "3", "-k", "2", "--steps", "1", "--rewards", "shapes-verifier",
+               "--methods", "random,optimize:iterations=1", "--optimize-prompts", "2", "--no-report", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = Store(out, create=False).rows()
+    assert sorted(x["prompt_idx"] for x in rows if x["method"] != "seed") == [0, 1]
+    assert len([x for x in rows if x["method"] == "seed"]) == 6
+
+
 def test_tiny_random_sd_with_a_tiny_random_reward(sd_folder, tmp_path):
     out = tmp_path / "sd"
     prompts = tmp_path / "p.txt"

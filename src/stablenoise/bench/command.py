@@ -57,6 +57,8 @@ def _names(value: str) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Samples per round trip when scoring seeds.")
 @click.option("--optimize-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--optimize-prompts", type=click.IntRange(min=1), default=None,
+              help="Run the optimizing methods on the first N prompts only (default: all).")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None)
 @click.option("--variant", default=None)
@@ -65,7 +67,8 @@ def _names(value: str) -> list[str]:
 @click.option("--report/--no-report", default=True, show_default=True, help="Write RUN/report.html at the end.")
 @guarded
 def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guidance_list, inversion_guidance,
-          first_seed, batch_size, optimize_batch_size, device, dtype, variant, timestep_spacing, out, report):
+          first_seed, batch_size, optimize_batch_size, optimize_prompts, device, dtype, variant, timestep_spacing,
+          out, report):
     """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
     resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
     from ..backends import load
@@ -101,7 +104,8 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
                   inversion_guidance=inversion_guidance, k=k, first_seed=first_seed)
     command = shlex.join(["stablenoise", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv[1:2] else None
     store = run_bench(backend, prompt_set, rewards, method_list, sweep, out, batch_size=batch_size,
-                      optimize_batch_size=optimize_batch_size, optimizing_rewards=optimizing, command=command,
+                      optimize_batch_size=optimize_batch_size, optimizing_rewards=optimizing,
+                      optimize_prompts=optimize_prompts, command=command,
                       log=click.echo)
     store.close()
     click.echo(f"results in {out / 'bench.sqlite'}")

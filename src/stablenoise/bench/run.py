@@ -72,9 +72,11 @@ def ablation_inversion_guidance(guidance: float, inversion_guidance: float) -> f
 
 def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], methods: Sequence[Method],
               sweep: Sweep, out: str | Path, batch_size: int = 32, optimize_batch_size: int = 8,
-              optimizing_rewards: Mapping[str, Reward] | None = None, command: str | None = None,
+              optimizing_rewards: Mapping[str, Reward] | None = None, optimize_prompts: int | None = None,
+              command: str | None = None,
               progress: bool = True, log: Callable[[str], None] = print) -> Store:
-    """Fill ``out/bench.sqlite``; returns the open store."""
+    """Fill ``out/bench.sqlite``; returns the open store. ``optimize_prompts``: the optimizing methods run on
+    the first N prompts only (they cost about a hundred scores each)."""
     store = Store(out)
     prompts = list(prompt_set.prompts)
     if not prompts:
@@ -96,7 +98,7 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
         if extra_inv is not None:
             _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size)
         for method in (m for m in methods if m.optimizing):
-            _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv,
+            _optimize(store, cid, backend, prompts[:optimize_prompts], seeds, rewards, method, steps, guidance, inv,
                       optimize_batch_size, optimizing_rewards or {}, progress, log)
         _backfill(store, cid, prompts, rewards)
     return store
