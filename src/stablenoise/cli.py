@@ -185,32 +185,56 @@ def score(seed, num, noise_file, batch_size, **kw):
               help="Seeds to score per prompt.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="First seed: seeds are SEED..SEED+K-1.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              help="Two-stage selection: a proxy scores the K seeds, the KEEP best get the full score.")
+@click.option("--proxy-steps", type=click.IntRange(min=1), default=None, help="Proxy: the round trip with fewer steps.")
+@click.option("--proxy-prompt", default=None, help="Proxy: the round trip under this prompt (\"\": the empty one).")
+@click.option("--proxy-guidance", type=click.FloatRange(min=0), default=None, help="Proxy: this CFG scale (1: none).")
+@click.option("--bank", "bank_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Proxy: a seed bank (stablenoise bank); its seeds replace -k/--seed.")
 @_guarded
-def select(k, seed, batch_size, **kw):
+def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance, bank_file, **kw):
     """Score K seeds per prompt and keep the most stable (and the least stable, for comparison)."""
     import torch
 
+    from .bank import SeedBank
     from .generation import generate as gen
     from .outputs import side_by_side
+    from .selection import Proxy
     from .selection import select as sel
 
     if seed + k > 2**64:
         raise StablenoiseError(f"seeds {seed}..{seed + k - 1} run past 2**64 - 1")
+    proxy, seeds = None, list(range(seed, seed + k))
+    setting = Proxy(proxy_steps, proxy_guidance, None, proxy_prompt)
+    if bank_file is not None:
+        if setting != Proxy():
+            raise StablenoiseError("--bank is the proxy: do not combine it with --proxy-* options")
+        bank = SeedBank.load(bank_file)
+        proxy, seeds = bank.scores, bank.seeds
+    elif setting != Proxy():
+        proxy = setting
+    if (proxy is None) != (keep is None):
+        raise StablenoiseError("two-stage selection needs --keep and a proxy (--bank or --proxy-steps/-prompt/-guidance)")
     s = Session("select", **kw)
-    with s.folder(k=k, first_seed=seed, batch_size=batch_size) as run:
+    params = {"k": len(seeds), "first_seed": seeds[0], "batch_size": batch_size, "keep": keep,
+              "proxy": None if proxy is None else (str(bank_file) if bank_file else setting.__dict__)}
+    with s.folder(**params) as run:
         for i, prompt in s.each_prompt():
             if run.done(i, prompt):
                 continue
-            r = sel(s.backend, prompt, seeds=range(seed, seed + k), batch_size=batch_size, **s.round_trip_kwargs())
+            r = sel(s.backend, prompt, seeds=seeds, batch_size=batch_size, proxy=proxy, keep=keep,
+                    **s.round_trip_kwargs())
             best, worst = gen(s.backend, prompt, torch.cat([r.best_noise, r.worst_noise]), s.steps, s.guidance)
             score = dict(zip(r.seeds, r.scores))
-            excluded = r.scores.count(None)
+            excluded = r.scores.count(None) if proxy is None else 0  # pruned seeds have no full score
             images = {"best": best, "worst": worst, "best_vs_worst": side_by_side(
                 [best, worst], [f"best {r.best_seed}: {score[r.best_seed]:.4f}",
                                 f"worst {r.worst_seed}: {score[r.worst_seed]:.4f}"])}
             run.add(i, prompt, {"seeds": r.seeds, "scores": r.scores, "best_seed": r.best_seed,
                                 "worst_seed": r.worst_seed, "best_score": score[r.best_seed],
-                                "worst_score": score[r.worst_seed], "excluded_non_finite": excluded},
+                                "worst_score": score[r.worst_seed], "proxy_scores": r.proxy_scores,
+                                "excluded_non_finite": excluded if proxy is None else None},
                     images, {"best": r.best_noise, "worst": r.worst_noise})
             click.echo(f"{prompt!r}: best seed {r.best_seed} ({score[r.best_seed]:.4f}), "
                        f"worst seed {r.worst_seed} ({score[r.worst_seed]:.4f})"
@@ -301,6 +325,36 @@ def _write_optimized(s, run, i, results) -> list[str]:
     record = {k: results[0][k] for k in fields} if n == 1 else {"noises": [{k: r[k] for k in fields} for r in results]}
     run.add(i, prompt, record, pictures, {"initial": starts, "optimized": bests})
     return failed
+
+
+@main.command()
+@click.option("--model", default="shapes", show_default=True)
+@click.option("-n", type=click.IntRange(1, 10 * MAX_SEEDS), default=1000, show_default=True, help="Seeds in the bank.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="First seed: seeds are SEED..SEED+N-1.")
+@click.option("--prompt", default="", show_default=True, help="The prompt the bank scores under (default: empty).")
+@click.option("--steps", type=click.IntRange(min=1), default=None)
+@click.option("--guidance", type=click.FloatRange(min=0), default=None)
+@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--device", default=None)
+@click.option("--dtype", default=None)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("seed-bank.json"),
+              show_default=True)
+@_guarded
+def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, device, dtype, out):
+    """Score N seeds once for a model (under the empty prompt) into a seed bank for two-stage selection:
+    stablenoise select --bank OUT --keep M."""
+    from .backends import load
+    from .bank import build_bank
+
+    if seed + n > 2**64:
+        raise StablenoiseError(f"seeds {seed}..{seed + n - 1} run past 2**64 - 1")
+    if out.exists() and out.is_dir():
+        raise StablenoiseError(f"--out {out} is a folder")
+    backend = load(model, device=device, dtype=dtype)
+    b = build_bank(backend, n, seed, prompt, steps, guidance, inversion_guidance, batch_size)
+    b.save(out)
+    click.echo(f"wrote {out}: {n} seeds, most stable {b.top(3)}")
 
 
 from .bench.command import bench, report  # noqa: E402

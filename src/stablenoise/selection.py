@@ -1,10 +1,16 @@
-"""Noise selection: score K seeded noises by inversion stability; keep the most (and least) stable."""
+"""Noise selection: score K seeded noises by inversion stability; keep the most (and least) stable.
+
+Two-stage selection pays less than K full scores: a cheap ``proxy`` scores every seed, the ``keep`` best of
+them get the full score, and the most stable of those wins. A proxy is a :class:`Proxy` (the same round trip
+with fewer steps, another prompt such as the empty one, or no CFG) or a mapping seed -> score computed
+earlier (a :class:`stablenoise.bank.SeedBank`'s scores, prompt-independent, computed once per model).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -15,15 +21,27 @@ from .noise import check_seed, noises_from_seeds
 from .stability import stability
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """A cheaper stability score: the round trip with some settings changed (None keeps the full score's)."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    inversion_guidance: float | None = None
+    prompt: str | None = None  # e.g. "": the seed's stability under the empty prompt
+
+
 @dataclass
 class SelectionResult:
     prompt: str
     seeds: list[int]
-    scores: list[float | None]  # stability of each seed, in the order of ``seeds``; None: non-finite, excluded
+    # Full stability of each seed, in the order of ``seeds``; None: non-finite (excluded), or pruned by the proxy.
+    scores: list[float | None]
     best_seed: int
-    worst_seed: int
+    worst_seed: int  # the least stable of the fully scored seeds
     best_noise: torch.Tensor  # [1, *latent_shape]
     worst_noise: torch.Tensor
+    proxy_scores: list[float | None] | None = None  # two-stage selection: the proxy's score of every seed
 
     def ranked(self) -> list[tuple[int, float]]:
         """(seed, score) of the scored seeds, most stable first."""
@@ -32,11 +50,13 @@ class SelectionResult:
 
 def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | None = None,
            batch_size: int = 8, steps: int | None = None, guidance: float | None = None,
-           inversion_guidance: float | None = None, progress: bool = True,
+           inversion_guidance: float | None = None, proxy: Proxy | Mapping[int, float] | None = None,
+           keep: int | None = None, progress: bool = True,
            callback: Callable[[dict], None] | None = None) -> SelectionResult:
     """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
     with the most and least stable seed. A non-finite score is recorded as None and never wins.
-    ``callback`` gets ``{"seeds", "scores"}`` after each batch."""
+    With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
+    ``callback`` gets ``{"seeds", "scores"}`` after each batch of full scores."""
     if seeds is None:
         if k < 1:
             raise StablenoiseError(f"k must be >= 1, got {k}")
@@ -48,8 +68,38 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
         raise StablenoiseError("seeds must be distinct")
     if batch_size < 1:
         raise StablenoiseError(f"batch size must be >= 1, got {batch_size}")
+    if (proxy is None) != (keep is None):
+        raise StablenoiseError("two-stage selection needs both proxy and keep")
+    proxy_scores = None
+    candidates = seeds
+    if proxy is not None:
+        if keep < 1:
+            raise StablenoiseError(f"keep must be >= 1, got {keep}")
+        proxy_scores = _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
+                                     progress)
+        finite = [i for i, v in enumerate(proxy_scores) if v is not None]
+        top = sorted(finite, key=lambda i: (-proxy_scores[i], i))[:keep]
+        candidates = [seeds[i] for i in sorted(top)]
+        if not candidates:
+            raise StablenoiseError(f"the proxy scored every one of the {len(seeds)} seeds NaN or inf")
+    full = dict(zip(candidates, _scores(backend, prompt, candidates, batch_size, steps, guidance, inversion_guidance,
+                                        progress, callback)))
+    scores = [full.get(seed) for seed in seeds]
+    scored = [i for i, v in enumerate(scores) if v is not None]
+    if not scored:
+        raise StablenoiseError(f"every one of the {len(candidates)} seeds scored NaN or inf: check the model and "
+                               "settings")
+    best = max(scored, key=scores.__getitem__)
+    worst = min(scored, key=scores.__getitem__)
+    return SelectionResult(prompt, seeds, scores, seeds[best], seeds[worst],
+                           noises_from_seeds([seeds[best]], backend.latent_shape),
+                           noises_from_seeds([seeds[worst]], backend.latent_shape), proxy_scores)
+
+
+def _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guidance, progress, callback=None,
+            desc="select") -> list[float | None]:
     scores: list[float | None] = []
-    for i in tqdm(range(0, len(seeds), batch_size), desc="select", unit="batch", disable=not progress):
+    for i in tqdm(range(0, len(seeds), batch_size), desc=desc, unit="batch", disable=not progress):
         chunk = seeds[i:i + batch_size]
         s = stability(backend, prompt, noises_from_seeds(chunk, backend.latent_shape),
                       steps, guidance, inversion_guidance).tolist()
@@ -57,11 +107,18 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
         scores.extend(s)
         if callback is not None:
             callback({"seeds": chunk, "scores": s})
-    scored = [i for i, v in enumerate(scores) if v is not None]
-    if not scored:
-        raise StablenoiseError(f"every one of the {len(seeds)} seeds scored NaN or inf: check the model and settings")
-    best = max(scored, key=scores.__getitem__)
-    worst = min(scored, key=scores.__getitem__)
-    return SelectionResult(prompt, seeds, scores, seeds[best], seeds[worst],
-                           noises_from_seeds([seeds[best]], backend.latent_shape),
-                           noises_from_seeds([seeds[worst]], backend.latent_shape))
+    return scores
+
+
+def _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
+                  progress) -> list[float | None]:
+    if isinstance(proxy, Proxy):
+        return _scores(backend, prompt if proxy.prompt is None else proxy.prompt, seeds, batch_size,
+                       proxy.steps if proxy.steps is not None else steps,
+                       proxy.guidance if proxy.guidance is not None else guidance,
+                       proxy.inversion_guidance if proxy.inversion_guidance is not None else inversion_guidance,
+                       progress, desc="proxy")
+    missing = [s for s in seeds if s not in proxy]
+    if missing:
+        raise StablenoiseError(f"the proxy scores have no score for {len(missing)} of the seeds (first: {missing[0]})")
+    return [float(proxy[s]) if proxy[s] is not None and math.isfinite(float(proxy[s])) else None for s in seeds]
