@@ -205,10 +205,14 @@ def test_missing_file(spec):
     assert "not found" in message and names_sets(message)
 
 
-@pytest.mark.parametrize("name", ["p.json", "p.md", "prompts"])
+@pytest.mark.parametrize("name", ["p.json", "p.md"])
 def test_unknown_extension(tmp_path, name):
     message = one_line_error(str(write(tmp_path, name, "a prompt\n")))
     assert "file type" in message and names_sets(message)
+
+
+def test_a_file_without_extension_is_one_prompt_a_line(tmp_path):
+    assert load_prompts(str(write(tmp_path, "prompts", "a cat\n# no\na dog\n"))).texts == ["a cat", "a dog"]
 
 
 @pytest.mark.parametrize("name,content", [

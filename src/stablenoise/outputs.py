@@ -18,29 +18,11 @@ from safetensors.torch import save_file
 from .errors import StablenoiseError
 from .records import now, strict_json, versions, write_json_atomic
 
-PROMPT_COLUMNS = ("prompt", "Prompt", "Prompts", "caption", "text")
-
-
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one a line, ``#`` comments) or a CSV/TSV with a prompt column."""
-    path = Path(path)
-    if not path.is_file():
-        raise StablenoiseError(f"prompts file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first prompt
-    except UnicodeDecodeError as e:
-        raise StablenoiseError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    if path.suffix.lower() in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        column = next((c for c in PROMPT_COLUMNS if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise StablenoiseError(f"{path}: no prompt column (one of {', '.join(PROMPT_COLUMNS)})")
-        prompts = [row[column].strip() for row in reader if (row.get(column) or "").strip()]
-    else:
-        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise StablenoiseError(f"{path}: no prompts in file")
-    return prompts
+    """The prompts of a prompt file (.txt, .csv, .tsv or .jsonl; see :mod:`stablenoise.prompts`)."""
+    from .prompts import read_prompt_file
+
+    return read_prompt_file(path).texts
 
 
 def slug(text: str, n: int = 40) -> str:
