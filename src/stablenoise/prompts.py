@@ -223,6 +223,8 @@ for _name, (_file, _source) in _SHIPPED.items():
 def read_prompt_file(path: str | os.PathLike) -> PromptSet:
     """The prompts of a .txt, .csv, .tsv or .jsonl file (see the module's docstring)."""
     path = Path(path)
+    if not path.is_file():
+        raise _fail(f"prompts file not found: {path}")
     kind = path.suffix.lower() or ".txt"  # a file without an extension is read as one prompt a line
     if kind not in FILE_TYPES:
         raise _fail(f"{path}: unknown prompt file type {path.suffix or '(no extension)'!r}", known=True)
