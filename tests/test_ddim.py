@@ -237,3 +237,58 @@ def test_step_count_bounds():
     with pytest.raises(StablenoiseError, match=r"^steps must be <= 1000 \(the training timesteps\)$"):
         ddim.schedule(config, 1001)
     assert len(ddim.schedule(config, 1000)) == 1000
+
+
+# ---- settings and schedule: every config key that changes the noise levels is carried (mutation testing found
+# these were only ever exercised at diffusers' defaults)
+
+def _diffusers_levels(config, steps):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(config)
+    sched.set_timesteps(steps)
+    return sched.timesteps, sched.alphas_cumprod.double()[sched.timesteps]
+
+
+@pytest.mark.parametrize("config", [
+    {"num_train_timesteps": 500, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True,
+     "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    {"trained_betas": [0.001 * (i + 1) for i in range(100)], "num_train_timesteps": 100},
+])
+def test_schedule_keeps_every_noise_level_setting(config):
+    from stablenoise import ddim
+
+    sched = ddim.schedule(ddim.settings(config), 10)
+    timesteps, levels = _diffusers_levels(config, 10)
+    assert sched.timesteps.tolist() == timesteps.tolist()
+    assert torch.allclose(sched.alphas[:-1].double(), levels, atol=1e-12)
+    assert sched.prediction_type == config.get("prediction_type", "epsilon")
+
+
+def test_a_minimal_config_means_diffusers_defaults():
+    from stablenoise import ddim
+
+    out = ddim.settings({"beta_schedule": "linear"})
+    sched = ddim.schedule(out, 4)
+    assert sched.prediction_type == "epsilon" and sched.clip is None
+    timesteps, levels = _diffusers_levels({"beta_schedule": "linear"}, 4)
+    assert sched.timesteps.tolist() == timesteps.tolist() == [750, 500, 250, 0]  # leading spacing
+    assert float(sched.alphas[-1]) == 1.0  # set_alpha_to_one: DDIM's default
+
+
+def test_clip_sample_range_is_carried():
+    from stablenoise import ddim
+
+    cfg = {"_class_name": "DDIMScheduler", "clip_sample": True, "clip_sample_range": 2.0}
+    assert ddim.schedule(ddim.settings(cfg), 2).clip == 2.0
+    assert ddim.schedule(ddim.settings({"clip_sample": True}), 2).clip == 1.0
+
+
+def test_dynamic_thresholding_is_refused():
+    from stablenoise import ddim
+    from stablenoise.errors import StablenoiseError
+
+    with pytest.raises(StablenoiseError, match="uses dynamic thresholding, which DDIM inversion cannot undo"):
+        ddim.settings({"thresholding": True})
+    ddim.settings({"thresholding": False})  # off is fine
