@@ -9,10 +9,10 @@ import torch
 
 import stablenoise as sn
 from stablenoise.backends import shipped_models
-
-SHIPPED_MODEL = shipped_models()["shapes"]
 from stablenoise.shapes import world
 from stablenoise.shapes.verifier import detect, verify
+
+SHIPPED_MODEL = shipped_models()["shapes"]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,21 @@ def test_shipped_weights_are_small_safetensors():
     assert weights and all(f.endswith(".safetensors") for f in weights)
     assert sum(os.path.getsize(f) for f in weights) <= 25 * 2**20
     assert json.loads((SHIPPED_MODEL / "model_index.json").read_text())["_class_name"] == "ShapesPipeline"
+
+
+def test_every_step_count_starts_from_pure_noise(shapes):
+    """SD/SDXL's scaled-linear betas with trailing spacing: 1, 2, 5 or 10 steps all start at t = 999, where
+    alpha_bar ~ 0.005 (as in SDXL-turbo), not at a partly denoised level."""
+    assert shapes.ddim_config["beta_schedule"] == "scaled_linear" and shapes.ddim_config["timestep_spacing"] == "trailing"
+    for steps in (1, 2, 5, 10):
+        sched = shapes.schedule(steps)
+        assert int(sched.timesteps[0]) == 999 and float(sched.alphas[0]) == pytest.approx(0.0047, abs=2e-4)
+
+
+def test_the_first_model_ships_beside_it():
+    cosine = sn.load("shapes-cosine")
+    assert cosine.ddim_config["beta_schedule"] == "squaredcos_cap_v2"
+    assert [int(cosine.schedule(n).timesteps[0]) for n in (5, 10)] == [801, 901]  # leading spacing
 
 
 def test_loads_offline_and_generates(shapes):
