@@ -43,6 +43,19 @@ class OptimizationResult:
         return [h[0] if h else None for h in self.history]
 
 
+def still_active(active: list[int], stopped: list[str | None], grad: torch.Tensor, eps: torch.Tensor,
+                 iteration: int) -> list[int]:
+    """The samples that go on after an update: a non-finite gradient or iterate stops its sample alone
+    (and records why in ``stopped``). ``grad`` is indexed by position in ``active``, ``eps`` by sample."""
+    still = []
+    for pos, j in enumerate(active):
+        if stopped[j] is None and not (torch.isfinite(grad[pos]).all() and torch.isfinite(eps[j]).all()):
+            stopped[j] = f"non-finite gradient or noise after iteration {iteration}"
+        if stopped[j] is None:
+            still.append(j)
+    return still
+
+
 def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor, iterations: int = 100,
              lr: float = 100.0, momentum: float = 0.5, steps: int | None = None,
              guidance: float | None = None, inversion_guidance: float | None = None,
@@ -111,13 +124,7 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
         with torch.no_grad():
             velocity[index] = momentum * velocity[index] + grad
             eps[index] = project(eps[index] - lr * velocity[index])
-        still = []
-        for pos, j in enumerate(active):
-            if stopped[j] is None and not (torch.isfinite(grad[pos]).all() and torch.isfinite(eps[j]).all()):
-                stopped[j] = f"non-finite gradient or noise after iteration {i}"
-            if stopped[j] is None:
-                still.append(j)
-        active = still
+        active = still_active(active, stopped, grad, eps, i)
         if not active:
             break
     return OptimizationResult(best, start, history, best_it, best_s, stopped)

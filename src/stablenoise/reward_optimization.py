@@ -16,6 +16,7 @@ from tqdm.auto import trange
 from .backends.base import Backend
 from .errors import StablenoiseError
 from .noise import check_noise, check_prompts
+from .optimization import still_active
 from .rewards.base import Reward
 from .stability import conditioning, resolve
 
@@ -171,13 +172,7 @@ def reward_optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.
             v = momentum * velocity[index] + g
             velocity[index] = v
             eps[index] = eps[index] - lr * (g + momentum * v if nesterov else v)
-        still = []
-        for pos, j in enumerate(active):
-            if stopped[j] is None and not (torch.isfinite(grad[pos]).all() and torch.isfinite(eps[j]).all()):
-                stopped[j] = f"non-finite gradient or noise after iteration {i}"
-            if stopped[j] is None:
-                still.append(j)
-        active = still
+        active = still_active(active, stopped, grad, eps, i)
         if not active:
             break
     return RewardOptimizationResult(best, start, history, best_it, best_r, best_parts, initial, stopped, evaluations)
