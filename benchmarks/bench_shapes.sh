@@ -13,7 +13,7 @@ stablenoise bench "${COMMON[@]}" --out "$OUT" -k 16 --steps 5 --guidance 2 --met
 # 2. The optimizing methods, from each prompt's first seed, on the first 30 prompts (5 per tag): ReNO-style
 #    reward optimization through the learned shapes-clip reward, and the paper's stability optimization.
 stablenoise bench "${COMMON[@]}" --out "$OUT" -k 16 --steps 5 --guidance 2 --optimize-prompts 30 \
-    --optimize-batch-size 10 --methods "$SELECTION,inversion-ablation,reno:shapes-clip=1,optimize"
+    --optimize-batch-size 10 --methods "$SELECTION,inversion-ablation,reno:shapes-clip=1,optimize,optimize:lr=18.75;preserve_norm=1"
 stablenoise report "$OUT"
 # 3. The steps and guidance sweeps, K = 8 (selection methods only: they cost nothing beyond the scores).
 stablenoise bench "${COMMON[@]}" --out "$SWEEP_OUT" -k 8 --steps 1,2,5,10 --guidance 2 --methods "$SELECTION"
