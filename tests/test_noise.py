@@ -59,3 +59,20 @@ def test_generator_seed_is_stable_across_versions():
 
 
 GOLDEN = 9196262278082472509  # generator_seed(noise_from_seed(0, (4,))) as of 0.1.0
+
+
+def test_a_seed_means_one_noise_whatever_the_default_dtype():
+    """torch.set_default_dtype(float64) in user code must not change what a seed means (mutation testing
+    found `dtype=None` survived)."""
+    import torch
+
+    import stablenoise as sn
+
+    expected = sn.noise_from_seed(7, (3, 4, 4))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        again = sn.noise_from_seed(7, (3, 4, 4))
+    finally:
+        torch.set_default_dtype(old)
+    assert again.dtype == torch.float32 and torch.equal(again, expected)
