@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -52,14 +53,9 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
 
 
-class _Counter:
-    """UNet evaluations spent between two points (0 for backends that do not count)."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def __call__(self) -> int:
-        return int(getattr(self.backend, "model_evaluations", 0))
+def _evaluations(backend) -> int:
+    """UNet evaluations the backend has made so far (0 for backends that do not count)."""
+    return int(getattr(backend, "model_evaluations", 0))
 
 
 def ablation_inversion_guidance(guidance: float, inversion_guidance: float) -> float | None:
@@ -104,8 +100,9 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
     return store
 
 
-def _image_path(cid: int, prompt_idx: int, method: str, seed: int, suffix: str = ".png") -> str:
-    return f"images/c{cid}/{prompt_idx:04d}/{_slug(method)}-{seed}{suffix}"
+def _image_path(cid: int, prompt_idx: int, method: str, seed: int, folder: str = "images",
+                suffix: str = ".png") -> str:
+    return f"{folder}/c{cid}/{prompt_idx:04d}/{_slug(method)}-{seed}{suffix}"
 
 
 def _save_image(store: Store, rel: str, image) -> None:
@@ -125,7 +122,7 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
                  progress) -> None:
     done = store.done(cid, SEED_METHOD)
     todo = [(i, r) for i in range(len(prompts)) for r in range(len(seeds[i])) if (i, seeds[i][r]) not in done]
-    count = _Counter(backend)
+    count = partial(_evaluations, backend)
     for start in tqdm(range(0, len(todo), batch_size), desc=f"score config {cid}", unit="batch",
                       disable=not progress):
         t0 = time.perf_counter()
@@ -165,7 +162,7 @@ def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch
     """The inversion ablation's stability for seed rows stored before it was asked for."""
     name = f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"
     missing = store.missing_scores(cid, [name], method=SEED_METHOD).get(name, [])
-    count = _Counter(backend)
+    count = partial(_evaluations, backend)
     for start in range(0, len(missing), batch_size):
         chunk = missing[start:start + batch_size]
         texts = [prompts[p].text for _, p, _, _ in chunk]
@@ -191,7 +188,7 @@ def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guida
         return
     log(f"config {cid}: {label} for {len(todo)} prompts")
     settings = method.settings
-    count = _Counter(backend)
+    count = partial(_evaluations, backend)
     checkpoint = backend.device.type != "cpu"  # trades compute for memory; only worth it on an accelerator
     for start in range(0, len(todo), batch_size):
         t0 = time.perf_counter()
@@ -234,7 +231,7 @@ def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guida
             seed = seeds[i][0]
             rel = _image_path(cid, i, label, seed)
             _save_image(store, rel, image)
-            noise_rel = _image_path(cid, i, label, seed, ".safetensors").replace("images/", "noises/", 1)
+            noise_rel = _image_path(cid, i, label, seed, "noises", ".safetensors")
             atomic_write(store.root / noise_rel,
                          lambda tmp, x=res.noise[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
             rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab[j],

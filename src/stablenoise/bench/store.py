@@ -121,7 +121,8 @@ class Store:
             where, args = ("WHERE config_id=?", (config_id,)) if config_id is not None else ("", ())
             samples = [dict(r) for r in self.db.execute(f"SELECT * FROM samples {where} ORDER BY id", args)]
             scores = {}
-            for r in self.db.execute("SELECT sample_id, name, value FROM scores"):
+            for r in self.db.execute(f"SELECT sample_id, name, value FROM scores WHERE sample_id IN "
+                                     f"(SELECT id FROM samples {where})", args):
                 scores.setdefault(r["sample_id"], {})[r["name"]] = r["value"]
         finally:
             self.db.row_factory = None
