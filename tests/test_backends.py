@@ -145,3 +145,35 @@ def test_describe_names_the_round_trip():
     assert d["ddim"]["set_alpha_to_one"] is True and d["dtype"] == "float64" and d["device"] == "cpu"
     assert d["defaults"] == {"steps": 10, "guidance": 1.0, "inversion_guidance": 1.0}
     assert backend.with_scheduler(timestep_spacing="leading").describe()["ddim"]["timestep_spacing"] == "leading"
+
+
+def test_attention_is_sdpa_and_recorded(sd):
+    # diffusers' default processor on torch 2 is scaled_dot_product_attention (AttnProcessor2_0).
+    assert sd.attention() == ["AttnProcessor2_0"] and sd.describe()["attention"] == ["AttnProcessor2_0"]
+
+
+def test_low_precision_unet_keeps_float32_ddim_arithmetic():
+    from tiny import tiny_sd
+
+    full = sn.from_pipeline(tiny_sd())
+    half = sn.from_pipeline(tiny_sd().to(torch.bfloat16))
+    noise = sn.noises_from_seeds([0, 1], full.latent_shape)
+    cond = half.encode(["a red cube"], 1.0).expand(2)
+    z = half.denoise(noise, cond, 3, 1.0)
+    assert half.dtype == torch.bfloat16 and z.dtype == torch.float32 and half.work_dtype == torch.float32
+    s_full = sn.stability(full, "a red cube", noise, steps=3, guidance=1.0)
+    s_half = sn.stability(half, "a red cube", noise, steps=3, guidance=1.0)
+    assert s_half.dtype == torch.float32 and not torch.equal(s_half, s_full)
+    assert torch.allclose(s_half, s_full, atol=2e-3)
+
+
+def test_compile_gives_the_same_scores():
+    from tiny import tiny_sd
+
+    b = sn.from_pipeline(tiny_sd())
+    noise = sn.noises_from_seeds([3, 4], b.latent_shape)
+    before = sn.stability(b, "a red cube", noise, steps=2, guidance=2.0)
+    assert b.describe()["compiled"] is False
+    assert b.compile(backend="eager") is b  # no C++ toolchain needed; the default backend is inductor
+    assert b.describe()["compiled"] is True
+    assert torch.allclose(sn.stability(b, "a red cube", noise, steps=2, guidance=2.0), before, atol=1e-6)

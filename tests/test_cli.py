@@ -289,3 +289,19 @@ def test_killed_process_ends_interrupted_with_finished_prompts_kept(sd_folder, t
     assert rec["status"] == "interrupted" and 1 <= len(rec["items"]) < 40
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(it["folder"] for it in rec["items"])
+
+
+def test_compile_flag_compiles_the_denoiser_and_says_so(common, tmp_path, monkeypatch):
+    from stablenoise.backends.base import DiffusersBackend
+
+    compile_ = DiffusersBackend.compile
+    monkeypatch.setattr(DiffusersBackend, "compile", lambda self: compile_(self, backend="eager"))  # no C++ build
+    r = run("score", *common, "--compile", "--prompt", "a red cube", "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "c" / "run.json").read_text())
+    plain = run("score", *common, "--prompt", "a red cube", "--out", tmp_path / "p")
+    assert plain.exit_code == 0
+    assert rec["model"]["compiled"] is True
+    assert json.loads((tmp_path / "p" / "run.json").read_text())["model"]["compiled"] is False
+    assert rec["items"][0]["scores"] == pytest.approx(
+        json.loads((tmp_path / "p" / "run.json").read_text())["items"][0]["scores"], abs=1e-6)

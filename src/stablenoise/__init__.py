@@ -13,12 +13,13 @@ from .optimization import OptimizationResult, optimize, paper_equivalent_lr
 from .prompts import load_prompts
 from .reward_optimization import RewardOptimizationResult, reward_optimize
 from .rewards import Reward, load_reward
-from .selection import SelectionResult, select
+from .bank import SeedBank, build_bank
+from .selection import Proxy, SelectionResult, select
 from .settings import OptimizerSettings
 from .stability import cosine, round_trip, stability
 
 __version__ = "0.1.0"
-__all__ = ["Backend", "Conditioning", "Defaults", "OptimizationResult", "OptimizerSettings", "Reward",
-           "RewardOptimizationResult", "SelectionResult", "StablenoiseError", "cosine", "from_pipeline", "generate",
+__all__ = ["Backend", "Conditioning", "Defaults", "OptimizationResult", "OptimizerSettings", "Proxy", "Reward",
+           "RewardOptimizationResult", "SeedBank", "SelectionResult", "StablenoiseError", "build_bank", "cosine", "from_pipeline", "generate",
            "load", "load_prompts", "load_reward", "noise_from_seed", "noises_from_seeds", "optimize",
            "paper_equivalent_lr", "reward_optimize", "round_trip", "select", "stability"]

@@ -59,7 +59,7 @@ class SeedBank:
 
 
 def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", steps: int | None = None,
-               guidance: float | None = None, inversion_guidance: float | None = None, batch_size: int = 32,
+               guidance: float | None = None, inversion_guidance: float | None = None, batch_size: int | None = None,
                progress: bool = True) -> SeedBank:
     """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt)."""
     if n < 1:

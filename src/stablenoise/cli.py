@@ -31,6 +31,8 @@ def model_options(fn):
         click.option("--variant", default=None, help="Weight variant to load, as in diffusers (e.g. fp16)."),
         click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None,
                      help="Override the DDIM timestep spacing (default: the pipeline scheduler's)."),
+        click.option("--compile", "compile_model", is_flag=True,
+                     help="torch.compile the UNet/transformer (pays off on a GPU for long runs)."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output folder (default: stablenoise-out/COMMAND)."),
         click.option("--prompt", "prompt_list", multiple=True, help="A prompt; repeat for several."),
@@ -46,7 +48,7 @@ class Session:
     """What every subcommand resolves first: the backend, the prompts, the round-trip settings."""
 
     def __init__(self, command: str, model, device, dtype, steps, guidance, inversion_guidance, variant,
-                 timestep_spacing, out, prompt_list, prompts_file):
+                 timestep_spacing, compile_model, out, prompt_list, prompts_file):
         from .backends import load
         from .outputs import read_prompts
         from .stability import resolve
@@ -56,7 +58,8 @@ class Session:
             raise StablenoiseError("no prompt given: use --prompt TEXT or --prompts FILE")
         if any(not p.strip() for p in prompts):
             raise StablenoiseError("empty prompt")
-        self.backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing)
+        self.backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing,
+                            compile=compile_model)
         self.steps, self.guidance, self.inversion_guidance = resolve(self.backend, steps, guidance,
                                                                      inversion_guidance)
         self.prompts = prompts
@@ -184,7 +187,8 @@ def score(seed, num, noise_file, batch_size, **kw):
 @click.option("-k", type=click.IntRange(1, MAX_SEEDS), default=100, show_default=True,
               help="Seeds to score per prompt.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="First seed: seeds are SEED..SEED+K-1.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Noises per model call [default: from free GPU memory; 16 on CPU; halved on out-of-memory].")
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Two-stage selection: a proxy scores the K seeds, the KEEP best get the full score.")
 @click.option("--proxy-steps", type=click.IntRange(min=1), default=None, help="Proxy: the round trip with fewer steps.")
@@ -335,7 +339,8 @@ def _write_optimized(s, run, i, results) -> list[str]:
 @click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--guidance", type=click.FloatRange(min=0), default=None)
 @click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Noises per model call [default: from free GPU memory; 16 on CPU; halved on out-of-memory].")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("seed-bank.json"),

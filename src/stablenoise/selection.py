@@ -16,9 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends.base import Backend
+from .batching import auto_batch_size, map_batches
 from .errors import StablenoiseError
 from .noise import check_seed, noises_from_seeds
-from .stability import stability
+from .stability import conditioning, resolve, score
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,14 @@ class SelectionResult:
 
 
 def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | None = None,
-           batch_size: int = 8, steps: int | None = None, guidance: float | None = None,
+           batch_size: int | None = None, steps: int | None = None, guidance: float | None = None,
            inversion_guidance: float | None = None, proxy: Proxy | Mapping[int, float] | None = None,
            keep: int | None = None, progress: bool = True,
            callback: Callable[[dict], None] | None = None) -> SelectionResult:
     """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
     with the most and least stable seed. A non-finite score is recorded as None and never wins.
+    The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: 16), and a
+    batch that runs out of memory is retried at half the size.
     With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
     ``callback`` gets ``{"seeds", "scores"}`` after each batch of full scores."""
     if seeds is None:
@@ -66,7 +69,7 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
         raise StablenoiseError("seeds is empty: give at least one seed")
     if len(set(seeds)) != len(seeds):
         raise StablenoiseError("seeds must be distinct")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise StablenoiseError(f"batch size must be >= 1, got {batch_size}")
     if (proxy is None) != (keep is None):
         raise StablenoiseError("two-stage selection needs both proxy and keep")
@@ -98,16 +101,31 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
 
 def _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guidance, progress, callback=None,
             desc="select") -> list[float | None]:
-    scores: list[float | None] = []
-    for i in tqdm(range(0, len(seeds), batch_size), desc=desc, unit="batch", disable=not progress):
-        chunk = seeds[i:i + batch_size]
-        s = stability(backend, prompt, noises_from_seeds(chunk, backend.latent_shape),
-                      steps, guidance, inversion_guidance).tolist()
-        s = [v if math.isfinite(v) else None for v in s]
-        scores.extend(s)
+    """Full stability of each seed (None: non-finite), the prompt encoded once, in batches that fit."""
+    steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
+    with torch.no_grad():
+        cond = conditioning(backend, prompt, 1, max(guidance, inversion_guidance))
+    bar = tqdm(total=len(seeds), desc=desc, unit="seed", disable=not progress)
+
+    def run(chunk):
+        s = score(backend, cond, noises_from_seeds(chunk, backend.latent_shape), steps, guidance,
+                  inversion_guidance).tolist()
+        return [v if math.isfinite(v) else None for v in s]
+
+    def done(chunk, s):
+        bar.update(len(chunk))
         if callback is not None:
-            callback({"seeds": chunk, "scores": s})
-    return scores
+            callback({"seeds": list(chunk), "scores": s})
+
+    first: list[float | None] = []
+    if batch_size is None:  # the first seed's score measures the memory one sample needs
+        batch_size = auto_batch_size(backend.device, lambda: first.extend(run(seeds[:1])), len(seeds))
+        if first:
+            done(seeds[:1], first)
+    try:
+        return first + map_batches(run, seeds[len(first):], batch_size, done)
+    finally:
+        bar.close()
 
 
 def _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,

@@ -58,8 +58,16 @@ def stability(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor
     """
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     noise = check_noise(noise, backend.latent_shape)
-    noise = noise.to(backend.device, torch.promote_types(noise.dtype, torch.float32))
     with torch.no_grad():
         cond = conditioning(backend, prompt, noise.shape[0], max(guidance, inversion_guidance))
-        _, inverted = round_trip(backend, cond, noise, steps, guidance, inversion_guidance)
+    return score(backend, cond, noise, steps, guidance, inversion_guidance)
+
+
+def score(backend: Backend, cond: Conditioning, noise: torch.Tensor, steps: int, guidance: float,
+          inversion_guidance: float) -> torch.Tensor:
+    """``stability`` under a conditioning encoded once (for max(guidance, inversion_guidance)) and expanded
+    to the batch: what selection calls per batch, so a prompt is encoded once per selection."""
+    noise = noise.to(backend.device, torch.promote_types(noise.dtype, torch.float32))
+    with torch.no_grad():
+        _, inverted = round_trip(backend, cond.expand(noise.shape[0]), noise, steps, guidance, inversion_guidance)
         return cosine(noise, inverted).cpu()

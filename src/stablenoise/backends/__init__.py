@@ -77,13 +77,13 @@ def _looks_like_path(model: str) -> bool:
 
 def load(model: str | Path | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, *, height: int | None = None, width: int | None = None,
-         variant: str | None = None, timestep_spacing: str | None = None) -> DiffusersBackend:
+         variant: str | None = None, timestep_spacing: str | None = None, compile: bool = False) -> DiffusersBackend:
     """Load a backend from a hub id (``stabilityai/sdxl-turbo``) or a local pipeline folder.
 
     ``None`` or ``"shapes"`` is the shapes-world model shipped inside the package (no network); other
     registered families may ship more names (``shapes-cosine``).
     ``variant`` picks weight files as in diffusers (``"fp16"``); ``height``/``width`` set the image size
-    of SD/SDXL (default: the UNet's native size).
+    of SD/SDXL (default: the UNet's native size); ``compile`` runs the denoiser through ``torch.compile``.
     """
     from diffusers import DiffusionPipeline
 
@@ -112,7 +112,8 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
         pipe = from_pretrained(DiffusionPipeline, model, f"model {model!r}", **kwargs)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    return from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing)
+    backend = from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing)
+    return backend.compile() if compile else backend
 
 
 __all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "StableDiffusionBackend",

@@ -109,6 +109,10 @@ class Backend(Protocol):
     def describe(self) -> dict: ...
 
 
+def _is_compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None  # set by nn.Module.compile
+
+
 def uses_cfg(guidance: float) -> bool:
     """diffusers' convention: classifier-free guidance only above 1; otherwise the conditional branch alone."""
     return guidance > 1.0
@@ -179,12 +183,29 @@ class DiffusersBackend:
                     break
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network every step calls (a UNet here; a transformer in flow-matching adapters)."""
+        return self.pipe.unet
+
+    @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.denoiser.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        return self.denoiser.dtype
+
+    def compile(self, **options) -> "DiffusersBackend":
+        """``torch.compile`` the denoiser in place (``options`` go to torch.compile). The first calls of each
+        batch size and CFG setting compile (slow); the arithmetic between steps stays eager."""
+        self.denoiser.compile(**options)
+        return self
+
+    def attention(self) -> list[str]:
+        """The attention processor classes the denoiser uses (diffusers' default on torch 2 is SDPA:
+        AttnProcessor2_0 and its relatives)."""
+        procs = getattr(self.denoiser, "attn_processors", None) or {}
+        return sorted({type(p).__name__ for p in procs.values()})
 
     def schedule(self, steps: int) -> ddim.Schedule:
         if steps not in self._schedules:
@@ -260,7 +281,8 @@ class DiffusersBackend:
         return {"backend": type(self).__name__, "name": self.name,
                 "pipeline": type(self.pipe).__name__, "latent_shape": list(self.latent_shape),
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "ddim": dict(self.ddim_config), "defaults": self.defaults.__dict__}
+                "ddim": dict(self.ddim_config), "defaults": self.defaults.__dict__,
+                "attention": self.attention(), "compiled": _is_compiled(self.denoiser)}
 
     def with_scheduler(self, **overrides) -> "DiffusersBackend":
         """A copy whose DDIM schedulers take these config overrides (e.g. ``timestep_spacing="trailing"``)."""
