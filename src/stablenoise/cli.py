@@ -362,12 +362,13 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
     click.echo(f"wrote {out}: {n} seeds, most stable {b.top(3)}")
 
 
-from .bench.command import bench, report  # noqa: E402
+from .bench.command import bench, perf, report  # noqa: E402
 from .rewards.command import reward  # noqa: E402
 
 main.add_command(reward)
 main.add_command(bench)
 main.add_command(report)
+main.add_command(perf)
 
 
 def _add_plugin_commands() -> None:

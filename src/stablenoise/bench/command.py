@@ -134,3 +134,86 @@ def report(run_dir, html_path, md_path, grid_prompts, bootstrap):
 
     html, md = write_report(run_dir, html_path, md_path, grid_prompts=grid_prompts, n_boot=bootstrap)
     click.echo(f"wrote {html} and {md}")
+
+
+@click.command()
+@click.option("--model", default="shapes", show_default=True,
+              help="Hub id, local pipeline folder, or a shipped model name.")
+@click.option("--architecture", type=click.Choice(["sd15", "sdxl"]), default=None,
+              help="Instead of --model: a full-size SD 1.5 or SDXL with random weights (same FLOPs; no download).")
+@click.option("--size", type=click.IntRange(min=64), default=None,
+              help="Image size of --architecture (default: 512 for sd15, 1024 for sdxl).")
+@click.option("--prompts", "prompts_spec", default="shapes-heldout", show_default=True,
+              help="A shipped prompt set or a prompt file: the proxy and bank parts use its first prompts.")
+@click.option("--parts", default=None,
+              help="Comma-separated parts to run; a rerun adds to OUT/perf.json [default: overhead,batching,memory,"
+                   "proxies,bank; with --architecture: overhead,batching,memory].")
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Steps of the full score (the bench's main setting on the shipped model).")
+@click.option("--guidance", type=click.FloatRange(min=0), default=None)
+@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--batching-k", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Seeds of the batched-vs-per-seed selection.")
+@click.option("--proxy-prompts", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--proxy-k", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--bank-seeds", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--bank-keep", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--bank-prompts", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--judge", default="shapes-verifier", show_default=True, help="The reward that judges the bank's images.")
+@click.option("--bench-db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A bench.sqlite with full per-prompt selection on the same prompts and settings, to compare with.")
+@click.option("--device", default=None)
+@click.option("--dtype", default=None)
+@click.option("--compile", "compile_model", is_flag=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stablenoise-out/perf"),
+              show_default=True)
+@guarded
+def perf(model, architecture, size, prompts_spec, parts, steps, guidance, inversion_guidance, batch_size, repeats, batching_k, proxy_prompts,
+         proxy_k, bank_seeds, bank_keep, bank_prompts, judge, bench_db, device, dtype, compile_model, out):
+    """Measure what stability costs beyond the model calls and how much cheaper proxies, two-stage selection
+    and a seed bank make it; prints a table and writes OUT/perf.json and OUT/perf.md."""
+    from ..backends import load
+    from ..prompts import load_prompts
+    from ..rewards import load_reward
+    from .perf import PARTS, run_perf
+    from .perf_report import markdown
+
+    import torch
+
+    part_list = _names(parts or ("overhead,batching,memory" if architecture else
+                                 "overhead,batching,memory,proxies,bank"))
+    unknown = [p for p in part_list if p not in PARTS]
+    if unknown:
+        raise StablenoiseError(f"unknown perf part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
+    if out.exists() and not out.is_dir():
+        raise StablenoiseError(f"--out {out} is a file, not a folder")
+    if bench_db is not None and not bench_db.is_file():
+        raise StablenoiseError(f"bench database not found: {bench_db}")
+    prompt_set = load_prompts(prompts_spec)
+    if architecture:
+        from ..backends import from_pipeline, parse_device, parse_dtype
+        from .architectures import NATIVE_SIZE, random_pipeline
+
+        if "proxies" in part_list or "bank" in part_list:
+            raise StablenoiseError("random weights have no meaningful proxies or bank: use --parts overhead,batching,memory")
+        dev = parse_device(device)
+        size = size or NATIVE_SIZE[architecture]
+        pipe = random_pipeline(architecture, dtype=parse_dtype(dtype) or torch.float32, device=dev)
+        pipe.set_progress_bar_config(disable=True)
+        backend = from_pipeline(pipe, name=f"random-{architecture}-{size}px", height=size, width=size)
+        if compile_model:
+            backend.compile()
+    else:
+        backend = load(model, device=device, dtype=dtype, compile=compile_model)
+    reward = load_reward(judge, device=backend.device) if "bank" in part_list else None
+    command = shlex.join(["stablenoise", *sys.argv[1:]]) if sys.argv and "perf" in sys.argv[1:2] else ""
+    result = run_perf(backend, out, part_list, [p.text for p in prompt_set], steps, guidance, inversion_guidance,
+                      batch_size, repeats, k_batching=batching_k, proxy_prompts=proxy_prompts, proxy_k=proxy_k, bank_seeds=bank_seeds,
+                      bank_keep=bank_keep, bank_prompts=bank_prompts, judge=reward, bench_db=bench_db,
+                      command=command)
+    md = markdown(result)
+    (out / "perf.md").write_text(md, encoding="utf-8")
+    click.echo(md)
+    click.echo(f"wrote {out / 'perf.json'} and {out / 'perf.md'}")
