@@ -269,3 +269,23 @@ def test_describe_records_the_flow_settings(dev):
 def test_flow_schedule_refuses_zero_steps():
     with pytest.raises(StablenoiseError, match="steps must be >= 1"):
         flow.schedule({}, 0)
+
+
+def test_cli_select_on_a_flow_model_folder(tmp_path):
+    """What a GPU user runs with a hub id, on a saved tiny SD3 folder (its native size)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from stablenoise.cli import main
+
+    tiny_sd3().save_pretrained(tmp_path / "sd3")
+    args = ["select", "--model", str(tmp_path / "sd3"), "--steps", "2", "--device", "cpu", "--prompt", "a cat",
+            "-k", "2", "--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert rec["model"]["backend"] == "StableDiffusion3Backend" and rec["parameters"]["guidance"] == 4.5
+    assert len(rec["items"][0]["scores"]) == 2 and rec["model"]["flow"]["shift"] == 3.0
+    r = CliRunner().invoke(main, [*args[:-2], "--out", str(tmp_path / "bad"), "--timestep-spacing", "trailing"])
+    assert r.exit_code != 0 and "timestep_spacing cannot be set for a flow-matching model" in r.output
