@@ -23,7 +23,7 @@ def model_options(fn):
         click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)."),
         click.option("--dtype", default=None, help="float32, float16 or bfloat16 (default: the pipeline's)."),
         click.option("--steps", type=click.IntRange(min=1), default=None,
-                     help="DDIM steps of the round trip (default: the model family's)."),
+                     help="Steps of the round trip, DDIM or flow Euler (default: the model family's)."),
         click.option("--guidance", type=click.FloatRange(min=0), default=None,
                      help="Denoising CFG scale (<= 1: no CFG; default: the model family's)."),
         click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,

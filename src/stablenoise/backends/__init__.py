@@ -13,8 +13,11 @@ import torch
 from ..errors import StablenoiseError
 from ..loading import from_pretrained
 from .base import Backend, Conditioning, Defaults, DiffusersBackend, uses_cfg
+from .flow import FlowBackend
+from .flux import FluxBackend
 from .registry import Family, families, register_family, shipped_models
 from .sd import StableDiffusionBackend
+from .sd3 import StableDiffusion3Backend
 from .sdxl import StableDiffusionXLBackend
 
 DEFAULT_MODEL = "shapes"  # the CLI's default: the shapes world's shipped model (registered by entry point)
@@ -30,6 +33,8 @@ def from_pipeline(pipe, name: str | None = None, height: int | None = None, widt
     for fam in families():
         if isinstance(pipe, fam.pipeline):
             defaults = fam.defaults
+            if fam.config_defaults is not None:
+                defaults = fam.config_defaults(pipe)
             if fam.turbo_defaults is not None and "turbo" in name.lower():
                 defaults = fam.turbo_defaults
             if fam.fixed_size and (height or width):
@@ -116,6 +121,7 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
     return backend.compile() if compile else backend
 
 
-__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "StableDiffusionBackend",
+__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "FlowBackend", "FluxBackend",
+           "StableDiffusion3Backend", "StableDiffusionBackend",
            "StableDiffusionXLBackend", "families", "from_pipeline", "load", "register_family", "shipped_models",
            "uses_cfg"]

@@ -132,15 +132,34 @@ class DiffusersBackend:
         for module in self._modules():
             module.requires_grad_(False)  # gradients flow to the noise only
             module.eval()
-        # The DDIM settings come from the pipeline's own scheduler config, whatever its class (see ddim.settings).
-        self.ddim_config = ddim.settings(self.pipe.scheduler.config, **self.scheduler_overrides)
-        self._schedules: dict[int, ddim.Schedule] = {}
+        self._setup_round_trip()
         self._checked_prompts: set[str] = set()  # each prompt is tokenized for the length check once
         self.model_evaluations = 0  # UNet evaluations, one per sample (CFG: two); the bench's cost unit
         if not self.latent_shape:
             self.latent_shape = self._default_latent_shape()
 
+    def _setup_round_trip(self) -> None:
+        # The DDIM settings come from the pipeline's own scheduler config, whatever its class (see ddim.settings).
+        self.ddim_config = ddim.settings(self.pipe.scheduler.config, **self.scheduler_overrides)
+        self._schedules: dict[int, ddim.Schedule] = {}
+
     # --- what adapters provide -------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the round trip evaluates (a UNet here; a transformer for flow-matching models)."""
+        return self.pipe.unet
+
+    def _call_model(self, x: torch.Tensor, t, kwargs: dict, guidance: float) -> torch.Tensor:
+        """One evaluation of the denoiser on a batch (both CFG branches at once when guided)."""
+        return self.denoiser(x, t, **kwargs).sample
+
+    def _uses_cfg(self, guidance: float) -> bool:
+        return uses_cfg(guidance)
+
+    def _pipeline_latents(self, noise: torch.Tensor) -> torch.Tensor:
+        """The noise in the layout the pipeline's ``latents=`` argument expects."""
+        return noise
+
     def _modules(self) -> list[torch.nn.Module]:
         return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
 
@@ -183,11 +202,6 @@ class DiffusersBackend:
                     break
 
     @property
-    def denoiser(self) -> torch.nn.Module:
-        """The network every step calls (a UNet here; a transformer in flow-matching adapters)."""
-        return self.pipe.unet
-
-    @property
     def device(self) -> torch.device:
         return self.denoiser.device
 
@@ -222,17 +236,17 @@ class DiffusersBackend:
         return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     def eps(self, x: torch.Tensor, t, cond: Conditioning, guidance: float) -> torch.Tensor:
-        """Predicted noise, with classifier-free guidance when guidance > 1."""
-        unet = self.pipe.unet
+        """The model's prediction (noise for DDIM, velocity for flow matching), with classifier-free
+        guidance where the family uses it; in the work dtype whatever the model's."""
         x = x.to(self.dtype)
-        self.model_evaluations += x.shape[0] * (2 if uses_cfg(guidance) else 1)
-        if uses_cfg(guidance):
+        cfg = self._uses_cfg(guidance)
+        self.model_evaluations += x.shape[0] * (2 if cfg else 1)
+        if cfg:
             if cond.uncond is None:
                 raise StablenoiseError("guidance > 1 needs a conditioning encoded with guidance > 1")
-            out = unet(torch.cat([x, x]), t, **_cat(cond.uncond, cond.cond)).sample
-            u, c = out.chunk(2)
+            u, c = self._call_model(torch.cat([x, x]), t, _cat(cond.uncond, cond.cond), guidance).chunk(2)
             return (u + guidance * (c - u)).to(self.work_dtype)
-        return unet(x, t, **cond.cond).sample.to(self.work_dtype)
+        return self._call_model(x, t, cond.cond, guidance).to(self.work_dtype)
 
     def _model(self, cond: Conditioning, guidance: float, checkpoint: bool):
         """The (x, t) -> eps callable the DDIM loops call, checkpointed when gradients are on."""
@@ -271,7 +285,7 @@ class DiffusersBackend:
     def generate(self, prompts, noise, steps, guidance, generators=None):
         """Images from the pipeline's own sampler and scheduler, started from the given noise; a stochastic
         scheduler draws its fresh noise from ``generators`` (one per image)."""
-        out = self.pipe(prompt=list(prompts), latents=noise.to(self.device, self.dtype),
+        out = self.pipe(prompt=list(prompts), latents=self._pipeline_latents(noise.to(self.device, self.dtype)),
                         num_inference_steps=steps, guidance_scale=guidance, output_type="pil",
                         generator=list(generators) if generators is not None else None,
                         **self._pipeline_kwargs())
@@ -281,8 +295,11 @@ class DiffusersBackend:
         return {"backend": type(self).__name__, "name": self.name,
                 "pipeline": type(self.pipe).__name__, "latent_shape": list(self.latent_shape),
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "ddim": dict(self.ddim_config), "defaults": self.defaults.__dict__,
+                **self._describe_round_trip(), "defaults": self.defaults.__dict__,
                 "attention": self.attention(), "compiled": _is_compiled(self.denoiser)}
+
+    def _describe_round_trip(self) -> dict:
+        return {"ddim": dict(self.ddim_config)}
 
     def with_scheduler(self, **overrides) -> "DiffusersBackend":
         """A copy whose DDIM schedulers take these config overrides (e.g. ``timestep_spacing="trailing"``)."""

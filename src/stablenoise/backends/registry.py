@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..plugins import register_entry_points
 from .base import Defaults
@@ -25,6 +26,8 @@ class Family:
     turbo_defaults: Defaults | None = None  # for checkpoints whose name says "turbo"
     models: dict[str, Path] = field(default_factory=dict)  # shipped model names -> pipeline folders
     fixed_size: bool = False  # the pipeline has one image size (height/width are refused)
+    # For checkpoints of one pipeline class that differ in config (FLUX schnell vs dev): pipe -> Defaults.
+    config_defaults: Callable[[object], Defaults] | None = None
 
 
 _FAMILIES: list[Family] = []
@@ -58,16 +61,30 @@ def _builtin() -> list[Family]:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
+                               StableDiffusionXLPipeline)
     finally:
         hf_logging.set_verbosity(verbosity)
+    from .flux import FluxBackend
     from .sd import StableDiffusionBackend
+    from .sd3 import StableDiffusion3Backend
     from .sdxl import StableDiffusionXLBackend
 
     # Turbo models are distilled for 1-4 steps without classifier-free guidance; the others take the
     # guidance their model cards use. Steps are diffusers' pipeline defaults.
-    return [Family("sdxl", StableDiffusionXLPipeline, StableDiffusionXLBackend, Defaults(50, 5.0), Defaults(4, 0.0)),
+    # SD3.5-medium's model card samples with 40 steps at guidance 4.5; SD3.5-large-turbo's with 4 steps and
+    # guidance 0 (no CFG). FLUX.1-schnell's card: 4 steps, guidance 0 (timestep-distilled, no guidance
+    # input); FLUX.1-dev's card: 50 steps, guidance 3.5 fed to its guidance embedding (no CFG either). The
+    # inversion keeps 1.0: the conditional branch alone (SD3), the distilled analogue of CFG 1 (FLUX-dev).
+    flow = [Family("sd3", StableDiffusion3Pipeline, StableDiffusion3Backend, Defaults(40, 4.5), Defaults(4, 0.0)),
+            Family("flux", FluxPipeline, FluxBackend, Defaults(4, 0.0), config_defaults=_flux_defaults)]
+    return [*flow, Family("sdxl", StableDiffusionXLPipeline, StableDiffusionXLBackend, Defaults(50, 5.0), Defaults(4, 0.0)),
             Family("sd", StableDiffusionPipeline, StableDiffusionBackend, Defaults(50, 7.5), Defaults(4, 0.0))]
+
+
+def _flux_defaults(pipe) -> Defaults:
+    """FLUX.1-dev has a guidance embedding (``guidance_embeds``); FLUX.1-schnell does not."""
+    return Defaults(50, 3.5) if pipe.transformer.config.guidance_embeds else Defaults(4, 0.0)
 
 
 def families() -> list[Family]:

@@ -26,12 +26,18 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
 def family():
-    """The shapes world's model family, registered through the ``stablenoise.backends`` entry point:
+    """The shapes world's model families, registered through the ``stablenoise.backends`` entry point:
     ``--model shapes`` (SD/SDXL-style scaled-linear betas, trailing spacing) and ``--model shapes-cosine``
-    (the first shipped model: cosine betas, leading spacing)."""
+    (the first shipped model: cosine betas, leading spacing), and the flow-matching ``shapes-flow``."""
     from ..backends.registry import Family
+    from .flow_backend import ShapesFlowBackend
+    from .flow_pipeline import ShapesFlowPipeline
     from .pipeline import ShapesPipeline
 
-    return Family("shapes", ShapesPipeline, ShapesBackend, Defaults(steps=10, guidance=2.0),
-                  models={"shapes": WEIGHTS / "shapes", "shapes-cosine": WEIGHTS / "shapes-cosine"},
-                  fixed_size=True)
+    # ``--model shapes-flow`` once trained weights are shipped (stablenoise train-shapes --objective flow).
+    flow_models = {"shapes-flow": WEIGHTS / "shapes-flow"} if (WEIGHTS / "shapes-flow").is_dir() else {}
+    return [Family("shapes-flow", ShapesFlowPipeline, ShapesFlowBackend, Defaults(steps=10, guidance=2.0),
+                   models=flow_models, fixed_size=True),
+            Family("shapes", ShapesPipeline, ShapesBackend, Defaults(steps=10, guidance=2.0),
+                   models={"shapes": WEIGHTS / "shapes", "shapes-cosine": WEIGHTS / "shapes-cosine"},
+                   fixed_size=True)]

@@ -149,15 +149,18 @@ def experiment(ctx, world, k, steps, guidance, limit, methods, model, device, ou
               help="CPU threads (0: torch's default).")
 @click.option("--init", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start from this shapes pipeline's weights (fine-tuning) instead of random ones.")
+@click.option("--objective", type=click.Choice(["epsilon", "flow"]), default="epsilon", show_default=True,
+              help="epsilon: the DDPM model (shapes); flow: the flow-matching model (shapes-flow).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True)
 @guarded
-def train_shapes(out, steps, batch_size, seed, schedule, threads, init, lr, warmup, ema_decay):
+def train_shapes(out, steps, batch_size, seed, schedule, threads, init, objective, lr, warmup, ema_decay):
     """Train the shapes-world model (resumes from OUT/checkpoint if present)."""
     from .train import TrainConfig, train
 
     final = train(out, TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
                                      schedule=schedule, threads=threads,
-                                     init=init, lr=lr, warmup=warmup, ema_decay=ema_decay))
-    click.echo(f"wrote {final}; copy it to src/stablenoise/weights/shapes to ship it")
+                                     init=init, objective=objective, lr=lr, warmup=warmup, ema_decay=ema_decay))
+    name = "shapes-flow" if objective == "flow" else "shapes"
+    click.echo(f"wrote {final}; copy it to src/stablenoise/weights/{name} to ship it")

@@ -1,4 +1,5 @@
-"""Train the shapes-world model: ``stablenoise train-shapes --out DIR``.
+"""Train the shapes-world model: ``stablenoise train-shapes --out DIR`` (``--objective flow``: the
+flow-matching ``ShapesFlowPipeline``).
 
 Seeded and reproducible: the batch of step i is drawn from ``default_rng([seed, i])``, so a run
 resumed from a checkpoint sees exactly the data an uninterrupted run would. Checkpoints are written
@@ -24,7 +25,10 @@ from tqdm.auto import tqdm
 
 from ..records import versions
 from . import world
+from .flow_pipeline import ShapesFlowPipeline
 from .pipeline import ShapesPipeline
+
+OBJECTIVES = ("epsilon", "flow")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     schedule: str = "scaled_linear"  # see shapes.pipeline.scheduler_config
     init: str | None = None  # a shapes pipeline folder whose weights start the run (fine-tuning)
+    objective: str = "epsilon"  # "epsilon": DDPM noise prediction; "flow": velocity of the straight path
 
 
 def batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
@@ -56,6 +61,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def noisy_input(cfg: TrainConfig, noise_sched, x0, noise, g) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(model input, model timestep, regression target) of one training batch under the objective."""
+    if cfg.objective == "flow":
+        # SD3's logit-normal sigmas (mean 0, std 1): most samples at mid noise, where velocity is hardest.
+        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=g)).view(-1, 1, 1, 1)
+        return (1 - sigma) * x0 + sigma * noise, sigma.flatten() * 1000, noise - x0
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+    return noise_sched.add_noise(x0, noise, t), t, noise
 
 
 def _atomic_dir(target: Path, write) -> None:
@@ -76,14 +91,18 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = ShapesPipeline.from_scratch(world.vocabulary(), world.RESOLUTION, seed=cfg.seed,
-                                       schedule=cfg.schedule)
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
+    flow = cfg.objective == "flow"
+    cls = ShapesFlowPipeline if flow else ShapesPipeline
+    pipe = (ShapesFlowPipeline.from_scratch(world.vocabulary(), world.RESOLUTION, seed=cfg.seed) if flow else
+            ShapesPipeline.from_scratch(world.vocabulary(), world.RESOLUTION, seed=cfg.seed, schedule=cfg.schedule))
     if cfg.init:
-        start_from = ShapesPipeline.from_pretrained(cfg.init)
+        start_from = cls.from_pretrained(cfg.init)
         pipe.unet.load_state_dict(start_from.unet.state_dict())
         pipe.text_encoder.load_state_dict(start_from.text_encoder.state_dict())
     modules = torch.nn.ModuleList([pipe.unet, pipe.text_encoder])
-    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_sched = None if flow else DDPMScheduler.from_config(pipe.scheduler.config)
     opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMAModel(modules.parameters(), decay=cfg.ema_decay)
     losses: list[float] = []
@@ -108,10 +127,10 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
         x0, captions = batch(cfg, step)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+        x_t, t, target = noisy_input(cfg, noise_sched, x0, noise, g)
         cond = pipe.encode_prompt(captions)
-        pred = pipe.unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        pred = pipe.unet(x_t, t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
@@ -151,7 +170,7 @@ def plot_losses(losses: list[float], path: Path) -> None:
     w = min(100, len(losses))
     if w > 1:
         ax.plot(np.arange(w - 1, len(losses)), np.convolve(losses, np.ones(w) / w, "valid"), label=f"mean of {w}")
-    ax.set(xlabel="step", ylabel="noise MSE", yscale="log", title="shapes-world training loss")
+    ax.set(xlabel="step", ylabel="MSE", yscale="log", title="shapes-world training loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
