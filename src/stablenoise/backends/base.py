@@ -140,6 +140,15 @@ class DiffusersBackend:
     def _modules(self) -> list[torch.nn.Module]:
         return [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
 
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the DDIM loops call (a UNet for image pipelines)."""
+        return self.pipe.unet
+
+    def _predict(self, x: torch.Tensor, t, kwargs: dict) -> torch.Tensor:
+        """The denoiser's raw output (in the scheduler's prediction_type) for a batch and its conditioning."""
+        return self.pipe.unet(x, t, **kwargs).sample
+
     def _default_latent_shape(self) -> tuple[int, ...]:
         c = self.pipe.unet.config
         return (c.in_channels, c.sample_size, c.sample_size)
@@ -180,11 +189,11 @@ class DiffusersBackend:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.denoiser.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        return self.denoiser.dtype
 
     def schedule(self, steps: int) -> ddim.Schedule:
         if steps not in self._schedules:
@@ -201,17 +210,15 @@ class DiffusersBackend:
         return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     def eps(self, x: torch.Tensor, t, cond: Conditioning, guidance: float) -> torch.Tensor:
-        """Predicted noise, with classifier-free guidance when guidance > 1."""
-        unet = self.pipe.unet
+        """The denoiser's output, with classifier-free guidance when guidance > 1 (DDIM turns it into noise)."""
         x = x.to(self.dtype)
         self.model_evaluations += x.shape[0] * (2 if uses_cfg(guidance) else 1)
         if uses_cfg(guidance):
             if cond.uncond is None:
                 raise StablenoiseError("guidance > 1 needs a conditioning encoded with guidance > 1")
-            out = unet(torch.cat([x, x]), t, **_cat(cond.uncond, cond.cond)).sample
-            u, c = out.chunk(2)
+            u, c = self._predict(torch.cat([x, x]), t, _cat(cond.uncond, cond.cond)).chunk(2)
             return (u + guidance * (c - u)).to(self.work_dtype)
-        return unet(x, t, **cond.cond).sample.to(self.work_dtype)
+        return self._predict(x, t, cond.cond).to(self.work_dtype)
 
     def _model(self, cond: Conditioning, guidance: float, checkpoint: bool):
         """The (x, t) -> eps callable the DDIM loops call, checkpointed when gradients are on."""
