@@ -16,6 +16,7 @@ from .base import Backend, Conditioning, Defaults, DiffusersBackend, uses_cfg
 from .registry import Family, families, register_family, shipped_models
 from .sd import StableDiffusionBackend
 from .sdxl import StableDiffusionXLBackend
+from .shap_e import ShapEBackend
 
 DEFAULT_MODEL = "shapes"  # the CLI's default: the shapes world's shipped model (registered by entry point)
 
@@ -115,6 +116,6 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
     return from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing)
 
 
-__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "StableDiffusionBackend",
+__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "ShapEBackend", "StableDiffusionBackend",
            "StableDiffusionXLBackend", "families", "from_pipeline", "load", "register_family", "shipped_models",
            "uses_cfg"]

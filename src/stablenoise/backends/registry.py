@@ -58,16 +58,21 @@ def _builtin() -> list[Family]:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import ShapEPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     finally:
         hf_logging.set_verbosity(verbosity)
     from .sd import StableDiffusionBackend
     from .sdxl import StableDiffusionXLBackend
+    from .shap_e import ShapEBackend
 
     # Turbo models are distilled for 1-4 steps without classifier-free guidance; the others take the
     # guidance their model cards use. Steps are diffusers' pipeline defaults.
     return [Family("sdxl", StableDiffusionXLPipeline, StableDiffusionXLBackend, Defaults(50, 5.0), Defaults(4, 0.0)),
-            Family("sd", StableDiffusionPipeline, StableDiffusionBackend, Defaults(50, 7.5), Defaults(4, 0.0))]
+            Family("sd", StableDiffusionPipeline, StableDiffusionBackend, Defaults(50, 7.5), Defaults(4, 0.0)),
+            # Shap-E: 64 steps at guidance 15, as the openai/shap-e model card and ShapEPipeline's docstring
+            # example run it (its __call__ defaults, 25 and 4.0, are not what the model is shown with).
+            # One size: a rendered frame size is the adapter's frame_size, not --height/--width.
+            Family("shap-e", ShapEPipeline, ShapEBackend, Defaults(64, 15.0), fixed_size=True)]
 
 
 def families() -> list[Family]:
