@@ -32,7 +32,7 @@ def tiny_shap_e(seed: int = 0) -> ShapEPipeline:
                              clip_embed_dim=2 * EMBED, additional_embeddings=0, time_embed_act_fn="gelu",
                              norm_in_type="layer", encoder_hid_proj_type=None, added_emb_type=None)
     renderer = ShapERenderer(param_shapes=((RENDER, 93), (RENDER, 8), (RENDER, 8), (RENDER, 8)),
-                             d_latent=EMBED, d_hidden=RENDER, n_output=12, background=(0.1, 0.1, 0.1))
+                             d_latent=EMBED, d_hidden=RENDER, n_output=12, background=(200.0, 120.0, 40.0))
     return ShapEPipeline(prior=prior.eval(), text_encoder=text_encoder, tokenizer=tok,
                          scheduler=shap_e_scheduler(), shap_e_renderer=renderer)
 
