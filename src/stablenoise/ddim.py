@@ -92,7 +92,7 @@ def schedule(ddim_config: Mapping, steps: int, device=None) -> Schedule:
 
     if steps < 1:
         raise StablenoiseError(f"steps must be >= 1, got {steps}")
-    sched = DDIMScheduler.from_config(dict(ddim_config))
+    sched = DDIMScheduler.from_config(_with_betas(dict(ddim_config)))
     if steps > sched.config.num_train_timesteps:
         raise StablenoiseError(f"steps must be <= {sched.config.num_train_timesteps} (the training timesteps)")
     sched.set_timesteps(steps)
@@ -102,6 +102,17 @@ def schedule(ddim_config: Mapping, steps: int, device=None) -> Schedule:
     alphas = torch.cat([alphas_cumprod[timesteps], final.view(1)])
     clip = float(ddim_config.get("clip_sample_range", 1.0)) if ddim_config.get("clip_sample") else None
     return Schedule(timesteps.to(device), alphas, ddim_config.get("prediction_type", "epsilon"), clip)
+
+
+def _with_betas(config: dict) -> dict:
+    """DDIMScheduler lacks the "exp" beta schedule (Shap-E's prior, alpha_bar(t) = exp(-12 t)): give it the betas
+    that diffusers' own ``betas_for_alpha_bar`` computes for it, exactly as HeunDiscreteScheduler does."""
+    if config.get("beta_schedule") == "exp" and config.get("trained_betas") is None:
+        from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
+
+        betas = betas_for_alpha_bar(config.get("num_train_timesteps", 1000), alpha_transform_type="exp")
+        config = {**config, "trained_betas": betas.tolist()}
+    return config
 
 
 def to_eps(model_output: torch.Tensor, x: torch.Tensor, a_model, prediction_type: str = "epsilon") -> torch.Tensor:

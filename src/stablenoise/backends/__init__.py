@@ -19,6 +19,7 @@ from .registry import Family, families, register_family, shipped_models
 from .sd import StableDiffusionBackend
 from .sd3 import StableDiffusion3Backend
 from .sdxl import StableDiffusionXLBackend
+from .shap_e import ShapEBackend
 
 DEFAULT_MODEL = "shapes"  # the CLI's default: the shapes world's shipped model (registered by entry point)
 
@@ -122,6 +123,6 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
 
 
 __all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "FlowBackend", "FluxBackend",
-           "StableDiffusion3Backend", "StableDiffusionBackend",
+           "ShapEBackend", "StableDiffusion3Backend", "StableDiffusionBackend",
            "StableDiffusionXLBackend", "families", "from_pipeline", "load", "register_family", "shipped_models",
            "uses_cfg"]

@@ -150,7 +150,8 @@ class DiffusersBackend:
         return self.pipe.unet
 
     def _call_model(self, x: torch.Tensor, t, kwargs: dict, guidance: float) -> torch.Tensor:
-        """One evaluation of the denoiser on a batch (both CFG branches at once when guided)."""
+        """One evaluation of the denoiser on a batch (both CFG branches at once when guided): its raw output
+        in the scheduler's prediction type (noise, v, x0, or a flow model's velocity)."""
         return self.denoiser(x, t, **kwargs).sample
 
     def _uses_cfg(self, guidance: float) -> bool:

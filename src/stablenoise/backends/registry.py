@@ -61,7 +61,7 @@ def _builtin() -> list[Family]:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        from diffusers import (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
+        from diffusers import (FluxPipeline, ShapEPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
                                StableDiffusionXLPipeline)
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -69,6 +69,7 @@ def _builtin() -> list[Family]:
     from .sd import StableDiffusionBackend
     from .sd3 import StableDiffusion3Backend
     from .sdxl import StableDiffusionXLBackend
+    from .shap_e import ShapEBackend
 
     # Turbo models are distilled for 1-4 steps without classifier-free guidance; the others take the
     # guidance their model cards use. Steps are diffusers' pipeline defaults.
@@ -79,7 +80,11 @@ def _builtin() -> list[Family]:
     flow = [Family("sd3", StableDiffusion3Pipeline, StableDiffusion3Backend, Defaults(40, 4.5), Defaults(4, 0.0)),
             Family("flux", FluxPipeline, FluxBackend, Defaults(4, 0.0), config_defaults=_flux_defaults)]
     return [*flow, Family("sdxl", StableDiffusionXLPipeline, StableDiffusionXLBackend, Defaults(50, 5.0), Defaults(4, 0.0)),
-            Family("sd", StableDiffusionPipeline, StableDiffusionBackend, Defaults(50, 7.5), Defaults(4, 0.0))]
+            Family("sd", StableDiffusionPipeline, StableDiffusionBackend, Defaults(50, 7.5), Defaults(4, 0.0)),
+            # Shap-E: 64 steps at guidance 15, as the openai/shap-e model card and ShapEPipeline's docstring
+            # example run it (its __call__ defaults, 25 and 4.0, are not what the model is shown with).
+            # One size: a rendered frame size is the adapter's frame_size, not --height/--width.
+            Family("shap-e", ShapEPipeline, ShapEBackend, Defaults(64, 15.0), fixed_size=True)]
 
 
 def _flux_defaults(pipe) -> Defaults:

@@ -15,6 +15,7 @@ from ..errors import StablenoiseError
 from .clip import AestheticHead, ClipReward, clipscore_head, hps_head, pickscore_head
 from .preprocess import CLIP_MEAN, CLIP_STD, Preprocess
 from .registry import register
+from .views import ViewsReward
 from ..loading import from_pretrained
 from .weights import read_state_dict, require_keys
 
@@ -98,6 +99,10 @@ def clipscore(source, device, dtype):
     model = clip_model(source, device, dtype)
     return ClipReward("clipscore", model, clip_tokenizer(source),
                       hf_preprocess(source, model.config.vision_config.image_size), clipscore_head)
+
+
+def clipscore_views(source, device, dtype):
+    return ViewsReward("clipscore-views", clipscore(source, device, dtype))
 
 
 def pickscore(source, device, dtype):
@@ -188,6 +193,8 @@ def aesthetic(source, device, dtype):
 
 register("clipscore", clipscore, description="CLIPScore (torchmetrics): 100 * max(cos, 0), openai CLIP ViT-L/14",
          hub_ids=(CLIP_L14,), aliases=("clip",))
+register("clipscore-views", clipscore_views, description="CLIPScore averaged over the views of a turntable strip "
+         "(3D: Shap-E's decode)", aliases=("clip-views",))
 register("pickscore", pickscore, description="PickScore v1: logit_scale * cos", hub_ids=(PICKSCORE,))
 register("hpsv2", _hps("hpsv2"), description="HPS v2.0: 100 * cos", file_names=(HPS_FILES["hpsv2"],),
          hub_ids=(HPS_REPO,), aliases=("hpsv2.0", "hps"))
