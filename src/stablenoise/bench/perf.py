@@ -459,15 +459,16 @@ def compare_with_bench(bank_result: dict, prompts: list[str], bench_db: Path, fu
     db = _open_bench(bench_db)
     try:
         cid, k = _bench_config(db, bench_db, full)
-        texts = dict(db.execute("SELECT text, idx FROM prompts WHERE config_id=?", (cid,)).fetchall())
+        # Matched by position: a prompt set may repeat a caption, so the same index must hold the same text.
+        texts = dict(db.execute("SELECT idx, text FROM prompts WHERE config_id=?", (cid,)).fetchall())
         judge = bank_result["judge"]
         most, rnd, bank_pass = [], [], []
-        for prompt, passed in zip(prompts, bank_result["per_prompt"]):
-            if prompt not in texts:
+        for i, (prompt, passed) in enumerate(zip(prompts, bank_result["per_prompt"])):
+            if texts.get(i) != prompt:
                 continue
             seeds = db.execute("SELECT s.stability, c.value FROM samples s JOIN scores c ON c.sample_id=s.id "
                                "WHERE s.config_id=? AND s.prompt_idx=? AND s.method='seed' AND c.name=?",
-                               (cid, texts[prompt], judge)).fetchall()
+                               (cid, i, judge)).fetchall()
             scored = [(st, v) for st, v in seeds if st is not None and v is not None]
             if not scored:
                 continue
