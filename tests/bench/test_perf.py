@@ -104,3 +104,37 @@ def test_perf_bad_input(tmp_path, args, message):
     r = CliRunner().invoke(main, ["perf", "--out", str(tmp_path / "o"), *args])
     assert r.exit_code != 0 and message in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_reference_matches_prompts_by_position_when_captions_repeat(tmp_path):
+    import sqlite3
+
+    from stablenoise.bench.schema import DDL
+
+    db_path = tmp_path / "bench.sqlite"
+    db = sqlite3.connect(db_path)
+    db.executescript(DDL)
+    db.execute("INSERT INTO configs (id, digest, prompt_set, model, steps, guidance, inversion_guidance, k, first_seed,"
+               " json, versions, created) VALUES (1, 'd', 's', 'm', 5, 2.0, 1.0, 2, 0, '{}', '{}', 'now')")
+    texts = ["a triangle", "a circle", "a triangle"]  # a repeated caption, as held-out sets have
+    verdicts = {0: [(0.9, 1.0), (0.1, 0.0)], 1: [(0.5, 0.0), (0.6, 0.0)], 2: [(0.2, 1.0), (0.8, 0.0)]}
+    for i, text in enumerate(texts):
+        db.execute("INSERT INTO prompts (config_id, idx, text) VALUES (1, ?, ?)", (i, text))
+        for rank, (stab, passed) in enumerate(verdicts[i]):
+            cur = db.execute("INSERT INTO samples (config_id, prompt_idx, method, seed, seed_rank, stability, "
+                             "image_path, unet_calls, image_calls, reward_calls, seconds, created) "
+                             "VALUES (1, ?, 'seed', ?, ?, ?, 'x.png', 0, 0, 0, 0, 'now')", (i, 2 * i + rank, rank, stab))
+            db.execute("INSERT INTO scores (sample_id, name, value) VALUES (?, 'v', ?)", (cur.lastrowid, passed))
+    db.commit()
+    db.close()
+    bank = {"judge": "v", "per_prompt": [1.0, 1.0, 0.0]}
+    a = perf.compare_with_bench(bank, texts, db_path, perf.Setting("full", 5, 2.0, 1.0))
+    assert a["prompts"] == 3 and a["k"] == 2
+    assert a["full_selection"]["mean"] == pytest.approx(1 / 3)  # most stable: pass, fail, fail
+    assert a["random"]["mean"] == pytest.approx((0.5 + 0 + 0.5) / 3)
+    assert a["bank_minus_full_selection"]["mean"] == pytest.approx(1 / 3)
+    other = perf.compare_with_bench({"judge": "v", "per_prompt": [1.0]}, ["a circle"], db_path,
+                                    perf.Setting("full", 5, 2.0, 1.0))
+    assert other["prompts"] == 0  # index 0 holds another caption: not compared
+    with pytest.raises(sn.StablenoiseError, match="no run with steps=4"):
+        perf.check_bench(db_path, perf.Setting("full", 4, 2.0, 1.0))
