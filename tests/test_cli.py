@@ -305,3 +305,14 @@ def test_compile_flag_compiles_the_denoiser_and_says_so(common, tmp_path, monkey
     assert json.loads((tmp_path / "p" / "run.json").read_text())["model"]["compiled"] is False
     assert rec["items"][0]["scores"] == pytest.approx(
         json.loads((tmp_path / "p" / "run.json").read_text())["items"][0]["scores"], abs=1e-6)
+
+
+def test_height_and_width_set_the_latent_size(common, tmp_path):
+    r = run("score", *common, "--height", 48, "--width", 64, "--prompt", "a red cube", "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["model"]["latent_shape"] == [4, 24, 32]  # tiny VAE: /2
+    r = CliRunner().invoke(main, ["score", *map(str, common), "--height", "51", "--prompt", "a", "--out",
+                                  str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "positive multiples of 2" in r.output and not (tmp_path / "bad").exists()
+    r = CliRunner().invoke(main, ["score", "--height", "64", "--prompt", "a", "--out", str(tmp_path / "fixed")])
+    assert r.exit_code != 0 and "fixed image size" in r.output

@@ -31,6 +31,10 @@ def model_options(fn):
         click.option("--variant", default=None, help="Weight variant to load, as in diffusers (e.g. fp16)."),
         click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None,
                      help="Override the DDIM timestep spacing (default: the pipeline scheduler's)."),
+        click.option("--height", type=click.IntRange(min=1), default=None,
+                     help="Image height in pixels (default: the model's native size)."),
+        click.option("--width", type=click.IntRange(min=1), default=None,
+                     help="Image width in pixels (default: the model's native size)."),
         click.option("--compile", "compile_model", is_flag=True,
                      help="torch.compile the UNet/transformer (pays off on a GPU for long runs)."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -48,7 +52,7 @@ class Session:
     """What every subcommand resolves first: the backend, the prompts, the round-trip settings."""
 
     def __init__(self, command: str, model, device, dtype, steps, guidance, inversion_guidance, variant,
-                 timestep_spacing, compile_model, out, prompt_list, prompts_file):
+                 timestep_spacing, height, width, compile_model, out, prompt_list, prompts_file):
         from .backends import load
         from .outputs import read_prompts
         from .stability import resolve
@@ -59,7 +63,7 @@ class Session:
         if any(not p.strip() for p in prompts):
             raise StablenoiseError("empty prompt")
         self.backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing,
-                            compile=compile_model)
+                            height=height, width=width, compile=compile_model)
         self.steps, self.guidance, self.inversion_guidance = resolve(self.backend, steps, guidance,
                                                                      inversion_guidance)
         self.prompts = prompts

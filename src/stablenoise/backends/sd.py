@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import StablenoiseError
 from .base import Conditioning, DiffusersBackend, uses_cfg
 
 
@@ -16,6 +17,9 @@ class StableDiffusionBackend(DiffusersBackend):
         scale = self.pipe.vae_scale_factor
         self.height = self.height or self.pipe.unet.config.sample_size * scale
         self.width = self.width or self.pipe.unet.config.sample_size * scale
+        if self.height % scale or self.width % scale or self.height < scale or self.width < scale:
+            raise StablenoiseError(f"height and width must be positive multiples of {scale} (the VAE's downsampling), "
+                                   f"got {self.height}x{self.width}")
         return (self.pipe.unet.config.in_channels, self.height // scale, self.width // scale)
 
     def _pipeline_kwargs(self):
