@@ -147,3 +147,37 @@ def test_cosine_is_computed_in_at_least_float32():
     assert half.dtype == torch.float32 and sn.cosine(a.double(), b).dtype == torch.float64
     assert torch.allclose(half, sn.cosine(a.half().float(), b.half().float()))
     assert sn.cosine(a, b).shape == (2,) and torch.allclose(sn.cosine(a, a), torch.ones(2))
+
+
+def test_round_trip_settings_are_checked_one_by_one():
+    from stablenoise.stability import resolve
+    from toy import ToyBackend
+
+    toy = ToyBackend()
+    with pytest.raises(StablenoiseError, match=r"^steps must be >= 1, got 0$"):
+        resolve(toy, 0, 2.0, 1.0)
+    with pytest.raises(StablenoiseError, match="guidance scales must be >= 0"):
+        resolve(toy, 2, 2.0, -0.5)  # the inversion's alone
+    with pytest.raises(StablenoiseError, match="guidance scales must be >= 0"):
+        resolve(toy, 2, -0.5, 1.0)
+    with pytest.raises(StablenoiseError, match="must be finite"):
+        resolve(toy, 2, 2.0, float("inf"))
+    # 0 and scales between 0 and 1 are valid (no CFG): nothing refused at the boundary.
+    assert resolve(toy, 2, 0.0, 0.0) == (2, 0.0, 0.0)
+    assert resolve(toy, 2, 0.5, 0.5) == (2, 0.5, 0.5)
+
+
+def test_per_sample_prompts_are_encoded_with_the_given_guidance():
+    from stablenoise.stability import conditioning
+    from toy import ToyBackend
+
+    class Recording(ToyBackend):
+        def encode(self, prompts, guidance):
+            self.seen = (list(prompts), guidance)
+            return super().encode(prompts, guidance)
+
+    toy = Recording()
+    conditioning(toy, ["a", "b"], 2, 3.5)
+    assert toy.seen == (["a", "b"], 3.5)
+    conditioning(toy, "a", 4, 1.5)  # one prompt: encoded once for the whole batch
+    assert toy.seen == (["a"], 1.5)
