@@ -116,8 +116,13 @@ def test_pipeline_sampler_gets_the_noise_settings_and_one_generator_per_image():
     assert out == ["image-a", "image-b"]
     assert kwargs["prompt"] == ["a", "b"] and kwargs["num_inference_steps"] == 3 and kwargs["guidance_scale"] == 2.5
     assert kwargs["output_type"] == "pil" and torch.equal(kwargs["latents"], noise.double())
+    assert kwargs["latents"].dtype == backend.dtype == torch.float64  # the pipeline gets its own dtype
     from stablenoise.noise import generator_seed
     assert [g.initial_seed() for g in kwargs["generator"]] == [generator_seed(n) for n in noise]
+    # An adapter's extra pipeline arguments (SD: height, width) reach the call; no generators means none.
+    backend._pipeline_kwargs = lambda: {"height": 16, "width": 24}
+    backend.generate(["a"], noise[:1], 3, 2.5)
+    assert calls[-1]["height"] == 16 and calls[-1]["width"] == 24 and calls[-1]["generator"] is None
 
 
 class _Recorder:
@@ -177,3 +182,16 @@ def test_compile_gives_the_same_scores():
     assert b.compile(backend="eager") is b  # no C++ toolchain needed; the default backend is inductor
     assert b.describe()["compiled"] is True
     assert torch.allclose(sn.stability(b, "a red cube", noise, steps=2, guidance=2.0), before, atol=1e-6)
+
+
+def test_conditioning_trees_with_nested_and_non_tensor_entries():
+    from stablenoise.backends.base import Conditioning, _cat
+
+    nested_first = Conditioning({"extra": {"e": torch.zeros(3)}, "flag": "x"})
+    assert nested_first.batch_size == 3  # found inside a nested dict
+    assert Conditioning({"flag": "x", "h": torch.ones(2, 1)}).batch_size == 2  # a leading non-tensor is skipped
+    with pytest.raises(StablenoiseError, match="^conditioning holds no tensor$"):
+        Conditioning({"flag": "x", "extra": {}}).batch_size
+    both = _cat({"h": torch.zeros(1, 2), "extra": {"e": torch.ones(1)}, "flag": "x"},
+                {"h": torch.ones(1, 2), "extra": {"e": torch.zeros(1)}, "flag": "x"})
+    assert both["h"].tolist() == [[0, 0], [1, 1]] and both["extra"]["e"].tolist() == [1, 0] and both["flag"] == "x"
