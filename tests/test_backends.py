@@ -195,3 +195,27 @@ def test_conditioning_trees_with_nested_and_non_tensor_entries():
     both = _cat({"h": torch.zeros(1, 2), "extra": {"e": torch.ones(1)}, "flag": "x"},
                 {"h": torch.ones(1, 2), "extra": {"e": torch.zeros(1)}, "flag": "x"})
     assert both["h"].tolist() == [[0, 0], [1, 1]] and both["extra"]["e"].tolist() == [1, 0] and both["flag"] == "x"
+
+
+def test_cfg_starts_above_one_and_counts_two_evaluations_per_sample():
+    from diffusers import DDIMScheduler
+
+    from stablenoise.backends.base import Conditioning, uses_cfg
+    from toy import gaussian_backend
+
+    assert not uses_cfg(1.0) and not uses_cfg(0.0) and uses_cfg(1.0001) and uses_cfg(1.5)
+    backend = gaussian_backend(DDIMScheduler(beta_schedule="scaled_linear", timestep_spacing="trailing"))
+    assert backend.model_evaluations == 0
+    branch = {"encoder_hidden_states": torch.zeros(2, 1, dtype=torch.float64)}
+    noise = sn.noises_from_seeds([0, 1], backend.latent_shape)
+    z0 = backend.denoise(noise, Conditioning(branch, branch), 3, 1.5)
+    assert backend.model_evaluations == 2 * 3 * 2  # 2 samples, 3 steps, both CFG branches
+    inverted = backend.invert(z0.float(), Conditioning(branch), 3, 1.0)
+    assert backend.model_evaluations == 2 * 3 * 2 + 2 * 3
+    assert inverted.dtype == backend.work_dtype == torch.float64  # the inversion runs in the work dtype
+    with pytest.raises(StablenoiseError, match="guidance > 1 needs a conditioning encoded with guidance > 1"):
+        backend.denoise(noise, Conditioning(branch), 3, 1.5)
+
+
+def test_model_weights_are_frozen(sd):
+    assert all(not p.requires_grad for m in sd._modules() for p in m.parameters())
