@@ -219,3 +219,38 @@ def test_cfg_starts_above_one_and_counts_two_evaluations_per_sample():
 
 def test_model_weights_are_frozen(sd):
     assert all(not p.requires_grad for m in sd._modules() for p in m.parameters())
+
+
+class _WordTokenizer:
+    """Counts words plus start and end tokens, like a CLIP tokenizer counts BPE tokens."""
+
+    def __init__(self, limit):
+        self.model_max_length = limit
+
+    def __call__(self, text, truncation=True):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(input_ids=[0] * (len(text.split()) + 2))
+
+
+def test_truncation_warning_reads_every_tokenizer_once_a_prompt():
+    import warnings
+
+    from diffusers import DDIMScheduler
+
+    from toy import gaussian_backend
+
+    backend = gaussian_backend(DDIMScheduler(beta_schedule="scaled_linear", timestep_spacing="trailing"))
+    backend.pipe.tokenizer, backend.pipe.tokenizer_2 = _WordTokenizer(5), _WordTokenizer(3)
+
+    def warned(prompts):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            backend.encode(prompts, 1.0)
+        return [str(x.message) for x in w]
+
+    # 5 tokens fit the first encoder (5) but not the second (3); 7 overflow the first: one warning, its limit.
+    assert warned(["a b c", "a b c d e", "x", "a b c"]) == [
+        "prompt 'a b c' is 5 tokens long; the text encoder reads 3 (start and end included) and ignores the rest",
+        "prompt 'a b c d e' is 7 tokens long; the text encoder reads 5 (start and end included) and ignores the rest"]
+    assert warned(["a b c", "a b c d e"]) == []  # once a prompt
