@@ -65,8 +65,24 @@ def test_out_of_memory_at_one_sample_is_one_line():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(StablenoiseError, match="out of memory with a batch of one sample"):
+        with pytest.raises(StablenoiseError, match="^out of memory with a batch of one sample: use a smaller model, "
+                                                   "float16/bfloat16, or another device$"):
             map_batches(fn, [1, 2, 3], 2)
+
+
+def test_a_batch_of_two_that_runs_out_of_memory_is_retried_one_by_one():
+    def fn(chunk):
+        if len(chunk) > 1:
+            raise torch.OutOfMemoryError("out of memory")
+        return list(chunk)
+
+    with pytest.warns(UserWarning, match="retrying with 1"):
+        assert map_batches(fn, [1, 2, 3], 2) == [1, 2, 3]
+
+
+def test_batch_size_below_one_is_refused():
+    with pytest.raises(StablenoiseError, match="^batch size must be >= 1, got 0$"):
+        map_batches(lambda c: c, [1], 0)
 
 
 @pytest.mark.parametrize("error, oom", [(torch.OutOfMemoryError("x"), True),
@@ -82,7 +98,16 @@ def test_fitting_batch_size():
     assert fitting_batch_size(10 * gib, gib, 100) == 7  # 70% of the free memory
     assert fitting_batch_size(10 * gib, gib, 3) == 3
     assert fitting_batch_size(gib, 2 * gib, 100) == 1
-    assert fitting_batch_size(gib, 0, 5) == 5
+    assert fitting_batch_size(gib, 0, 5) == 5 and fitting_batch_size(gib, 0, 1) == 1
+    assert fitting_batch_size(10 * gib, 3 * gib, 100) == 2 and isinstance(fitting_batch_size(10 * gib, 3 * gib, 100), int)
+    assert fitting_batch_size(10, 1, 100) == 7  # one byte a sample is still a measurement
+
+
+def test_auto_batch_size_on_cpu_never_exceeds_the_items():
+    from stablenoise.batching import CPU_BATCH, auto_batch_size
+
+    cpu = torch.device("cpu")
+    assert auto_batch_size(cpu, None, 1) == 1 and auto_batch_size(cpu, None, 1000) == CPU_BATCH
 
 
 def test_selection_survives_an_injected_out_of_memory_with_the_same_result():
