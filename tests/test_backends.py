@@ -253,4 +253,7 @@ def test_truncation_warning_reads_every_tokenizer_once_a_prompt():
     assert warned(["a b c", "a b c d e", "x", "a b c"]) == [
         "prompt 'a b c' is 5 tokens long; the text encoder reads 3 (start and end included) and ignores the rest",
         "prompt 'a b c d e' is 7 tokens long; the text encoder reads 5 (start and end included) and ignores the rest"]
-    assert warned(["a b c", "a b c d e"]) == []  # once a prompt
+    # Once a prompt; a prompt already checked does not stop the check of the next ones.
+    assert warned(["a b c", "a b c d e", "one two three four"]) == [
+        "prompt 'one two three four' is 6 tokens long; the text encoder reads 5 (start and end included) and "
+        "ignores the rest"]
