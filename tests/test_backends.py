@@ -166,6 +166,8 @@ def test_low_precision_unet_keeps_float32_ddim_arithmetic():
     cond = half.encode(["a red cube"], 1.0).expand(2)
     z = half.denoise(noise, cond, 3, 1.0)
     assert half.dtype == torch.bfloat16 and z.dtype == torch.float32 and half.work_dtype == torch.float32
+    guided = half.eps(noise, half.timesteps(3)[0], half.encode(["a red cube"], 2.0).expand(2), 2.0)
+    assert guided.dtype == torch.float32  # the CFG combination too
     s_full = sn.stability(full, "a red cube", noise, steps=3, guidance=1.0)
     s_half = sn.stability(half, "a red cube", noise, steps=3, guidance=1.0)
     assert s_half.dtype == torch.float32 and not torch.equal(s_half, s_full)
