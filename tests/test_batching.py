@@ -108,6 +108,9 @@ def test_auto_batch_size_on_cpu_never_exceeds_the_items():
 
     cpu = torch.device("cpu")
     assert auto_batch_size(cpu, None, 1) == 1 and auto_batch_size(cpu, None, 1000) == CPU_BATCH
+    assert auto_batch_size(cpu, None, 1000, 3 * 32 * 32) == CPU_BATCH  # the shapes model
+    assert auto_batch_size(cpu, None, 1000, 4 * 64 * 64) == 4  # SD at 512 px
+    assert auto_batch_size(cpu, None, 1000, 4 * 128 * 128) == 1  # SDXL at 1024 px: no CPU OOM error to retry on
 
 
 def test_selection_survives_an_injected_out_of_memory_with_the_same_result():

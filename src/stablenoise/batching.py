@@ -12,7 +12,10 @@ from .errors import StablenoiseError
 T = TypeVar("T")
 R = TypeVar("R")
 
-CPU_BATCH = 16  # CPU memory is rarely the limit for a score; past ~16 a bigger batch gains little (docs/performance.md)
+CPU_BATCH = 16  # past ~16 shapes-size samples a bigger CPU batch gains little (docs/performance.md)
+# CPU memory has no out-of-memory error to retry on (the process is killed), so the CPU batch shrinks with the
+# latent: 16 of the shapes model's 3,072 values, 4 of SD's 512 px latents, 1 of SDXL's 1024 px ones.
+CPU_BATCH_ELEMENTS = 65_536
 MEMORY_MARGIN = 0.7  # of the free memory: the allocator fragments, and other tensors live beside the batch
 
 
@@ -29,11 +32,13 @@ def fitting_batch_size(free_bytes: int, bytes_per_sample: int, limit: int) -> in
     return max(1, min(limit, int(MEMORY_MARGIN * free_bytes) // bytes_per_sample))
 
 
-def auto_batch_size(device: torch.device, measure_one: Callable[[], None], limit: int) -> int:
+def auto_batch_size(device: torch.device, measure_one: Callable[[], None], limit: int,
+                    sample_elements: int = 1) -> int:
     """The batch size for ``limit`` items: on CUDA from the free memory and the peak memory of one sample's
-    model call (``measure_one`` runs it); elsewhere ``CPU_BATCH``. Out-of-memory later still halves it."""
+    model call (``measure_one`` runs it); elsewhere up to ``CPU_BATCH``, fewer for samples of more than
+    ``CPU_BATCH_ELEMENTS / CPU_BATCH`` values. Out-of-memory later still halves it."""
     if device.type != "cuda":  # pragma: no cover - CPU path is one line; the CUDA path needs a GPU
-        return max(1, min(limit, CPU_BATCH))
+        return max(1, min(limit, CPU_BATCH, CPU_BATCH_ELEMENTS // max(1, sample_elements)))
     torch.cuda.synchronize(device)  # pragma: no cover
     base = torch.cuda.memory_allocated(device)  # pragma: no cover
     torch.cuda.reset_peak_memory_stats(device)  # pragma: no cover

@@ -192,7 +192,7 @@ def score(seed, num, noise_file, batch_size, **kw):
               help="Seeds to score per prompt.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="First seed: seeds are SEED..SEED+K-1.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Noises per model call [default: from free GPU memory; 16 on CPU; halved on out-of-memory].")
+              help="Noises per model call [default: from free GPU memory; on CPU up to 16, fewer for large latents; halved on out-of-memory].")
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Two-stage selection: a proxy scores the K seeds, the KEEP best get the full score.")
 @click.option("--proxy-steps", type=click.IntRange(min=1), default=None, help="Proxy: the round trip with fewer steps.")
@@ -344,7 +344,7 @@ def _write_optimized(s, run, i, results) -> list[str]:
 @click.option("--guidance", type=click.FloatRange(min=0), default=None)
 @click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Noises per model call [default: from free GPU memory; 16 on CPU; halved on out-of-memory].")
+              help="Noises per model call [default: from free GPU memory; on CPU up to 16, fewer for large latents; halved on out-of-memory].")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("seed-bank.json"),

@@ -56,8 +56,8 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
            callback: Callable[[dict], None] | None = None) -> SelectionResult:
     """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
     with the most and least stable seed. A non-finite score is recorded as None and never wins.
-    The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: 16), and a
-    batch that runs out of memory is retried at half the size.
+    The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: up to 16, fewer
+    for large latents), and a batch that runs out of memory is retried at half the size.
     With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
     ``callback`` gets ``{"seeds", "scores"}`` after each batch of full scores."""
     if seeds is None:
@@ -119,7 +119,8 @@ def _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guida
 
     first: list[float | None] = []
     if batch_size is None:  # the first seed's score measures the memory one sample needs
-        batch_size = auto_batch_size(backend.device, lambda: first.extend(run(seeds[:1])), len(seeds))
+        batch_size = auto_batch_size(backend.device, lambda: first.extend(run(seeds[:1])), len(seeds),
+                                     math.prod(backend.latent_shape))
         if first:
             done(seeds[:1], first)
     try:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .. import stats
 from ..backends import base as backend_base
 from ..bank import build_bank
-from ..batching import CPU_BATCH, is_out_of_memory
+from ..batching import CPU_BATCH, auto_batch_size, is_out_of_memory
 from ..errors import StablenoiseError
 from ..noise import noises_from_seeds
 from ..records import now, versions, write_json_atomic
@@ -145,7 +145,9 @@ def batching(backend, prompt: str, steps: int, guidance: float, inversion_guidan
         return fn
     t = interleaved_medians({name: run(size) for name, size in sizes.items()}, repeats, backend.device)
     same = results[1].best_seed == results[None].best_seed == results[k].best_seed
-    return {"k": k, "auto_batch_on_this_device": CPU_BATCH if backend.device.type != "cuda" else "from memory",
+    auto = (auto_batch_size(backend.device, lambda: None, k, math.prod(backend.latent_shape))
+            if backend.device.type != "cuda" else "from memory")
+    return {"k": k, "auto_batch_on_this_device": auto,
             "seconds": t, "speedup_auto": t["per_seed"] / t["auto"], "speedup_all": t["per_seed"] / t["all"],
             "same_best_seed": same, "target": "speedup >= 2"}
 
