@@ -166,7 +166,9 @@ def test_low_precision_unet_keeps_float32_ddim_arithmetic():
     cond = half.encode(["a red cube"], 1.0).expand(2)
     z = half.denoise(noise, cond, 3, 1.0)
     assert half.dtype == torch.bfloat16 and z.dtype == torch.float32 and half.work_dtype == torch.float32
-    guided = half.eps(noise, half.timesteps(3)[0], half.encode(["a red cube"], 2.0).expand(2), 2.0)
+    t = half.timesteps(3)[0]
+    assert half.eps(noise, t, cond, 1.0).dtype == torch.float32  # the model's output, cast back
+    guided = half.eps(noise, t, half.encode(["a red cube"], 2.0).expand(2), 2.0)
     assert guided.dtype == torch.float32  # the CFG combination too
     s_full = sn.stability(full, "a red cube", noise, steps=3, guidance=1.0)
     s_half = sn.stability(half, "a red cube", noise, steps=3, guidance=1.0)
@@ -259,3 +261,20 @@ def test_truncation_warning_reads_every_tokenizer_once_a_prompt():
     assert warned(["a b c", "a b c d e", "one two three four"]) == [
         "prompt 'one two three four' is 6 tokens long; the text encoder reads 5 (start and end included) and "
         "ignores the rest"]
+
+
+def test_checkpointed_round_trip_gives_the_plain_gradient():
+    from diffusers import DDIMScheduler
+
+    from stablenoise.stability import conditioning, cosine, round_trip
+    from toy import gaussian_backend
+
+    backend = gaussian_backend(DDIMScheduler(beta_schedule="scaled_linear", timestep_spacing="trailing"))
+    noise = sn.noises_from_seeds([0, 1], backend.latent_shape).double()
+    cond = conditioning(backend, "a", 2, 1.0)
+    grads = []
+    for checkpoint in (False, True):
+        x = noise.clone().requires_grad_(True)
+        loss = (1 - cosine(x, round_trip(backend, cond, x, 4, 1.0, 1.0, checkpoint)[1])).sum()
+        grads.append(torch.autograd.grad(loss, x)[0])
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[1], grads[0], rtol=1e-10, atol=1e-14)
