@@ -177,16 +177,14 @@ def perf(model, architecture, size, prompts_spec, parts, steps, guidance, invers
     from ..backends import load
     from ..prompts import load_prompts
     from ..rewards import load_reward
-    from .perf import PARTS, run_perf
+    from .perf import check_parts, run_perf
     from .perf_report import markdown
 
     import torch
 
     part_list = _names(parts or ("overhead,batching,memory" if architecture else
                                  "overhead,batching,memory,proxies,bank"))
-    unknown = [p for p in part_list if p not in PARTS]
-    if unknown:
-        raise StablenoiseError(f"unknown perf part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
+    check_parts(part_list)  # before the model loads
     if out.exists() and not out.is_dir():
         raise StablenoiseError(f"--out {out} is a file, not a folder")
     if bench_db is not None and not bench_db.is_file():

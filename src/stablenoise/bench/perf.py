@@ -41,7 +41,7 @@ from ..errors import StablenoiseError
 from ..noise import noises_from_seeds
 from ..records import now, versions, write_json_atomic
 from ..selection import Proxy, select
-from ..stability import conditioning, cosine, round_trip, score
+from ..stability import conditioning, cosine, resolve, round_trip, score, stability
 
 PARTS = ("overhead", "batching", "memory", "proxies", "bank")
 MEMORY_STEPS = (1, 2, 4, 8)
@@ -120,8 +120,6 @@ def overhead(backend, prompt: str, steps: int, guidance: float, inversion_guidan
         with torch.no_grad():
             for args, kwargs in calls:
                 backend.denoiser(*args, **kwargs)
-
-    from ..stability import stability
 
     def full():
         s = stability(backend, prompt, noise, steps, guidance, inversion_guidance)
@@ -487,17 +485,19 @@ def compare_with_bench(bank_result: dict, prompts: list[str], bench_db: Path, fu
 
 # --- the run ------------------------------------------------------------------------------------------
 
+def check_parts(parts) -> None:
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise StablenoiseError(f"unknown perf part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
+
+
 def run_perf(backend, out: str | Path, parts=PARTS, prompts: list[str] | None = None, steps: int | None = None,
              guidance: float | None = None, inversion_guidance: float | None = None, batch: int = CPU_BATCH,
              repeats: int = 5, k_batching: int = 32, proxy_prompts: int = 20, proxy_k: int = 100,
              keeps: tuple[int, ...] = (1, 5, 10, 20), bank_seeds: int = 1000, bank_keep: int = 8,
              bank_prompts: int = 200, judge=None, bench_db: Path | None = None, progress: bool = True,
              command: str = "") -> dict:
-    from ..stability import resolve
-
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        raise StablenoiseError(f"unknown perf part(s) {', '.join(sorted(unknown))}; use {', '.join(PARTS)}")
+    check_parts(parts)
     if not prompts:
         raise StablenoiseError("perf needs prompts")
     if "bank" in parts and judge is None:
