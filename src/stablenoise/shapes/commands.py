@@ -154,13 +154,20 @@ def experiment(ctx, world, k, steps, guidance, limit, methods, model, device, ou
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True)
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the model trains; the data and the random draws stay on the CPU.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes that draw the batches ahead of the model (for a GPU; 0: inline).")
 @guarded
-def train_shapes(out, steps, batch_size, seed, schedule, threads, init, objective, lr, warmup, ema_decay):
+def train_shapes(out, steps, batch_size, seed, schedule, threads, init, objective, lr, warmup, ema_decay,
+                 device, workers):
     """Train the shapes-world model (resumes from OUT/checkpoint if present)."""
+    from ..backends import parse_device
     from .train import TrainConfig, train
 
     final = train(out, TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
                                      schedule=schedule, threads=threads,
-                                     init=init, objective=objective, lr=lr, warmup=warmup, ema_decay=ema_decay))
+                                     init=init, objective=objective, lr=lr, warmup=warmup, ema_decay=ema_decay,
+                                     device=str(parse_device(device)), workers=workers))
     name = "shapes-flow" if objective == "flow" else "shapes"
     click.echo(f"wrote {final}; copy it to src/stablenoise/weights/{name} to ship it")

@@ -46,6 +46,8 @@ class TrainConfig:
     schedule: str = "scaled_linear"  # see shapes.pipeline.scheduler_config
     init: str | None = None  # a shapes pipeline folder whose weights start the run (fine-tuning)
     objective: str = "epsilon"  # "epsilon": DDPM noise prediction; "flow": velocity of the straight path
+    device: str = "cpu"  # the data and every random draw stay on the CPU, so a GPU run sees the same batches
+    workers: int = 0  # processes drawing batches ahead of the model (0: drawn inline)
 
 
 def batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
@@ -54,6 +56,38 @@ def batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
     images = np.stack([s.image for s in samples]).astype(np.float32) / 127.5 - 1.0
     captions = [("" if rng.random() < cfg.caption_dropout else s.caption) for s in samples]
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
+
+
+def _batch_arrays(cfg: TrainConfig, step: int) -> tuple[np.ndarray, list[str]]:
+    x0, captions = batch(cfg, step)  # numpy across processes: torch tensors would go through shared memory
+    return x0.numpy(), captions
+
+
+def batches(cfg: TrainConfig, steps: range):
+    """The batches of ``steps`` in order; with ``cfg.workers`` they are drawn by that many processes,
+    at most two per worker ahead of the model. Each batch depends on (seed, step) alone, so the data
+    is the same either way."""
+    if not cfg.workers:
+        yield from (batch(cfg, step) for step in steps)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked child of a process that has initialised CUDA cannot use it, and needs not.
+    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ahead: deque = deque()
+        todo = iter(steps)
+        for step in todo:
+            ahead.append(pool.submit(_batch_arrays, cfg, step))
+            if len(ahead) >= 2 * cfg.workers:
+                break
+        while ahead:
+            x0, captions = ahead.popleft().result()
+            step = next(todo, None)
+            if step is not None:
+                ahead.append(pool.submit(_batch_arrays, cfg, step))
+            yield torch.from_numpy(x0), captions
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -95,21 +129,23 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
         raise ValueError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
     flow = cfg.objective == "flow"
     cls = ShapesFlowPipeline if flow else ShapesPipeline
+    device = torch.device(cfg.device)
     pipe = (ShapesFlowPipeline.from_scratch(world.vocabulary(), world.RESOLUTION, seed=cfg.seed) if flow else
             ShapesPipeline.from_scratch(world.vocabulary(), world.RESOLUTION, seed=cfg.seed, schedule=cfg.schedule))
     if cfg.init:
         start_from = cls.from_pretrained(cfg.init)
         pipe.unet.load_state_dict(start_from.unet.state_dict())
         pipe.text_encoder.load_state_dict(start_from.text_encoder.state_dict())
+    pipe.to(device)
     modules = torch.nn.ModuleList([pipe.unet, pipe.text_encoder])
     noise_sched = None if flow else DDPMScheduler.from_config(pipe.scheduler.config)
     opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMAModel(modules.parameters(), decay=cfg.ema_decay)
+    ema = EMAModel(modules.parameters(), decay=cfg.ema_decay, foreach=True)  # one kernel per op, not per tensor
     losses: list[float] = []
     start = 0
     ckpt = out / "checkpoint"
     if (ckpt / "state.pt").exists():  # resume
-        state = torch.load(ckpt / "state.pt", weights_only=True)
+        state = torch.load(ckpt / "state.pt", weights_only=True, map_location=device)
         modules.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
@@ -123,11 +159,10 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train shapes",
                disable=not progress)
     t0 = time.time()
-    for step in bar:
-        x0, captions = batch(cfg, step)
+    for step, (x0, captions) in zip(bar, batches(cfg, range(start, cfg.steps))):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=g)
-        x_t, t, target = noisy_input(cfg, noise_sched, x0, noise, g)
+        x_t, t, target = (v.to(device) for v in noisy_input(cfg, noise_sched, x0, noise, g))
         cond = pipe.encode_prompt(captions)
         pred = pipe.unet(x_t, t, encoder_hidden_states=cond).sample
         loss = torch.nn.functional.mse_loss(pred, target)
@@ -146,12 +181,15 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
     elapsed = time.time() - t0
 
     ema.copy_to(modules.parameters())
+    pipe.to("cpu")
     final = out / "model"
 
     def write_final(d: Path) -> None:
         pipe.save_pretrained(d, safe_serialization=True)
         log = {"config": asdict(cfg), "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
-               "seconds_this_run": elapsed, "losses": losses}
+               "seconds_this_run": elapsed,
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+               "losses": losses}
         (d / "train_log.json").write_text(json.dumps(log))
         plot_losses(losses, d / "loss.png")
 
