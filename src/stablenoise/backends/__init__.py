@@ -31,20 +31,23 @@ def from_pipeline(pipe, name: str | None = None, height: int | None = None, widt
     ("leading", "trailing" or "linspace")."""
     scheduler_overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
     name = name or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "")
-    for fam in families():
-        if isinstance(pipe, fam.pipeline):
-            defaults = fam.defaults
-            if fam.config_defaults is not None:
-                defaults = fam.config_defaults(pipe)
-            if fam.turbo_defaults is not None and "turbo" in name.lower():
-                defaults = fam.turbo_defaults
-            if fam.fixed_size and (height or width):
-                raise StablenoiseError(f"the {fam.name} model has a fixed image size")
-            kwargs = {} if fam.fixed_size else {"height": height, "width": width}
-            return fam.backend(pipe=pipe, name=name or fam.name, defaults=defaults,
-                               scheduler_overrides=scheduler_overrides, **kwargs)
-    supported = ", ".join(f.pipeline.__name__ for f in families())
-    raise StablenoiseError(f"unsupported pipeline class {type(pipe).__name__}; supported: {supported}")
+    mro = type(pipe).__mro__
+    # The most derived registered class wins; among families of one class, the latest registered (sorted is stable).
+    matching = sorted((f for f in families() if isinstance(pipe, f.pipeline)), key=lambda f: mro.index(f.pipeline))
+    if not matching:
+        supported = ", ".join(f.pipeline.__name__ for f in families())
+        raise StablenoiseError(f"unsupported pipeline class {type(pipe).__name__}; supported: {supported}")
+    fam = matching[0]
+    defaults = fam.defaults
+    if fam.config_defaults is not None:
+        defaults = fam.config_defaults(pipe)
+    if fam.turbo_defaults is not None and "turbo" in name.lower():
+        defaults = fam.turbo_defaults
+    if fam.fixed_size and (height or width):
+        raise StablenoiseError(f"the {fam.name} model has a fixed image size")
+    kwargs = {} if fam.fixed_size else {"height": height, "width": width}
+    return fam.backend(pipe=pipe, name=name or fam.name, defaults=defaults,
+                       scheduler_overrides=scheduler_overrides, **kwargs)
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

@@ -20,7 +20,7 @@ ENTRY_POINT_GROUP = "stablenoise.backends"
 @dataclass(frozen=True)
 class Family:
     name: str
-    pipeline: type  # matched with isinstance: list the most specific classes first
+    pipeline: type  # matched with isinstance; the most derived matching class wins
     backend: type
     defaults: Defaults
     turbo_defaults: Defaults | None = None  # for checkpoints whose name says "turbo"

@@ -8,13 +8,11 @@ scheduler's own timestep, as SD3's transformer takes it.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .pipeline import build_tokenizer, text_encoder_config, to_pil, unet_config
+from .pipeline import ShapesPipeline, build_tokenizer, text_encoder_config, unet_config
 
 
 def scheduler_config() -> dict:
@@ -23,14 +21,12 @@ def scheduler_config() -> dict:
     return dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
 
 
-class ShapesFlowPipeline(DiffusionPipeline):
+class ShapesFlowPipeline(ShapesPipeline):
     """Pixel-space flow-matching text-to-image: ``pipe(prompt, latents=..., num_inference_steps=..., guidance_scale=...)``."""
-
-    model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  scheduler: FlowMatchEulerDiscreteScheduler):
-        super().__init__()
+        DiffusionPipeline.__init__(self)
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
     @classmethod
@@ -42,26 +38,13 @@ class ShapesFlowPipeline(DiffusionPipeline):
         unet = UNet2DConditionModel(**unet_config(resolution, te.config.hidden_size, **unet_overrides))
         return cls(unet, te, tok, FlowMatchEulerDiscreteScheduler(**scheduler_config()))
 
-    def encode_prompt(self, prompt: list[str], device=None) -> torch.Tensor:
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(device or self.device))[0]
-
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_inference_steps: int = 20, guidance_scale: float = 2.0,
                  latents: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  num_images_per_prompt: int = 1, output_type: str = "pil", return_dict: bool = True):
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        c = self.unet.config
-        if latents is None:
-            latents = torch.randn((len(prompts), c.in_channels, c.sample_size, c.sample_size),
-                                  generator=generator, dtype=torch.float32)
+        cond, latents = self._prepare(prompt, num_images_per_prompt, guidance_scale, latents, generator)
         x = latents.to(self.device, torch.float32)
         cfg = guidance_scale > 1
-        cond = self.encode_prompt(prompts)
-        if cfg:
-            cond = torch.cat([self.encode_prompt([""] * len(prompts)), cond])
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for t in self.progress_bar(self.scheduler.timesteps):
             inp = (torch.cat([x, x]) if cfg else x).to(self.unet.dtype)
@@ -70,9 +53,4 @@ class ShapesFlowPipeline(DiffusionPipeline):
                 u, cv = v.chunk(2)
                 v = u + guidance_scale * (cv - u)
             x = self.scheduler.step(v, t, x).prev_sample.float()
-        if output_type == "pt":
-            out = (x / 2 + 0.5).clamp(0, 1)
-        else:
-            out = to_pil(x)
-            out = np.stack([np.asarray(im) for im in out]) if output_type == "np" else out
-        return ImagePipelineOutput(images=out) if return_dict else (out,)
+        return self._output(x, output_type, return_dict)

@@ -123,17 +123,9 @@ class ShapesPipeline(DiffusionPipeline):
                  guidance_scale: float = 2.0, latents: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, num_images_per_prompt: int = 1,
                  output_type: str = "pil", return_dict: bool = True):
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        shape = (len(prompts), self.unet.config.in_channels, self.unet.config.sample_size,
-                 self.unet.config.sample_size)
-        if latents is None:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        cond, latents = self._prepare(prompt, num_images_per_prompt, guidance_scale, latents, generator)
         x = latents.to(self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
         cfg = guidance_scale > 1
-        cond = self.encode_prompt(prompts)
-        if cfg:
-            cond = torch.cat([self.encode_prompt([""] * len(prompts)), cond])
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for t in self.progress_bar(self.scheduler.timesteps):
             inp = torch.cat([x, x]) if cfg else x
@@ -142,6 +134,23 @@ class ShapesPipeline(DiffusionPipeline):
                 u, c = eps.chunk(2)
                 eps = u + guidance_scale * (c - u)
             x = self.scheduler.step(eps, t, x).prev_sample
+        return self._output(x, output_type, return_dict)
+
+    def _prepare(self, prompt, num_images_per_prompt, guidance_scale, latents, generator):
+        """(text conditioning, unconditional first under CFG; the float32 starting noise)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        c = self.unet.config
+        if latents is None:
+            latents = torch.randn((len(prompts), c.in_channels, c.sample_size, c.sample_size),
+                                  generator=generator, dtype=torch.float32)
+        cond = self.encode_prompt(prompts)
+        if guidance_scale > 1:
+            cond = torch.cat([self.encode_prompt([""] * len(prompts)), cond])
+        return cond, latents
+
+    @staticmethod
+    def _output(x, output_type, return_dict):
         if output_type == "pt":
             out = (x / 2 + 0.5).clamp(0, 1)
         else:
