@@ -40,7 +40,7 @@ def test_select_on_a_toy_backend_is_exact(batch_size):
     r = sn.select(toy, "a", seeds=[5, 9, 2, 7, 11], batch_size=batch_size, progress=False, callback=seen.append,
                   **settings)
     direct = sn.stability(ToyBackend(), "a", sn.noises_from_seeds([5, 9, 2, 7, 11], toy.latent_shape), **settings)
-    assert r.prompt == "a" and r.seeds == [5, 9, 2, 7, 11]
+    assert r.prompt == "a" and r.seeds == [5, 9, 2, 7, 11] and r.proxy_scores is None  # no proxy: None, not ""
     assert r.scores == pytest.approx(direct.tolist(), abs=1e-7)
     assert [x for c in seen for x in c["seeds"]] == r.seeds and [x for c in seen for x in c["scores"]] == r.scores
     assert len(seen) == -(-5 // batch_size)
@@ -82,12 +82,14 @@ def test_non_finite_scores_never_win():
     rest = [v for i, v in enumerate(clean.tolist()) if i not in (best, worst)]
     assert r.scores[r.best_seed] == pytest.approx(max(rest)) and r.scores[r.worst_seed] == pytest.approx(min(rest))
     assert len(r.ranked()) == 4
-    with pytest.raises(StablenoiseError, match="every one of the 2 seeds"):
+    with pytest.raises(StablenoiseError,
+                       match="^every one of the 2 seeds scored NaN or inf: check the model and settings$"):
         sn.select(_NaNForSeeds([0, 1]), "a", k=2, progress=False)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"seeds": []}, "seeds is empty"), ({"seeds": [-1]}, "seed must be"),
-                                           ({"seeds": [2**64]}, "seed must be"), ({"k": -3}, "k must be")])
+@pytest.mark.parametrize("kwargs, match", [({"seeds": []}, "^seeds is empty: give at least one seed$"),
+                                           ({"seeds": [-1]}, "seed must be"), ({"seeds": [2**64]}, "seed must be"),
+                                           ({"k": -3}, "^k must be >= 1, got -3$")])
 def test_bad_seeds(kwargs, match):
     with pytest.raises(StablenoiseError, match=match):
         sn.select(ToyBackend(), "a", progress=False, **kwargs)
@@ -100,3 +102,71 @@ def test_k_of_one_and_duplicate_seeds():
         sn.select(ToyBackend(), "a", seeds=[3, 3], progress=False)
     with pytest.raises(StablenoiseError, match="^batch size must be >= 1, got 0$"):
         sn.select(ToyBackend(), "a", k=2, batch_size=0, progress=False)
+
+
+def test_by_default_seeds_0_to_99_are_scored_with_a_progress_bar():
+    b = ToyBackend()
+    r = sn.select(b, "a")  # k=100, progress=True, batch size from the CPU rule: 16
+    assert r.seeds == list(range(100))
+    assert r.scores == sn.select(ToyBackend(), "a", k=100, batch_size=16, progress=False).scores
+    assert b.calls == 7
+
+
+class _Encodings(ToyBackend):
+    def __init__(self):
+        super().__init__()
+        self.encoded = []
+
+    def encode(self, prompts, guidance):
+        self.encoded.append((list(prompts), guidance))
+        return super().encode(prompts, guidance)
+
+
+def test_the_prompt_is_encoded_once_for_the_larger_guidance():
+    # The guidance decides whether a real backend encodes the unconditional branch (CFG); the toy ignores it.
+    b = _Encodings()
+    sn.select(b, "a", k=5, batch_size=2, guidance=2.0, inversion_guidance=3.5, progress=False)
+    assert b.encoded == [(["a"], 3.5)]
+
+
+class _BigLatent(ToyBackend):
+    """An SD-sized latent (4x64x64) with an identity round trip; records the batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.latent_shape, self.sizes = (4, 64, 64), []
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        self.sizes.append(noise.shape[0])
+        return noise
+
+    def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        return latents
+
+
+def test_on_cpu_a_large_latent_means_a_small_batch():
+    b = _BigLatent()
+    r = sn.select(b, "a", k=10, progress=False)
+    assert b.sizes == [4, 4, 2]  # CPU_BATCH_ELEMENTS // (4 * 64 * 64) = 4, not min(10, 16)
+    assert r.scores == pytest.approx([1.0] * 10, abs=1e-6)
+
+
+def test_with_an_accelerator_the_first_seed_measures_memory_and_is_reported_first(monkeypatch):
+    """On CUDA ``auto_batch_size`` scores one seed to measure its memory (a GPU-free stand-in here, returning a
+    batch of 2): that score is kept and reported first, and the other seeds follow in batches of the returned size."""
+    asked = []
+
+    def measuring(device, measure_one, limit, sample_elements=1):
+        asked.append((device, limit, sample_elements))
+        measure_one()
+        return 2
+
+    monkeypatch.setattr("stablenoise.selection.auto_batch_size", measuring)
+    b, seen, seeds = ToyBackend(), [], [5, 9, 2, 7, 11]
+    r = sn.select(b, "a", seeds=seeds, steps=3, progress=False, callback=seen.append)
+    assert asked == [(b.device, 5, 32)]  # the number of seeds, the values per sample (2 * 4 * 4)
+    assert [c["seeds"] for c in seen] == [[5], [9, 2], [7, 11]] and b.calls == 3
+    assert [x for c in seen for x in c["scores"]] == r.scores
+    plain = sn.select(ToyBackend(), "a", seeds=seeds, steps=3, batch_size=1, progress=False)
+    assert r.scores == pytest.approx(plain.scores, abs=1e-7)
+    assert r.best_seed == plain.best_seed and r.worst_seed == plain.worst_seed

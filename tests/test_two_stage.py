@@ -47,6 +47,43 @@ def test_a_proxy_setting_scores_with_that_setting():
     assert r.proxy_scores != pytest.approx(full(b).scores, abs=1e-6)  # and not the full score
 
 
+SETTINGS = {"steps": 3, "guidance": 2.0, "inversion_guidance": 1.5}  # none of them the toy's default (2, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("proxy, changed", [(Proxy(steps=1), {"steps": 1}), (Proxy(guidance=3.0), {"guidance": 3.0}),
+                                             (Proxy(inversion_guidance=0.5), {"inversion_guidance": 0.5}),
+                                             (Proxy(prompt="a"), {"prompt": "a"})])  # "a" and "a cat": other toy shifts
+def test_a_proxy_changes_the_settings_it_sets_and_keeps_the_others(proxy, changed):
+    b = ToyBackend()
+    r = full(b, proxy=proxy, keep=3, **SETTINGS)
+    used = {"prompt": "a cat", **SETTINGS, **changed}
+    expected = sn.stability(b, used.pop("prompt"), sn.noises_from_seeds(SEEDS, b.latent_shape), **used).tolist()
+    assert r.proxy_scores == pytest.approx(expected, abs=1e-7)
+    top = sorted(range(len(SEEDS)), key=lambda i: -expected[i])[:3]
+    plain = full(b, **SETTINGS).scores  # the full score of the kept seeds: the select() settings, not the proxy's
+    assert r.scores == [v if i in top else None for i, v in enumerate(plain)]
+
+
+class _Sizes(ToyBackend):
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        self.sizes.append(noise.shape[0])
+        return super().denoise(noise, cond, steps, guidance, checkpoint)
+
+
+def test_keep_one_fully_scores_only_the_proxy_best_in_batches_of_the_given_size():
+    b = _Sizes()
+    r = sn.select(b, "a cat", seeds=SEEDS, batch_size=5, proxy=Proxy(steps=1), keep=1, progress=False)
+    assert b.sizes == [5, 5, 2, 1]  # the proxy's batches are the given size too, then one full score
+    proxy = sn.stability(ToyBackend(), "a cat", sn.noises_from_seeds(SEEDS, b.latent_shape), steps=1).tolist()
+    winner = SEEDS[max(range(len(SEEDS)), key=proxy.__getitem__)]
+    assert r.best_seed == r.worst_seed == winner
+    assert r.scores == [v if s == winner else None for s, v in zip(SEEDS, full(ToyBackend()).scores)]
+
+
 def test_seed_bank_round_trip_and_selection(tmp_path):
     b = ToyBackend()
     bank = build_bank(b, 12, first_seed=10, batch_size=5, progress=False)
@@ -61,11 +98,11 @@ def test_seed_bank_round_trip_and_selection(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"proxy": Proxy(steps=1)}, "both proxy and keep"),
-    ({"keep": 2}, "both proxy and keep"),
-    ({"proxy": Proxy(steps=1), "keep": 0}, "keep must be >= 1"),
-    ({"proxy": {10: 0.5}, "keep": 2}, "no score for 11 of the seeds"),
-    ({"proxy": {s: float("nan") for s in SEEDS}, "keep": 2}, "NaN or inf"),
+    ({"proxy": Proxy(steps=1)}, "^two-stage selection needs both proxy and keep$"),
+    ({"keep": 2}, "^two-stage selection needs both proxy and keep$"),
+    ({"proxy": Proxy(steps=1), "keep": 0}, "^keep must be >= 1, got 0$"),
+    ({"proxy": {10: 0.5}, "keep": 2}, r"^the proxy scores have no score for 11 of the seeds \(first: 11\)$"),
+    ({"proxy": {s: float("nan") for s in SEEDS}, "keep": 2}, "^the proxy scored every one of the 12 seeds NaN or inf$"),
 ])
 def test_bad_two_stage_input(kwargs, match):
     with pytest.raises(StablenoiseError, match=match):
