@@ -29,13 +29,19 @@ def test_generator_seed_depends_on_the_noise_only():
     assert 0 <= generator_seed(a) < 2**64
 
 
-@pytest.mark.parametrize("noise, match", [
-    (torch.zeros(1, 2, 2, dtype=torch.int64), "floating point"), (torch.zeros(1, 2, 2, dtype=torch.bool), "floating point"),
-    (torch.zeros(1, 3, 2), "shape"), (torch.zeros(0, 2, 2), "no noise"), (torch.full((1, 2, 2), float("inf")), "NaN or inf"),
-    ([[0.0]], "tensor")])
-def test_bad_noise(noise, match):
-    with pytest.raises(StablenoiseError, match=match):
+@pytest.mark.parametrize("noise, message", [
+    (torch.zeros(1, 2, 2, dtype=torch.int64), "noise must be floating point, got int64"),
+    (torch.zeros(1, 2, 2, dtype=torch.bool), "noise must be floating point, got bool"),
+    (torch.zeros(1, 3, 2), "noise has shape (1, 3, 2); this model needs [B, 2, 2]"),
+    (torch.zeros(3, 1, 2, 2), "noise has shape (3, 1, 2, 2); this model needs [B, 2, 2]"),
+    (torch.zeros(0, 2, 2), "no noise given (batch of 0)"),
+    (torch.full((1, 2, 2), float("inf")), "noise contains NaN or inf"),
+    ([[0.0]], "noise must be a tensor, got list")])
+def test_bad_noise(noise, message):
+    """The message says what was given, as the user would write it."""
+    with pytest.raises(StablenoiseError) as e:
         check_noise(noise, (2, 2))
+    assert str(e.value) == message
 
 
 def test_single_noise_gets_a_batch_dimension():
@@ -49,7 +55,7 @@ def test_prompts_per_noise():
     assert check_prompts(["a", "b"], 2) == ["a", "b"]
     with pytest.raises(StablenoiseError, match="2 prompts for 3 noises"):
         check_prompts(["a", "b"], 3)
-    with pytest.raises(StablenoiseError, match="no prompt"):
+    with pytest.raises(StablenoiseError, match="^no prompt given$"):
         check_prompts([], 1)
 
 
@@ -76,3 +82,10 @@ def test_a_seed_means_one_noise_whatever_the_default_dtype():
     finally:
         torch.set_default_dtype(old)
     assert again.dtype == torch.float32 and torch.equal(again, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_generator_seed_of_a_noise_on_the_gpu():
+    """generate(sampler="pipeline") seeds from a noise wherever it lies: a GPU noise means the same seed."""
+    a = sn.noise_from_seed(1, (4, 4))
+    assert generator_seed(a.cuda()) == generator_seed(a)

@@ -157,13 +157,18 @@ def test_zero_iterations_scores_only(sd):
     assert torch.equal(r.noise, noise) and [len(h) for h in r.history] == [1] and r.best_iteration == [0]
 
 
-@pytest.mark.parametrize("kwargs, match", [({"iterations": -1}, "iterations"), ({"lr": 0.0}, "lr"),
-                                           ({"lr": float("inf")}, "lr"), ({"momentum": 1.0}, "momentum"),
-                                           ({"momentum": -0.1}, "momentum"), ({"guidance": float("nan")}, "finite")])
-def test_bad_optimizer_settings(kwargs, match):
+LR_MOMENTUM = "need lr > 0 and 0 <= momentum < 1"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"iterations": -1}, "iterations must be >= 0, got -1"), ({"lr": 0.0}, LR_MOMENTUM),
+    ({"lr": float("inf")}, LR_MOMENTUM), ({"momentum": 1.0}, LR_MOMENTUM), ({"momentum": -0.1}, LR_MOMENTUM),
+    ({"guidance": float("nan")}, "guidance scales must be finite, got nan and 1.0")])
+def test_bad_optimizer_settings(kwargs, message):
     toy = ToyBackend()
-    with pytest.raises(StablenoiseError, match=match):
+    with pytest.raises(StablenoiseError) as e:
         sn.optimize(toy, "a", sn.noises_from_seeds([0], toy.latent_shape), progress=False, **kwargs)
+    assert str(e.value) == message
 
 
 def test_paper_equivalent_lr_matches_the_relative_step_across_latent_sizes():
@@ -243,3 +248,103 @@ def test_a_nan_gradient_stops_its_sample_after_a_finite_score():
     assert [s[0] for s in seen] == pytest.approx(r.history[0])
     alone = sn.optimize(ToyBackend(bad_gradient=("bad",)), "bad", noise[1:], iterations=3, lr=3.0, progress=False)
     assert alone.stopped == ["non-finite gradient or noise after iteration 0"] and alone.best_iteration == [0]
+
+
+class _Recording(ToyBackend):
+    """Records the guidance the prompt is encoded for and the checkpoint flag of every denoise/invert call."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoded_for, self.checkpoints = [], []
+
+    def encode(self, prompts, guidance):
+        self.encoded_for.append(guidance)
+        return super().encode(prompts, guidance)
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        self.checkpoints.append(("denoise", checkpoint))
+        return super().denoise(noise, cond, steps, guidance, checkpoint)
+
+    def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        self.checkpoints.append(("invert", checkpoint))
+        return super().invert(latents, cond, steps, guidance, checkpoint)
+
+
+@pytest.mark.parametrize("kwargs, checkpoint", [({}, True), ({"checkpoint": False}, False)])
+def test_the_prompt_is_encoded_once_for_both_guidances_and_checkpoint_reaches_the_backend(kwargs, checkpoint):
+    """A real backend encodes the unconditional branch only for guidance > 1, so the prompt must be encoded
+    for max(guidance, inversion_guidance); and ``checkpoint`` (on by default: it is what keeps a real model's
+    backward pass in memory) must reach every denoise and invert call."""
+    toy = _Recording()
+    sn.optimize(toy, "a", sn.noises_from_seeds([0, 1], toy.latent_shape), iterations=1, lr=3.0, guidance=2.0,
+                inversion_guidance=3.0, progress=False, **kwargs)
+    assert toy.encoded_for == [3.0]
+    assert toy.checkpoints == [("denoise", checkpoint), ("invert", checkpoint)] * 2
+
+
+def test_callback_gets_the_iteration_and_none_for_a_sample_that_stops():
+    toy = ToyBackend(poison={"bad": 3})  # NaN from iteration 3 on
+    seen = []
+    r = sn.optimize(toy, ["a", "bad"], sn.noises_from_seeds([0, 1], toy.latent_shape), iterations=5, lr=3.0,
+                    progress=False, callback=lambda info: seen.append((info["iteration"], info["stability"])))
+    assert [i for i, _ in seen] == [0, 1, 2, 3, 4, 5]
+    # The iteration it turns NaN, the sample gets None (not its NaN score), as after it stopped.
+    assert [s[1] for _, s in seen] == r.history[1] + [None, None, None]
+    assert [s[0] for _, s in seen] == r.history[0]
+
+
+def test_an_update_that_overflows_stops_its_sample_before_it_is_scored():
+    """lr 1e300 is finite, so accepted; the float32 update overflows: the noise, not its stability, is blamed,
+    and the non-finite iterate is never run through the model."""
+    toy = ToyBackend()
+    seen = []
+    r = sn.optimize(toy, "a", sn.noises_from_seeds([0], toy.latent_shape), iterations=3, lr=1e300, progress=False,
+                    callback=lambda info: seen.append(info["iteration"]))
+    assert r.stopped == ["non-finite gradient or noise after iteration 0"]
+    assert seen == [0] and toy.calls == 1 and r.best_iteration == [0]
+
+
+def test_no_update_after_the_last_iteration():
+    """The last iterate is scored, not updated: a NaN gradient there is no reason to report a stop."""
+    noise = sn.noises_from_seeds([1], ToyBackend.latent_shape)
+    r = sn.optimize(ToyBackend(bad_gradient=("bad",)), "bad", noise, iterations=0, progress=False)
+    assert r.stopped == [None] and r.best_iteration == [0] and torch.equal(r.noise, noise)
+
+
+class _Identity(ToyBackend):
+    """A perfect round trip: F(eps) = eps, stability 1 for every noise."""
+
+    latent_shape = (1, 2, 2)
+
+    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
+        return noise
+
+    def invert(self, latents, cond, steps, guidance, checkpoint=False):
+        return latents
+
+
+def test_a_noise_that_cannot_improve_reports_its_first_best_iteration():
+    """Ties keep the first iterate that reached the best score: best_iteration 0 says nothing improved it."""
+    noise = torch.tensor([[[[1.0, -1.0], [1.0, 1.0]]]])  # exact: cos(eps, eps) = 1 and its gradient 0
+    r = sn.optimize(_Identity(), "a", noise, iterations=3, progress=False)
+    assert r.history == [[1.0, 1.0, 1.0, 1.0]]
+    assert r.best_iteration == [0] and r.best_stability == [1.0] and torch.equal(r.noise, noise)
+
+
+def test_preserve_norm_projects_a_noise_of_norm_below_one():
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([0], toy.latent_shape) * 0.01  # norm about 0.06
+    seen = []
+    sn.optimize(toy, "a", noise, iterations=0, preserve_norm=True, progress=False,
+                callback=lambda info: seen.append(info["noise"]))
+    radius = math.sqrt(math.prod(toy.latent_shape))
+    assert torch.allclose(seen[0], noise / noise.norm() * radius, atol=1e-6)
+
+
+def test_progress_bar_only_when_asked(capsys):
+    toy = ToyBackend()
+    noise = sn.noises_from_seeds([0], toy.latent_shape)
+    sn.optimize(toy, "a", noise, iterations=2, lr=3.0, progress=False)
+    assert capsys.readouterr().err == ""
+    sn.optimize(toy, "a", noise, iterations=2, lr=3.0)  # on by default, even when stderr is not a terminal
+    assert "optimize: 100%" in capsys.readouterr().err

@@ -118,8 +118,10 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
             values = dict(zip(active, s_cpu.tolist()))
             callback({"iteration": i, "noise": eps.detach().cpu().clone(),
                       "stability": [values[j] if stopped[j] is None and j in values else None for j in range(n)]})
-        if i == iterations or not finite.any():
+        if not finite.any():
             break
+        if i == iterations:  # the last iterate is scored, not updated (continue: the progress bar reaches 100%)
+            continue
         grad, = torch.autograd.grad((1 - s[finite.to(s.device)]).sum(), x)
         with torch.no_grad():
             velocity[index] = momentum * velocity[index] + grad
