@@ -263,3 +263,11 @@ def test_shapes_model_clip_reward_rises():
     # Measured: 35.8 -> 46.1 -> 50.1 -> 54.7 (shapes-clip is 100 * cos).
     assert r.stopped == [None] and len(r.history[0]) == 4 and r.best_iteration == [3]
     assert r.history[0][-1] > r.history[0][0] + 5, r.history
+
+
+def test_progress_bar_reaches_the_last_iteration(capsys):
+    noise = sn.noises_from_seeds([3], QuadBackend.latent_shape)
+    sn.reward_optimize(QuadBackend(), "a", noise, {"close": (Closeness(), 1.0)}, iterations=2, lr=0.05)
+    assert "reward optimize: 100%" in capsys.readouterr().err
+    _run(QuadBackend(), "a", noise, {"close": (Closeness(), 1.0)}, iterations=2, lr=0.05)
+    assert capsys.readouterr().err == ""

@@ -156,8 +156,10 @@ def reward_optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.
 
             callback({"iteration": i, "noise": eps.detach().cpu().clone(), "reward": pick(total_cpu.tolist()),
                       "rewards": {k: pick(v) for k, v in parts_cpu.items()}})
-        if i == iterations or not finite.any():
+        if not finite.any():
             break
+        if i == iterations:  # the last iterate is judged, not updated (continue: the progress bar reaches 100%)
+            continue
         keep = finite.to(total.device)
         loss = -total[keep]
         if reg_weight:
