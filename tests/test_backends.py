@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -278,3 +279,55 @@ def test_checkpointed_round_trip_gives_the_plain_gradient():
         loss = (1 - cosine(x, round_trip(backend, cond, x, 4, 1.0, 1.0, checkpoint)[1])).sum()
         grads.append(torch.autograd.grad(loss, x)[0])
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[1], grads[0], rtol=1e-10, atol=1e-14)
+
+
+def _schedule_warnings(config: dict, steps: int) -> list:
+    """The warnings of ``backend.denoise`` over the analytic backend with this scheduler config."""
+    import warnings
+    from types import SimpleNamespace
+
+    from toy import gaussian_backend
+
+    backend = gaussian_backend(SimpleNamespace(config=config))
+    noise = torch.zeros(1, *backend.latent_shape, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        backend.denoise(noise, backend.encode(["a"], 1.0), steps, 1.0)
+    return [(str(x.message), x.filename) for x in w]
+
+
+@pytest.mark.parametrize("config, steps, message", [
+    # leading + 1 step starts at t = 0: nothing is denoised
+    ({"beta_schedule": "scaled_linear", "timestep_spacing": "leading"}, 1,
+     "DDIM with 1 step(s) and timestep_spacing='leading' starts at t=0 of 1000"),
+    # a config without spacing or training steps means diffusers' defaults: leading, 1000
+    ({"beta_schedule": "scaled_linear"}, 1, "DDIM with 1 step(s) and timestep_spacing='leading' starts at t=0 of 1000"),
+    ({"beta_schedule": "scaled_linear", "timestep_spacing": "linspace"}, 1,
+     "DDIM with 1 step(s) and timestep_spacing='linspace' starts at t=0 of 1000"),
+    # steps_offset 400: t = 400 < 1000 // 2 is still mostly undenoised (but above 1000 // 3)
+    ({"beta_schedule": "scaled_linear", "timestep_spacing": "leading", "steps_offset": 400}, 1,
+     "DDIM with 1 step(s) and timestep_spacing='leading' starts at t=400 of 1000"),
+    ({"beta_schedule": "scaled_linear", "timestep_spacing": "leading", "num_train_timesteps": 999}, 1,
+     "DDIM with 1 step(s) and timestep_spacing='leading' starts at t=0 of 999"),
+    # at exactly half (t = 500 of 1000; t = 499 of 999) it is not warned
+    ({"beta_schedule": "scaled_linear", "timestep_spacing": "leading"}, 2, None),
+    ({"beta_schedule": "scaled_linear", "timestep_spacing": "leading", "num_train_timesteps": 999}, 2, None),
+    ({"beta_schedule": "scaled_linear", "timestep_spacing": "trailing"}, 1, None),
+])
+def test_the_trivial_schedule_warning_names_its_start(config, steps, message):
+    got = _schedule_warnings(config, steps)
+    if message is None:
+        assert got == []
+    else:
+        assert got == [(f"{message}: almost nothing is denoised and stability will be trivially near 1. "
+                        "Use more steps or timestep_spacing='trailing'.", __file__)]
+
+
+def test_a_first_step_at_alpha_bar_zero_is_warned_unless_clipped():
+    cosine = {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"}
+    (message, filename), = _schedule_warnings(cosine, 2)
+    assert filename == __file__ and re.fullmatch(
+        r"DDIM starts at t=999 where alpha_bar=\d\.\de-\d\d: the x0 estimate is amplified beyond use\. "
+        r"Use timestep_spacing='leading' for this noise schedule\.", message), message
+    assert _schedule_warnings({**cosine, "clip_sample": True}, 2) == []  # clipping bounds the x0 estimate
+    assert _schedule_warnings({**cosine, "timestep_spacing": "leading"}, 2) == []
