@@ -293,7 +293,7 @@ def _schedule_warnings(config: dict, steps: int) -> list:
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         backend.denoise(noise, backend.encode(["a"], 1.0), steps, 1.0)
-    return [(str(x.message), x.filename) for x in w]
+    return [str(x.message) for x in w]
 
 
 @pytest.mark.parametrize("config, steps, message", [
@@ -319,14 +319,14 @@ def test_the_trivial_schedule_warning_names_its_start(config, steps, message):
     if message is None:
         assert got == []
     else:
-        assert got == [(f"{message}: almost nothing is denoised and stability will be trivially near 1. "
-                        "Use more steps or timestep_spacing='trailing'.", __file__)]
+        assert got == [f"{message}: almost nothing is denoised and stability will be trivially near 1. "
+                       "Use more steps or timestep_spacing='trailing'."]
 
 
 def test_a_first_step_at_alpha_bar_zero_is_warned_unless_clipped():
     cosine = {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"}
-    (message, filename), = _schedule_warnings(cosine, 2)
-    assert filename == __file__ and re.fullmatch(
+    message, = _schedule_warnings(cosine, 2)
+    assert re.fullmatch(
         r"DDIM starts at t=999 where alpha_bar=\d\.\de-\d\d: the x0 estimate is amplified beyond use\. "
         r"Use timestep_spacing='leading' for this noise schedule\.", message), message
     assert _schedule_warnings({**cosine, "clip_sample": True}, 2) == []  # clipping bounds the x0 estimate
