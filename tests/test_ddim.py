@@ -292,3 +292,24 @@ def test_dynamic_thresholding_is_refused():
     with pytest.raises(StablenoiseError, match="uses dynamic thresholding, which DDIM inversion cannot undo"):
         ddim.settings({"thresholding": True})
     ddim.settings({"thresholding": False})  # off is fine
+
+
+def test_exp_betas_give_the_heun_schedulers_alphas_cumprod():
+    """Shap-E's prior: DDIMScheduler has no "exp" beta schedule, so ddim builds diffusers' own exp betas over the
+    config's training steps (1024 here), as HeunDiscreteScheduler does; betas a config gives are kept."""
+    from tiny_shap_e import shap_e_scheduler
+
+    heun = shap_e_scheduler()
+    sched = ddim.schedule(ddim.settings(heun.config), 1024)  # linspace: every training timestep
+    assert sched.timesteps.tolist() == list(range(1023, -1, -1))
+    assert torch.equal(sched.alphas[:-1].flip(0), heun.alphas_cumprod.double())
+    assert float(sched.alphas[-1]) == 1.0 and math.isclose(float(sched.alphas[0]), math.exp(-12), rel_tol=1e-4)
+    assert sched.prediction_type == "sample" and sched.clip == 1.0
+    given = torch.linspace(1e-4, 0.02, 1024, dtype=torch.float64)
+    kept = ddim.schedule({**ddim.settings(heun.config), "trained_betas": given.tolist()}, 1024)
+    assert torch.allclose(kept.alphas[:-1].flip(0), torch.cumprod(1 - given, 0), rtol=1e-6)
+    # a config without training steps means diffusers' default, 1000
+    from diffusers import HeunDiscreteScheduler
+
+    default = ddim.schedule(ddim.settings({"beta_schedule": "exp", "timestep_spacing": "linspace"}), 1000)
+    assert torch.equal(default.alphas[:-1].flip(0), HeunDiscreteScheduler(beta_schedule="exp").alphas_cumprod.double())

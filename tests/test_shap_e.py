@@ -43,15 +43,6 @@ def shap_e_trailing():
     return _backend(pipe)
 
 
-def test_exp_betas_give_the_heun_schedulers_alphas_cumprod():
-    heun = shap_e_scheduler()
-    sched = ddim.schedule(ddim.settings(heun.config), 1024)  # linspace: every training timestep
-    assert sched.timesteps.tolist() == list(range(1023, -1, -1))
-    assert torch.equal(sched.alphas[:-1].flip(0), heun.alphas_cumprod.double())
-    assert float(sched.alphas[-1]) == 1.0 and math.isclose(float(sched.alphas[0]), math.exp(-12), rel_tol=1e-4)
-    assert sched.prediction_type == "sample" and sched.clip == 1.0
-
-
 def test_the_family_and_its_defaults(shap_e):
     assert type(shap_e) is ShapEBackend and shap_e.latent_shape == (TOKENS, EMBED)
     fam = next(f for f in families() if f.name == "shap-e")
