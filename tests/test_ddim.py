@@ -313,3 +313,23 @@ def test_exp_betas_give_the_heun_schedulers_alphas_cumprod():
 
     default = ddim.schedule(ddim.settings({"beta_schedule": "exp", "timestep_spacing": "linspace"}), 1000)
     assert torch.equal(default.alphas[:-1].flip(0), HeunDiscreteScheduler(beta_schedule="exp").alphas_cumprod.double())
+
+
+def test_a_clipped_step_is_diffusers_clipped_step():
+    """With clip_sample, the x0 estimate is clamped to [-range, range] and the noise recomputed from it: what
+    DDIMScheduler.step does with use_clipped_model_output (its default does not recompute), and what the
+    sigma-space samplers do (Heun, Shap-E's: their derivative is read from the clipped x0). An x far outside
+    the range makes the clamp bite on both sides."""
+    ref = DDIMScheduler(**SD, timestep_spacing="trailing", clip_sample=True, clip_sample_range=1.5)
+    ref.set_timesteps(4)
+    sched = ddim.schedule(ddim.settings(ref.config), 4)
+    assert sched.clip == 1.5
+    g = torch.Generator().manual_seed(3)
+    x = 6 * torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    for i, t in enumerate(ref.timesteps[:-1]):  # the last step ends at alpha_bar = 1, where diffusers' ends too
+        mine = ddim.step(eps, x, sched.alphas[i], sched.alphas[i + 1], sched.clip)
+        theirs = ref.step(eps, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+        assert torch.allclose(mine, theirs, rtol=1e-6, atol=1e-6), i
+    x0 = (x - (1 - sched.alphas[0]).sqrt() * eps) / sched.alphas[0].sqrt()
+    assert (x0 > 1.5).any() and (x0 < -1.5).any()  # both bounds are exercised

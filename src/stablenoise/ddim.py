@@ -136,7 +136,10 @@ def step(eps: torch.Tensor, x: torch.Tensor, a_from, a_to, clip: float | None = 
     if clip is not None:
         x0 = x0.clamp(-clip, clip)
         if sb > 0:
-            eps = (x - sa * x0) / sb  # recomputed from the clipped x0, as diffusers does
+            # Recomputed from the clipped x0, as Heun/Euler do (Shap-E's prior) and DDIMScheduler with
+            # use_clipped_model_output=True; its default keeps the raw eps, which with the clipped x0 no
+            # longer gives back x.
+            eps = (x - sa * x0) / sb
     return math.sqrt(float(a_to)) * x0 + math.sqrt(1 - float(a_to)) * eps
 
 
