@@ -37,9 +37,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_worker_processes_draw_the_same_batches_as_inline():
     cfg = TrainConfig(batch_size=3, seed=5)
-    inline = list(train_mod.batches(cfg, range(2, 7)))
-    ahead = list(train_mod.batches(TrainConfig(batch_size=3, seed=5, workers=2), range(2, 7)))
-    assert len(ahead) == len(inline) == 5
+    inline = list(train_mod.batches(cfg, range(2, 12)))  # more steps than the 4 drawn ahead: the refill is used
+    ahead = list(train_mod.batches(TrainConfig(batch_size=3, seed=5, workers=2), range(2, 12)))
+    assert len(ahead) == len(inline) == 10
     for (xa, ca), (xb, cb) in zip(inline, ahead):
         assert ca == cb and torch.equal(xa, xb)
     assert not torch.equal(inline[0][0], inline[1][0])  # consecutive steps differ: the order is checked

@@ -9,7 +9,7 @@ scheduler's own timestep, as SD3's transformer takes it.
 from __future__ import annotations
 
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .pipeline import ShapesPipeline, build_tokenizer, text_encoder_config, unet_config
@@ -26,8 +26,8 @@ class ShapesFlowPipeline(ShapesPipeline):
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  scheduler: FlowMatchEulerDiscreteScheduler):
-        DiffusionPipeline.__init__(self)
-        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        # Its own signature: diffusers reads the expected scheduler class from it when loading.
+        super().__init__(unet, text_encoder, tokenizer, scheduler)
 
     @classmethod
     def from_scratch(cls, words: list[str], resolution: int = 32, seed: int = 0, **unet_overrides

@@ -73,20 +73,15 @@ def batches(cfg: TrainConfig, steps: range):
     import multiprocessing
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
+    from itertools import islice
 
     # spawn: a forked child of a process that has initialised CUDA cannot use it, and needs not.
     with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        ahead: deque = deque()
         todo = iter(steps)
-        for step in todo:
-            ahead.append(pool.submit(_batch_arrays, cfg, step))
-            if len(ahead) >= 2 * cfg.workers:
-                break
+        ahead = deque(pool.submit(_batch_arrays, cfg, step) for step in islice(todo, 2 * cfg.workers))
         while ahead:
             x0, captions = ahead.popleft().result()
-            step = next(todo, None)
-            if step is not None:
-                ahead.append(pool.submit(_batch_arrays, cfg, step))
+            ahead.extend(pool.submit(_batch_arrays, cfg, step) for step in islice(todo, 1))
             yield torch.from_numpy(x0), captions
 
 
@@ -159,7 +154,8 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train shapes",
                disable=not progress)
     t0 = time.time()
-    for step, (x0, captions) in zip(bar, batches(cfg, range(start, cfg.steps))):
+    data = batches(cfg, range(start, cfg.steps))
+    for step, (x0, captions) in zip(bar, data):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=g)
         x_t, t, target = (v.to(device) for v in noisy_input(cfg, noise_sched, x0, noise, g))
@@ -179,6 +175,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_checkpoint(step + 1)
     elapsed = time.time() - t0
+    data.close()  # zip stops on the bar, leaving the generator suspended: shut its worker pool down now
 
     ema.copy_to(modules.parameters())
     pipe.to("cpu")
