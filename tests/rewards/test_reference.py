@@ -8,13 +8,11 @@ import stablenoise as sn
 from stablenoise.rewards.base import to_tensor
 from stablenoise.rewards.preprocess import crop_pil, crop_tensor, pad_pil
 
-from .conftest import AESTHETIC_FILE, CLIP_TINY, FIXTURES, REFERENCE
+from .conftest import AESTHETIC_FILE, CLIP_TINY, FIXTURES, REFERENCE, assert_matches_reference
 
 
 def close(scores, name):
-    # 1e-5, or 2e-6 of the score for the x100 and aesthetic scales (float32 sums in another order:
-    # torchmetrics and our CLIPScore differ by 1.3e-7 in the cosine of image 2).
-    assert scores.tolist() == pytest.approx(REFERENCE["scores"][name], rel=2e-6, abs=1e-5)
+    assert_matches_reference(scores.tolist(), name)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""Tolerances of near-exact comparisons, derived from floating-point rounding instead of tuned on one CPU.
+
+Another CPU (or ``ATEN_CPU_CAPABILITY=default|avx2|avx512``, or another thread count) sums float32 terms in
+another order, so two correct float32 computations of the same quantity differ by rounding alone. For a
+reduction of n terms the probabilistic bound of Higham & Mary (SIAM J. Sci. Comput. 2019) is
+|error| <= lam * sqrt(n) * u * sum|terms|, holding with probability >= 1 - 2 exp(-lam**2 / 2) for each
+reduction; lam = 4 makes a failure by rounding alone a 1-in-1,500 event per reduction, yet keeps the
+tolerance orders of magnitude below what a real bug moves (a wrong crop offset, timestep or argument order).
+A tolerance here is written at the call site as ``f32(n, scale)``: n the longest reduction that feeds the
+compared value, scale the size of the summed terms (for a cosine of unit vectors, 1; for a score, the
+factor it is multiplied by).
+"""
+
+import math
+
+U32 = 2.0 ** -24  # float32 unit roundoff
+U64 = 2.0 ** -53  # float64 unit roundoff
+LAM = 4.0
+
+
+def f32(n: int, scale: float = 1.0) -> float:
+    """Rounding bound of a float32 reduction of length n over terms of total size ``scale``."""
+    return LAM * math.sqrt(n) * U32 * scale
+
+
+def f64(n: int, scale: float = 1.0) -> float:
+    """The same bound in float64 (where a comparison is made in double precision)."""
+    return LAM * math.sqrt(n) * U64 * scale
