@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+import stablenoise as sn
 from stablenoise.cli import main
 
 
@@ -55,6 +56,17 @@ def test_score_select_optimize_generate(common, tmp_path):
     assert r.exit_code == 0, r.output
     rescored = json.loads((tmp_path / "rescore" / "run.json").read_text())["items"][0]["scores"][0]
     assert rescored == pytest.approx(item["optimized_stability"], abs=1e-5)
+    # With --preserve-norm the start is the seed's noise on the shell: the saved initial noise and its image
+    # are that noise, whose stability is the recorded initial_stability.
+    r = run("optimize", *common, "--prompt", "a red cube", "--iterations", 1, "--preserve-norm",
+            "--out", tmp_path / "opt-shell")
+    assert r.exit_code == 0, r.output
+    item = json.loads((tmp_path / "opt-shell" / "run.json").read_text())["items"][0]
+    initial = load_file(tmp_path / "opt-shell" / item["folder"] / "noise.safetensors")["initial"]
+    assert float(initial.norm()) == pytest.approx(initial.numel() ** 0.5, rel=1e-5)
+    backend = sn.load(str(common[1]), device="cpu")
+    assert float(sn.stability(backend, "a red cube", initial, steps=2)[0]) == pytest.approx(
+        item["initial_stability"], abs=1e-5)
     r = run("generate", *common, "--prompts", _prompts(tmp_path, ["a cat", "a dog"]), "--seed", 5, "-n", 2,
             "--out", tmp_path / "gen")
     assert r.exit_code == 0, r.output

@@ -213,7 +213,11 @@ def test_preserve_norm_on_a_toy_backend():
         assert torch.allclose(x.flatten(1).norm(dim=1), torch.full((2,), radius, dtype=x.dtype), rtol=1e-5)
     # The projection only rescales: the start keeps its direction.
     assert torch.allclose(seen[0], noise / noise.flatten(1).norm(dim=1).view(2, 1, 1, 1) * radius, atol=1e-6)
+    # start_noise is that first iterate (what history[0] scores); initial_noise the noise as given.
+    assert torch.equal(r.start_noise, seen[0]) and torch.equal(r.initial_noise, noise)
+    assert r.history[0][0] == pytest.approx(float(sn.stability(toy, "a", r.start_noise[:1])), abs=1e-6)
     free = sn.optimize(ToyBackend(), ["a", "b"], noise, iterations=3, lr=30.0, progress=False)
+    assert torch.equal(free.start_noise, noise)
     assert not torch.allclose(free.noise.flatten(1).norm(dim=1), torch.full((2,), radius), rtol=1e-3)
 
 

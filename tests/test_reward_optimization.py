@@ -132,6 +132,7 @@ def test_returns_the_best_iterate_when_a_large_step_overshoots():
     assert torch.equal(r.noise[0], seen[k]["noise"][0])
     assert float(reward(r.noise)) == pytest.approx(max(h), abs=1e-6)
     assert r.best_rewards["close"] == [max(h)] and torch.equal(r.initial_noise, noise)
+    assert torch.equal(r.start_noise, noise)  # ReNO starts from the noise as given
 
 
 def test_gradient_clipping_bounds_the_step():

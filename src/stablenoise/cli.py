@@ -288,7 +288,7 @@ def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_check
                     lr=lr, momentum=momentum, preserve_norm=preserve_norm, checkpoint=not no_checkpoint,
                     progress=len(pairs) <= batch_size, **s.round_trip_kwargs())
             for pos, pair in enumerate(chunk):
-                results[pair] = {"initial": r.initial_noise[pos], "optimized": r.noise[pos],
+                results[pair] = {"initial": r.start_noise[pos], "optimized": r.noise[pos],
                                  "initial_stability": r.initial_stability[pos],
                                  "optimized_stability": r.best_stability[pos],
                                  "best_iteration": r.best_iteration[pos], "history": r.history[pos],

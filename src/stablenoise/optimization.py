@@ -33,6 +33,7 @@ def paper_equivalent_lr(latent_shape, lr: float = 100.0, reference_shape=PAPER_L
 class OptimizationResult:
     noise: torch.Tensor  # [B, ...] the most stable iterate of each sample (CPU)
     initial_noise: torch.Tensor  # [B, ...] the noise as given
+    start_noise: torch.Tensor  # [B, ...] the first iterate, which history[0] scores (on the shell with preserve_norm)
     history: list[list[float]]  # history[j]: stability of sample j at each iteration it was evaluated
     best_iteration: list[int | None]  # None: the sample never had a finite score
     best_stability: list[float | None]
@@ -92,6 +93,7 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
         return x * (radius / x.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *[1] * (x.ndim - 1))
 
     eps = project(start.clone()).to(backend.device)
+    first = eps.detach().cpu().clone()
     velocity = torch.zeros_like(eps)
     best = eps.detach().cpu().clone()
     best_s: list[float | None] = [None] * n
@@ -129,4 +131,4 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
         active = still_active(active, stopped, grad, eps, i)
         if not active:
             break
-    return OptimizationResult(best, start, history, best_it, best_s, stopped)
+    return OptimizationResult(best, start, first, history, best_it, best_s, stopped)

@@ -25,6 +25,7 @@ from .stability import conditioning, resolve
 class RewardOptimizationResult:
     noise: torch.Tensor  # [B, ...] the iterate of each sample with the highest weighted reward (CPU)
     initial_noise: torch.Tensor  # [B, ...] the noise as given
+    start_noise: torch.Tensor  # [B, ...] the first iterate, which history[0] scores (the noise as given)
     history: list[list[float]]  # history[j]: weighted reward sum of sample j at each iteration it was evaluated
     best_iteration: list[int | None]  # None: the sample never had a finite reward
     best_reward: list[float | None]  # the weighted sum at best_iteration
@@ -177,4 +178,5 @@ def reward_optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.
         active = still_active(active, stopped, grad, eps, i)
         if not active:
             break
-    return RewardOptimizationResult(best, start, history, best_it, best_r, best_parts, initial, stopped, evaluations)
+    return RewardOptimizationResult(best, start, start.clone(), history, best_it, best_r, best_parts, initial, stopped,
+                                    evaluations)

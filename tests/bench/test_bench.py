@@ -54,8 +54,8 @@ def test_store_holds_every_row_with_the_library_values(shapes_run):
     rows = store.rows()
     configs = store.db.execute("SELECT id, steps, guidance, inversion_guidance, k FROM configs").fetchall()
     assert sorted(c[1] for c in configs) == [1, 2]
-    # 2 configs x (3 prompts x 3 seeds + 3 optimized + 3 reward-optimized)
-    assert len(rows) == 2 * (9 + 3 + 3)
+    # 2 configs x (3 prompts x 3 seeds + 3 optimized + 3 reward-optimized + a start row for each of those 6)
+    assert len(rows) == 2 * (9 + 3 + 3 + 6)
     prompts = [p.text for p in sn.load_prompts("shapes-heldout").prompts[:3]]
     backend = sn.load("shapes")
     for cid, steps, guidance, inv, k in configs:
@@ -96,8 +96,59 @@ def test_store_holds_every_row_with_the_library_values(shapes_run):
             saved = load_file(shapes_run / r["noise_path"])["noise"]
             s = sn.stability(backend, prompts[r["prompt_idx"]], saved, steps, guidance, inv)
             assert float(s[0]) == pytest.approx(r["stability"], abs=1e-5)
+            # Its start row: the seed's own noise (no preserve_norm), scored like the seed row.
+            first = next(x for x in rows if x["config_id"] == cid and x["method"] == "optimize:iterations=1@start"
+                         and x["prompt_idx"] == r["prompt_idx"])
+            assert first["seed"] == r["seed"] and first["unet_calls"] == first["image_calls"] == 2 * steps
+            assert torch.equal(load_file(shapes_run / first["noise_path"])["noise"],
+                               sn.noises_from_seeds([r["seed"]], backend.latent_shape))
+            assert first["stability"] == pytest.approx(extra["start_stability"], abs=1e-5)
+            assert set(first["scores"]) == {"shapes-verifier", "shapes-clip"}  # rewards; no ablation variant
+            # The seed row's image up to one 8-bit level (a batch of 9 vs a batch of 3).
+            a, b = (np.asarray(Image.open(shapes_run / x["image_path"]), dtype=int) for x in (first, start))
+            assert np.abs(a - b).max() <= 1
         reno = [r for r in rows if r["config_id"] == cid and r["method"] == "reno:iterations=1,shapes-clip=1"]
         assert len(reno) == 3 and all(r["reward_calls"] >= 1 for r in reno)
+        starts = [r for r in rows if r["config_id"] == cid and r["method"] == "reno:iterations=1,shapes-clip=1@start"]
+        assert sorted(r["prompt_idx"] for r in starts) == [0, 1, 2] and all(r["reward_calls"] == 0 for r in starts)
+
+
+def test_a_method_is_compared_with_the_noise_it_started_from(tmp_path):
+    """With preserve_norm the optimizer starts from the seed's noise moved onto the sqrt(d) shell: the start row
+    holds that noise, its image and scores, and the report's "vs its start" reads it, not the seed row. A store
+    without start rows (made before them) gets them on the next run, without optimizing again."""
+    from stablenoise.bench.results import derive_methods, load_results
+
+    out = tmp_path / "run"
+    args = ["--prompts", "shapes-heldout", "--limit", "2", "-k", "2", "--steps", "2", "--rewards", "shapes-verifier",
+            "--methods", "optimize:iterations=1;preserve_norm=1", "--no-report", "--out", out]
+    assert invoke(*args).exit_code == 0
+    rows = Store(out, create=False).rows()
+    label = "optimize:iterations=1,preserve_norm=1"
+    starts = sorted((r for r in rows if r["method"] == label + "@start"), key=lambda r: r["prompt_idx"])
+    seeds = {r["prompt_idx"]: r for r in rows if r["method"] == "seed" and r["seed_rank"] == 0}
+    d = 3 * 32 * 32
+    for r in starts:
+        noise = load_file(out / r["noise_path"])["noise"]
+        seed_noise = sn.noises_from_seeds([r["seed"]], noise.shape[1:])
+        assert torch.allclose(noise, seed_noise * d ** 0.5 / seed_noise.norm(), atol=1e-6)  # on the shell
+        opt = next(x for x in rows if x["method"] == label and x["prompt_idx"] == r["prompt_idx"])
+        assert r["stability"] == pytest.approx(json.loads(opt["extra"])["start_stability"], abs=1e-5)
+        assert abs(r["stability"] - seeds[r["prompt_idx"]]["stability"]) > 1e-3  # not the seed row's value
+    method = derive_methods(load_results(out).tables[0])[label]
+    assert method.start["stability"].tolist() == pytest.approx([r["stability"] for r in starts])
+    assert method.start["shapes-verifier"].tolist() == [r["scores"]["shapes-verifier"] for r in starts]
+    # Remove the start rows, as in a store made before they existed: the rerun adds the same rows back.
+    with sqlite3.connect(out / "bench.sqlite") as db:
+        db.execute("DELETE FROM scores WHERE sample_id IN (SELECT id FROM samples WHERE method LIKE '%@start')")
+        db.execute("DELETE FROM samples WHERE method LIKE '%@start'")
+    assert derive_methods(load_results(out).tables[0])[label].start is None  # preserve_norm: no seed fallback
+    before = [r for r in Store(out, create=False).rows() if r["method"] == label]
+    assert invoke(*args).exit_code == 0
+    again = Store(out, create=False).rows()
+    assert [r for r in again if r["method"] == label] == before  # not optimized again
+    redone = sorted((r for r in again if r["method"] == label + "@start"), key=lambda r: r["prompt_idx"])
+    assert [r["stability"] for r in redone] == pytest.approx([r["stability"] for r in starts], abs=1e-6)
 
 
 def test_same_command_twice_adds_nothing_and_changes_nothing(shapes_run, tmp_path):

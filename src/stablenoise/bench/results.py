@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StablenoiseError
-from .schema import SCHEMA_VERSION, SEED_METHOD, STABILITY_PREFIX
+from .schema import SCHEMA_VERSION, SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
 from .store import STORE_NAME
 
 ABLATION_KS = (1, 4, 16, 100)  # "most stable of k": the first k seeds only
@@ -62,6 +62,7 @@ class ConfigTable:
     tags: list[str]
     seeds: Rows  # (P, K); column = seed_rank
     optimized: dict[str, Rows]  # method label -> (P,) rows
+    starts: dict[str, Rows]  # method label -> (P,) rows of the noise it started from (stores since start rows)
     rewards: list[str]
     variants: list[str]  # score names starting with STABILITY_PREFIX
 
@@ -89,7 +90,7 @@ class Method:
     image: np.ndarray
     shown_stability: np.ndarray
     shown_values: dict[str, np.ndarray]
-    start: dict[str, np.ndarray] | None = field(default=None)  # optimizing: its starting seed's values
+    start: dict[str, np.ndarray] | None = field(default=None)  # optimizing: its start's values (stability too)
 
 
 def _json(text) -> dict:
@@ -178,20 +179,23 @@ def _table(config: Config, prompts: dict, samples: list, scores: dict) -> Config
     k = max([config.k] + [s[5] + 1 for s in seed_rows])
     seeds = _empty_rows((len(prompt_idx), k))
     optimized: dict[str, Rows] = {}
+    starts: dict[str, Rows] = {}
     for s in samples:
         if s[3] == SEED_METHOD:
             _put(seeds, (position[s[2]], s[5]), s, scores.get(s[0], {}))
         else:
-            rows = optimized.setdefault(s[3], _empty_rows(len(prompt_idx)))
+            kind, label = (starts, s[3][:-len(START_SUFFIX)]) if s[3].endswith(START_SUFFIX) else (optimized, s[3])
+            rows = kind.setdefault(label, _empty_rows(len(prompt_idx)))
             _put(rows, position[s[2]], s, scores.get(s[0], {}))
-    names = dict.fromkeys(n for rows in [seeds, *optimized.values()] for n in rows.scores)
-    for rows in [seeds, *optimized.values()]:  # every reward everywhere, NaN where not scored
+    every = [seeds, *optimized.values(), *starts.values()]
+    names = dict.fromkeys(n for rows in every for n in rows.scores)
+    for rows in every:  # every reward everywhere, NaN where not scored
         for name in names:
             rows.scores.setdefault(name, np.full(rows.stability.shape, np.nan))
     return ConfigTable(
         config=config, prompt_idx=prompt_idx,
         texts=[prompts.get(i, ("", ""))[0] for i in prompt_idx], tags=[prompts.get(i, ("", ""))[1] for i in prompt_idx],
-        seeds=seeds, optimized=optimized,
+        seeds=seeds, optimized=optimized, starts=starts,
         rewards=sorted(n for n in names if not n.startswith(STABILITY_PREFIX)),
         variants=sorted(n for n in names if n.startswith(STABILITY_PREFIX)))
 
@@ -283,14 +287,31 @@ def derive_methods(table: ConfigTable, ks=ABLATION_KS) -> dict[str, Method]:
         methods[f"best of K by {reward}"] = _selected(f"best of K by {reward}", table, _pick(s.scores[reward]), cost)
     for label, rows in table.optimized.items():
         values = {r: rows.scores[r] for r in table.rewards}
-        start = np.array([_rank_of(s.seed[p], seed) for p, seed in enumerate(rows.seed)], dtype=int)
         methods[label] = Method(label, "optimizing", values, rows.stability,
                                 {"unet_calls": rows.unet_calls, "reward_calls": rows.reward_calls,
                                  "seconds": rows.seconds},
-                                rows.image, rows.stability, values,
-                                start={"stability": _take(s.stability, start),
-                                       **{r: _take(s.scores[r], start) for r in table.rewards}})
+                                rows.image, rows.stability, values, start=_start(table, label, rows))
     return methods
+
+
+def _start(table: ConfigTable, label: str, rows: Rows) -> dict[str, np.ndarray] | None:
+    """An optimizing method's start: its start rows, NaN where one is missing. A store from before start rows
+    falls back to the seed row of the seed it started from, which is the start only without preserve_norm
+    (with it, the optimizer started from that noise moved onto the shell: no start is known)."""
+    from .methods import parse_methods
+
+    if label in table.starts:
+        start = table.starts[label]
+        return {"stability": start.stability, **{r: start.scores[r] for r in table.rewards}}
+    try:
+        settings = parse_methods([label])[0].settings
+    except StablenoiseError:
+        return None
+    if settings is None or settings.preserve_norm:
+        return None
+    s = table.seeds
+    rank = np.array([_rank_of(s.seed[p], seed) for p, seed in enumerate(rows.seed)], dtype=int)
+    return {"stability": _take(s.stability, rank), **{r: _take(s.scores[r], rank) for r in table.rewards}}
 
 
 def _rank_of(prompt_seeds: np.ndarray, seed: int) -> int:

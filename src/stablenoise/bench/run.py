@@ -27,7 +27,7 @@ from ..records import atomic_write
 from ..rewards import Reward
 from ..stability import conditioning, cosine, resolve
 from .methods import Method
-from .schema import SEED_METHOD, STABILITY_PREFIX
+from .schema import SEED_METHOD, STABILITY_PREFIX, start_method
 from .store import Store
 
 
@@ -179,67 +179,92 @@ def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch
 
 def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv, batch_size,
               optimizing_rewards, progress, log) -> None:
-    from safetensors.torch import save_file
-
-    label = method.label
-    done = store.done(cid, label)
+    """Each prompt's optimized noise (started from its first seed) and, as its own row, the exact noise the
+    optimizer started from (``start_method``): with ``preserve_norm`` that is the seed's noise on the shell,
+    not the seed row's noise, so a method is compared with its real start. A store with method rows but no
+    start rows (made before they existed) gets them by running the optimizer for zero iterations."""
+    label, start_label = method.label, start_method(method.label)
+    done, started = store.done(cid, label), store.done(cid, start_label)
     todo = [i for i in range(len(prompts)) if (i, seeds[i][0]) not in done]
-    if not todo:
-        return
-    log(f"config {cid}: {label} for {len(todo)} prompts")
-    settings = method.settings
-    count = partial(_evaluations, backend)
-    checkpoint = backend.device.type != "cpu"  # trades compute for memory; only worth it on an accelerator
-    for start in range(0, len(todo), batch_size):
+    starts_only = [i for i in range(len(prompts)) if (i, seeds[i][0]) in done and (i, seeds[i][0]) not in started]
+    if todo:
+        log(f"config {cid}: {label} for {len(todo)} prompts")
+    if starts_only:
+        log(f"config {cid}: the start rows of {label} for {len(starts_only)} prompts")
+    for chunk, iterations in [*((todo[a:a + batch_size], None) for a in range(0, len(todo), batch_size)),
+                              *((starts_only[a:a + batch_size], 0) for a in range(0, len(starts_only), batch_size))]:
         t0 = time.perf_counter()
-        chunk = todo[start:start + batch_size]
         texts = [prompts[i].text for i in chunk]
         noise = noises_from_seeds([seeds[i][0] for i in chunk], backend.latent_shape)
-        n = len(chunk)
-        c0 = count()
-        if method.kind == "optimize":
-            res = optimize(backend, texts, noise, iterations=settings.iterations, lr=settings.lr,
-                           momentum=settings.momentum, steps=steps, guidance=guidance, inversion_guidance=inv,
-                           checkpoint=checkpoint, preserve_norm=settings.preserve_norm, progress=progress)
-            reward_calls = 0
-            extras = [{"start_stability": h[0] if h else None, "best_iteration": b, "stopped": st}
-                      for h, b, st in zip(res.history, res.best_iteration, res.stopped)]
-        else:
-            from ..reward_optimization import reward_optimize
-
-            weighted = {name: (optimizing_rewards[name], w) for name, w in settings.reward_weights}
-            res = reward_optimize(backend, texts, noise, weighted, iterations=settings.iterations, lr=settings.lr,
-                                  momentum=settings.momentum, nesterov=settings.nesterov,
-                                  grad_clip=settings.grad_clip, reg_weight=settings.reg_weight, steps=steps,
-                                  guidance=guidance, checkpoint=checkpoint, progress=progress)
-            reward_calls = res.reward_evaluations // n
-            extras = [{"start_reward": h[0] if h else None, "best_reward": b, "best_iteration": it, "stopped": st}
-                      for h, b, it, st in zip(res.history, res.best_reward, res.best_iteration, res.stopped)]
-        c1 = count()
-        with torch.no_grad():
-            cond = conditioning(backend, texts, n, max(guidance, inv))
-            z0 = backend.denoise(res.noise, cond, steps, guidance)
-            c2 = count()
-            # The stability of the returned noise is a measurement, not part of the method's cost.
-            stab = cosine(res.noise.to(z0.device), backend.invert(z0, cond, steps, inv)).cpu().tolist()
-        images = backend.decode(z0)
-        scores = _judge(rewards, images, texts)
-        seconds = (time.perf_counter() - t0) / n
-        norms = (res.noise.flatten(1).norm(dim=1) / res.noise[0].numel() ** 0.5).tolist()
+        c0 = _evaluations(backend)
+        res, extras, reward_calls = _run_method(backend, texts, noise, method, steps, guidance, inv, optimizing_rewards,
+                                                progress and iterations is None, iterations)
         rows = []
-        for j, (i, image) in enumerate(zip(chunk, images)):
-            seed = seeds[i][0]
-            rel = _image_path(cid, i, label, seed)
-            _save_image(store, rel, image)
-            noise_rel = _image_path(cid, i, label, seed, "noises", ".safetensors")
-            atomic_write(store.root / noise_rel,
-                         lambda tmp, x=res.noise[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
-            rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab[j],
-                         "image_path": rel, "noise_path": noise_rel, "unet_calls": (c2 - c0) // n,
-                         "image_calls": (c2 - c1) // n, "reward_calls": reward_calls, "seconds": seconds,
-                         "scores": scores[j], "extra": {**extras[j], "norm_ratio": norms[j],
-                                                        "settings": settings.__dict__}})
+        if iterations is None:
+            rows += _noise_rows(store, cid, backend, chunk, seeds, texts, res.noise, label, rewards, steps, guidance,
+                                inv, c0, t0, reward_calls, [{**e, "settings": method.settings.__dict__} for e in extras])
+        t1 = time.perf_counter()
+        rows += _noise_rows(store, cid, backend, chunk, seeds, texts, res.start_noise, start_label, rewards, steps,
+                            guidance, inv, _evaluations(backend), t1, 0, [{} for _ in chunk])
         store.add(cid, rows)
+
+
+def _run_method(backend, texts, noise, method, steps, guidance, inv, optimizing_rewards, progress, iterations=None):
+    """Run an optimizing method on a batch (``iterations``: the method's own unless given); returns the result,
+    each sample's details and the reward calls per sample."""
+    settings = method.settings
+    iterations = settings.iterations if iterations is None else iterations
+    checkpoint = backend.device.type != "cpu"  # trades compute for memory; only worth it on an accelerator
+    if method.kind == "optimize":
+        res = optimize(backend, texts, noise, iterations=iterations, lr=settings.lr, momentum=settings.momentum,
+                       steps=steps, guidance=guidance, inversion_guidance=inv, checkpoint=checkpoint,
+                       preserve_norm=settings.preserve_norm, progress=progress)
+        return res, [{"start_stability": h[0] if h else None, "best_iteration": b, "stopped": st}
+                     for h, b, st in zip(res.history, res.best_iteration, res.stopped)], 0
+    from ..reward_optimization import reward_optimize
+
+    weighted = {name: (optimizing_rewards[name], w) for name, w in settings.reward_weights}
+    res = reward_optimize(backend, texts, noise, weighted, iterations=iterations, lr=settings.lr,
+                          momentum=settings.momentum, nesterov=settings.nesterov, grad_clip=settings.grad_clip,
+                          reg_weight=settings.reg_weight, steps=steps, guidance=guidance, checkpoint=checkpoint,
+                          progress=progress)
+    # start_reward and best_reward are the optimizer's objective, on the decoded float pixels; the stored scores
+    # judge the saved 8-bit PNG, which can differ by a fraction of a point (docs/bench.md).
+    return res, [{"start_reward": h[0] if h else None, "best_reward": b, "best_iteration": it, "stopped": st}
+                 for h, b, it, st in zip(res.history, res.best_reward, res.best_iteration, res.stopped)], \
+        res.reward_evaluations // len(texts)
+
+
+def _noise_rows(store, cid, backend, chunk, seeds, texts, noises, label, rewards, steps, guidance, inv, c0, t0,
+                reward_calls, extras) -> list[dict]:
+    """Rows of given noises, one per prompt of ``chunk``: the image, its scores, the noise itself and the
+    stability of the noise (a measurement, not part of the method's cost)."""
+    from safetensors.torch import save_file
+
+    n = len(chunk)
+    with torch.no_grad():
+        cond = conditioning(backend, texts, n, max(guidance, inv))
+        c1 = _evaluations(backend)
+        z0 = backend.denoise(noises, cond, steps, guidance)
+        c2 = _evaluations(backend)
+        stab = cosine(noises.to(z0.device), backend.invert(z0, cond, steps, inv)).cpu().tolist()
+    images = backend.decode(z0)
+    scores = _judge(rewards, images, texts)
+    seconds = (time.perf_counter() - t0) / n
+    norms = (noises.flatten(1).norm(dim=1) / noises[0].numel() ** 0.5).tolist()
+    rows = []
+    for j, (i, image) in enumerate(zip(chunk, images)):
+        seed = seeds[i][0]
+        rel = _image_path(cid, i, label, seed)
+        _save_image(store, rel, image)
+        noise_rel = _image_path(cid, i, label, seed, "noises", ".safetensors")
+        atomic_write(store.root / noise_rel,
+                     lambda tmp, x=noises[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
+        rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab[j],
+                     "image_path": rel, "noise_path": noise_rel, "unet_calls": (c2 - c0) // n,
+                     "image_calls": (c2 - c1) // n, "reward_calls": reward_calls, "seconds": seconds,
+                     "scores": scores[j], "extra": {**extras[j], "norm_ratio": norms[j]}})
+    return rows
 
 
 def _backfill(store: Store, cid: int, prompts, rewards: Mapping[str, Reward]) -> None:

@@ -2,7 +2,7 @@
 
 One row of ``samples`` per (run config, prompt, method, seed): the K scored seeds of every prompt are
 rows of method ``seed``, and each optimizing method (``optimize``, ``optimize:lr=18.75``, ``reno``, ...)
-adds one row per prompt. Selection methods (random, most/least stable, best of K by a reward, the K
+adds one row per prompt, and one for the noise it started from (``START_SUFFIX``). Selection methods (random, most/least stable, best of K by a reward, the K
 ablation) are read off the seed rows by the report, so they cost nothing to add. Every reward of a
 sample's image, and stability variants such as the inversion-guidance ablation, are rows of ``scores``,
 so a reward can be added to a finished run (and human preferences later) without touching the samples.
@@ -11,6 +11,15 @@ so a reward can be added to a finished run (and human preferences later) without
 SCHEMA_VERSION = 1
 
 SEED_METHOD = "seed"  # the K scored seeds of each prompt
+
+# An optimizing method's start row: the exact noise its optimizer started from (the first seed's noise, on the
+# shell with preserve_norm), with its own image and scores, e.g. "optimize:preserve_norm=1@start".
+START_SUFFIX = "@start"
+
+
+def start_method(label: str) -> str:
+    return label + START_SUFFIX
+
 
 # A stability variant is stored as a score named STABILITY_PREFIX + what differs, e.g.
 # "stability@inversion_guidance=1".
