@@ -273,3 +273,12 @@ def test_report_command(store, tmp_path, no_plots):
     assert (tmp_path / "r.html").is_file() and (tmp_path / "r_files").is_dir()
     # two prompts of different tags in each config's grid
     assert (tmp_path / "r.html").read_text().count("prompt 2 of squares") == 2
+
+
+def test_decile_plot_takes_an_interval_that_misses_its_mean():
+    from stablenoise.bench.figures import plot_deciles
+
+    # A percentile interval from few resamples can lie wholly below (or above) the sample mean.
+    cis = [{"mean": 0.7, "lo": 0.6, "hi": 0.7 - 1e-12, "n": 3}, None,
+           {"mean": 0.2, "lo": 0.2 + 1e-9, "hi": 0.3, "n": 3}]
+    assert plot_deciles({"toy": cis}, {"toy": False}, "title").startswith(b"\x89PNG")

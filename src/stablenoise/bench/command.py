@@ -129,7 +129,8 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
               help="Bootstrap resamples of the prompts per interval.")
 @guarded
 def report(run_dir, html_path, md_path, grid_prompts, bootstrap):
-    """Report a bench run: every method against a random seed, with 95% bootstrap intervals over prompts."""
+    """Report a bench run: every method against a random seed, with 95% bootstrap intervals over prompts.
+    An existing output is replaced only if a report wrote it; the results store never."""
     from .report import write_report
 
     html, md = write_report(run_dir, html_path, md_path, grid_prompts=grid_prompts, n_boot=bootstrap)

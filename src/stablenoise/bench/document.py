@@ -2,15 +2,21 @@
 
 The report's sections are written once as blocks; the two renderers only decide how they look. HTML is
 self-contained (images as base64 data URIs, inline CSS, no script) so it opens from disk and can be sent
-as one file; Markdown links its images as PNG files in a folder next to it.
+as one file; Markdown links its images as PNG files in a folder next to it. Both escape every text they
+are given: a block's text may hold a user's prompt, tag, label or file name. Both carry a mark
+(``HTML_MARK``, ``MD_MARK``) by which a later report knows a file as one it may overwrite.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from urllib.parse import quote
+
+HTML_MARK = '<meta name="generator" content="stablenoise report">'
+MD_MARK = "<!-- generator: stablenoise report -->"
 
 
 @dataclass
@@ -76,7 +82,7 @@ def _html_cell(cell, tag: str = "td") -> str:
 
 
 def render_html(title: str, blocks: list) -> str:
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+    out = ["<!DOCTYPE html>", f'<html lang="en"><head><meta charset="utf-8">{HTML_MARK}',
            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1>"]
     for b in blocks:
@@ -102,40 +108,64 @@ def render_html(title: str, blocks: list) -> str:
     return "\n".join(out) + "\n"
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+# What CommonMark (and GitHub's tables) could read as markup, backslash-escaped: raw HTML and autolinks
+# (<), entities (&), code spans, strikethrough, table cells (|) and the escape character itself; a ] that
+# would close a link or an image (before "(" or "["; the renderer puts neither after a text); * and _
+# unless spaces on both sides keep them from opening or closing emphasis. So a prompt stays text, and an
+# interval "0.2 [0.1, 0.3] *" stays as written.
+_MD_SPECIAL = re.compile(r"[\\`<&~|]|\](?=[(\[])|[*_](?=\S)|(?<=\S)[*_]")
+# What opens a block when it starts a line: heading, quote, list item, setext underline, link reference
+# definition, ordered list item.
+_MD_BLOCK_START = re.compile(r"^([#>+=*\[-]|\d+(?=[.)](?:\s|$)))")
 
 
-def render_markdown(title: str, blocks: list, files: Path) -> str:
-    """Markdown with every image written to ``files`` (a folder next to the Markdown file)."""
-    files.mkdir(parents=True, exist_ok=True)
+def md_escape(text, line_start: bool = False) -> str:
+    """``text`` as literal Markdown text on one line: whitespace runs, newlines included, become one space, so
+    a table cell or a paragraph cannot be left. ``line_start``: the text begins a line, where a leading
+    marker would open a block."""
+    text = _MD_SPECIAL.sub(lambda m: "\\" + m[0], " ".join(str(text).split()))
+    if line_start:  # an ordered list's number stays, its delimiter is escaped
+        text = _MD_BLOCK_START.sub(lambda m: m[1] + "\\" if m[1][0].isdigit() else "\\" + m[1], text, count=1)
+    return text
+
+
+def _md_fence(text: str) -> str:
+    """A code fence longer than any backtick run in ``text``, which therefore cannot close it."""
+    return "`" * max(3, 1 + max((len(run) for run in re.findall("`+", text)), default=0))
+
+
+def render_markdown(title: str, blocks: list, files: str) -> tuple[str, dict[str, bytes]]:
+    """Markdown that links its images as ``files``/NAME (a folder next to the Markdown file), and those
+    images as {NAME: PNG bytes} for the caller to write."""
+    images: dict[str, bytes] = {}
 
     def link(image: Image) -> str:
-        (files / image.name).write_bytes(image.png)
-        return f"![{_md_escape(image.caption or image.name)}]({files.name}/{image.name})"
+        images[image.name] = image.png
+        return f"![{md_escape(image.caption or image.name)}]({quote(f'{files}/{image.name}')})"
 
     def cell(c) -> str:
-        return f"{link(c)}<br>{_md_escape(c.caption)}" if isinstance(c, Image) else _md_escape(c)
+        return f"{link(c)}<br>{md_escape(c.caption)}" if isinstance(c, Image) else md_escape(c)
 
-    out = [f"# {title}", ""]
+    out = [MD_MARK, f"# {md_escape(title)}", ""]
     for b in blocks:
         if isinstance(b, Heading):
-            out += ["#" * b.level + " " + b.text, ""]
+            out += ["#" * b.level + " " + md_escape(b.text), ""]
         elif isinstance(b, Text):
-            out += [b.text, ""]
+            out += [md_escape(b.text, line_start=True), ""]
         elif isinstance(b, Code):
-            out += ["```", b.text, "```", ""]
+            fence = _md_fence(b.text)
+            out += [fence, b.text, fence, ""]
         elif isinstance(b, Image):
-            out += [link(b), "", b.caption, ""] if b.caption else [link(b), ""]
+            out += [link(b), ""] + ([md_escape(b.caption, line_start=True), ""] if b.caption else [])
         elif isinstance(b, Table):
             headers = list(b.headers)
             if b.groups:  # Markdown has one header row: fold the group into each column's name
                 labels = [label for label, span in b.groups for _ in range(span)]
                 headers = headers[:1] + [f"{g} / {h}" for g, h in zip(labels, headers[1:])]
             if b.caption:
-                out += [b.caption, ""]
-            out.append("| " + " | ".join(_md_escape(h) for h in headers) + " |")
+                out += [md_escape(b.caption, line_start=True), ""]
+            out.append("| " + " | ".join(md_escape(h) for h in headers) + " |")
             out.append("|" + "---|" * len(headers))
             out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in b.rows]
             out.append("")
-    return "\n".join(out)
+    return "\n".join(out), images

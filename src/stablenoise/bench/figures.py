@@ -33,9 +33,11 @@ def _error_bars(ax, xs, cis, scale: float = 1.0, label=None) -> None:
     """Points with their 95% intervals; unknown points (None) are left out."""
     pts = [(x, c) for x, c in zip(xs, cis) if c is not None]
     if pts:
+        # A percentile interval of few resamples can miss the mean (matplotlib refuses a negative bar):
+        # the bar then stops at the point.
         ax.errorbar([x for x, _ in pts], [scale * c["mean"] for _, c in pts],
-                    yerr=[[scale * (c["mean"] - c["lo"]) for _, c in pts],
-                          [scale * (c["hi"] - c["mean"]) for _, c in pts]],
+                    yerr=[[max(0.0, scale * (c["mean"] - c["lo"])) for _, c in pts],
+                          [max(0.0, scale * (c["hi"] - c["mean"])) for _, c in pts]],
                     marker="o", capsize=3, label=label)
 
 
@@ -81,13 +83,13 @@ def plot_sweep(xlabel: str, xs: list, series: dict[str, dict[str, list]], percen
 
 
 def thumbnail(path: Path) -> bytes | None:
-    """A tile of an image grid, or None if the image cannot be read."""
+    """A tile of an image grid, or None if the image cannot be read (or claims a decompression bomb's size)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-    except (OSError, UnidentifiedImageError):
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
     side = max(im.size)
     if side < MIN_TILE:

@@ -9,17 +9,21 @@ All intervals are 95% bootstrap intervals over prompts (``stablenoise.stats``), 
 from __future__ import annotations
 
 import json
-
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import stats
-from .document import Code, Heading, Image, Table, Text, render_html, render_markdown
+from ..errors import StablenoiseError
+from ..records import atomic_write
+from .document import HTML_MARK, MD_MARK, Code, Heading, Image, Table, Text, render_html, render_markdown
 from .figures import plot_deciles, plot_sweep, thumbnail
 from .results import COSTS, ConfigTable, Method, Results, derive_methods, load_results
+from .store import STORE_NAME
 
 __all__ = ["load_results", "derive_methods", "analyze", "write_report"]
 
@@ -320,6 +324,18 @@ def _pick_prompts(table: ConfigTable, n: int) -> list[int]:
     return sorted(picked)
 
 
+def inside_run(run_dir: Path, image_path) -> Path | None:
+    """A store's image path, resolved, if it lies inside the run folder. A report may be shared: it must not
+    embed other local files, whether the store names them by an absolute or ``..`` path or by a symlink."""
+    if not isinstance(image_path, str) or not image_path:
+        return None
+    try:
+        path = (run_dir / image_path).resolve()
+        return path if path.is_relative_to(run_dir.resolve()) else None
+    except (OSError, ValueError):  # a loop of symlinks, a NUL byte
+        return None
+
+
 def _grid(a: ConfigAnalysis, run_dir: Path, n: int, name: str) -> list:
     t = a.table
     columns = ["random", "most stable", "least stable", *(f"best of K by {r}" for r in t.rewards), *t.optimized]
@@ -329,8 +345,8 @@ def _grid(a: ConfigAnalysis, run_dir: Path, n: int, name: str) -> list:
         row = [f"{t.tags[p]}: {t.texts[p]}" if t.tags[p] else t.texts[p]]
         for j, column in enumerate(columns):
             m = a.methods[column]
-            path = m.image[p]
-            png = thumbnail(run_dir / path) if path else None
+            path = inside_run(run_dir, m.image[p])
+            png = thumbnail(path) if path else None
             caption = f"stability {fmt_value(m.shown_stability[p])}"
             if first:
                 caption += f" · {first} {fmt_value(m.shown_values[first][p], a.binary[first])}"
@@ -392,16 +408,73 @@ def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int
     return blocks
 
 
+# The names _decile_section, _grid and _sweeps give their images: what a report's _files folder may hold.
+REPORT_FILE = re.compile(r"(config-\d+-(deciles|grid-\d+-\d+)|sweep-(steps|guidance)(-\d+)+)\.png")
+# The openings of a report's outputs: the marked ones, and those written before the mark (docs/bench-*).
+REPORT_OPENINGS = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{HTML_MARK}\n', f"{MD_MARK}\n",
+                   '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>stablenoise bench report: ',
+                   "# stablenoise bench report: ")
+
+
+def _written_by_report(path: Path) -> bool:
+    """A report's HTML or Markdown (by its opening), or its plot folder (only a report's image names, no
+    symlinks, which a rewrite would follow out of the folder)."""
+    try:
+        if path.is_dir():
+            return not path.is_symlink() and all(
+                f.is_file() and not f.is_symlink() and REPORT_FILE.fullmatch(f.name) for f in path.iterdir())
+        with open(path, "rb") as f:
+            opening = f.read(200)
+    except OSError:  # a dangling symlink, an unreadable file
+        return False
+    return any(opening.startswith(o.encode()) for o in REPORT_OPENINGS)
+
+
+def check_outputs(run_dir: Path, outputs: dict[str, Path]) -> None:
+    """Refuse, before anything is written, outputs that would destroy what a report did not write: the
+    results store (by any path: symlink, hard link, ``..``), an existing file or folder without a report's
+    mark, two outputs on one path, or a path below a file."""
+    store = [run_dir / f"{STORE_NAME}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")]
+    seen: dict[Path, str] = {}
+    for label, path in outputs.items():
+        resolved = path.resolve()
+        if resolved in seen:
+            raise StablenoiseError(f"{label} {path} is also {seen[resolved]}: give each output its own path")
+        seen[resolved] = label
+        if any(resolved == s.resolve() or (path.exists() and s.exists() and os.path.samefile(path, s))
+               for s in store):
+            raise StablenoiseError(f"{label} {path} is the run's results store: choose another path")
+        above = next(p for p in resolved.parents if p.exists())
+        if not above.is_dir():
+            raise StablenoiseError(f"cannot write {label} {path}: {above} is a file, not a folder")
+        if (path.exists() or path.is_symlink()) and not _written_by_report(path):
+            raise StablenoiseError(f"{label} {path} exists and was not written by a stablenoise report: "
+                                   f"move it or choose another path")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    except OSError as e:
+        raise StablenoiseError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def write_report(run_dir, out_html=None, out_md=None, grid_prompts: int = 8, n_boot: int = 1000,
                  seed: int = 0) -> tuple[Path, Path]:
-    """Write RUN/report.html (self-contained) and RUN/report.md (plots in report_files/ next to it)."""
+    """Write RUN/report.html (self-contained) and RUN/report.md (plots in report_files/ next to it),
+    overwriting only a report's own earlier outputs (``check_outputs``)."""
+    run_dir = Path(run_dir)
+    html_path = Path(out_html) if out_html else run_dir / "report.html"
+    md_path = Path(out_md) if out_md else run_dir / "report.md"
+    files = md_path.parent / f"{md_path.stem}_files"
+    # First: a refused report does not even open the store (opening a WAL store adds its -shm file).
+    check_outputs(run_dir, {"HTML report": html_path, "Markdown report": md_path, "plot folder": files})
     results = load_results(run_dir)
     blocks = build(results, grid_prompts, n_boot, seed)
     title = f"stablenoise bench report: {results.run_dir.resolve().name}"
-    html_path = Path(out_html) if out_html else results.run_dir / "report.html"
-    md_path = Path(out_md) if out_md else results.run_dir / "report.md"
-    for path in (html_path, md_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(render_html(title, blocks), encoding="utf-8")
-    md_path.write_text(render_markdown(title, blocks, md_path.parent / f"{md_path.stem}_files"), encoding="utf-8")
+    markdown, images = render_markdown(title, blocks, files.name)
+    for name, png in images.items():
+        _write(files / name, png)
+    _write(html_path, render_html(title, blocks).encode("utf-8"))
+    _write(md_path, markdown.encode("utf-8"))
     return html_path, md_path
