@@ -95,6 +95,13 @@ def test_a_matching_bank_is_the_proxy_and_an_old_one_asks_for_a_rebuild(toy_bank
     assert str(e.value) == "the seed bank was built before banks recorded their model: rebuild it with stablenoise bank"
 
 
+def test_nan_and_inf_bank_scores_load_as_no_score(toy_bank, tmp_path):
+    data = {**toy_bank.__dict__, "stability": [float("nan"), 0.5, float("inf")]}
+    (tmp_path / "bank.json").write_text(json.dumps(data))  # NaN and Infinity: what json writes for them
+    loaded = SeedBank.load(tmp_path / "bank.json")
+    assert loaded.stability == [None, 0.5, None] and loaded.top(3) == [1]
+
+
 @pytest.mark.model
 def test_weights_fingerprint_tells_models_apart_and_ignores_float16(sd_pipe):
     from tiny import tiny_sd
