@@ -262,6 +262,14 @@ def test_truncation_warning_reads_every_tokenizer_once_a_prompt():
     assert warned(["a b c", "a b c d e", "one two three four"]) == [
         "prompt 'one two three four' is 6 tokens long; the text encoder reads 5 (start and end included) and "
         "ignores the rest"]
+    # The quote stops at 60 characters: a 60-character prompt whole, a longer one (10 kB too) cut with "…".
+    p60 = "ab " * 20
+    assert warned([p60, p60 + "z", "cd " * 3400]) == [
+        f"prompt {p60!r} is 22 tokens long; the text encoder reads 5 (start and end included) and ignores the rest",
+        f"prompt {p60 + '…'!r} is 23 tokens long; the text encoder reads 5 (start and end included) and ignores "
+        "the rest",
+        f"prompt {('cd ' * 20) + '…'!r} is 3402 tokens long; the text encoder reads 5 (start and end included) and "
+        "ignores the rest"]
 
 
 def test_checkpointed_round_trip_gives_the_plain_gradient():

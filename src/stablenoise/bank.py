@@ -2,21 +2,65 @@
 default), so that per prompt only the bank's most stable few need the full score.
 
 On the shipped model the seed alone explains most of a seed's stability (benchmarks/seed_effect.py), which
-is what makes this pay: ``select(backend, prompt, seeds=bank.seeds, proxy=bank.scores, keep=m)``.
+is what makes this pay: ``select(backend, prompt, seeds=bank.seeds, proxy=bank, keep=m)``.
+
+A bank's scores mean something only for the model they were computed on, so a bank records what it was scored
+on (:func:`identity`) and :meth:`SeedBank.check` refuses another model. What must match: the weights (their
+fingerprint), the latent shape (a seed is another noise in another shape) and the round trip's schedule (which
+timesteps the round trip visits). What need not: the bank's prompt, steps and guidance are the proxy's own
+cheap setting by design (the empty prompt, 1 step, no CFG all rank seeds as the full score does:
+docs/performance.md), and device or dtype change a score by rounding only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from .backends.base import Backend
 from .errors import StablenoiseError
+from .noise import SEED_LIMIT
 from .records import now, versions, write_json_atomic
-from .selection import _scores
+from .selection import _scores, check_one_prompt
 from .stability import resolve
+
+SAMPLES_PER_TENSOR = 1024
+ROUND_TRIP_KEYS = ("ddim", "flow")  # where describe() puts the round trip's schedule (DDIM or flow matching)
+
+
+def weights_fingerprint(backend: Backend) -> str:
+    """sha256 over every weight tensor of the model: its name, shape and 1,024 evenly spaced values rounded to
+    float16. Cheap whatever the model's size (SDXL: ~2,500 small reads, no pass over gigabytes), stable across
+    devices, and float32, float16 and fp16-variant loads of one checkpoint agree (bfloat16 rounds otherwise);
+    any fine-tune moves the sampled values of the tensors it touches."""
+    pipe = getattr(backend, "pipe", None)
+    if pipe is not None:
+        modules = sorted((k, m) for k, m in pipe.components.items() if isinstance(m, torch.nn.Module))
+        tensors = [(f"{k}.{n}", t) for k, m in modules for n, t in m.state_dict().items()]
+    else:  # a backend without a diffusers pipeline: its own tensor attributes
+        tensors = sorted((k, v) for k, v in vars(backend).items() if isinstance(v, torch.Tensor))
+    h = hashlib.sha256()
+    for name, t in tensors:
+        flat = t.detach().reshape(-1)
+        k = min(flat.numel(), SAMPLES_PER_TENSOR)
+        idx = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
+        h.update(f"{name}{list(t.shape)}".encode())
+        h.update(flat[idx].to(torch.float16).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def identity(backend: Backend) -> dict:
+    """What a bank's scores depend on and must match: weights fingerprint, latent shape, round-trip schedule."""
+    described = backend.describe() if hasattr(backend, "describe") else {}
+    schedule = {k: described[k] for k in ROUND_TRIP_KEYS if k in described}
+    # Through JSON, so that a live backend compares equal to what a bank file holds (tuples as lists).
+    return json.loads(json.dumps({"weights": weights_fingerprint(backend), "latent_shape": list(backend.latent_shape),
+                                  "schedule": schedule}))
 
 
 @dataclass
@@ -27,7 +71,8 @@ class SeedBank:
     steps: int
     guidance: float
     inversion_guidance: float
-    model: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # the backend's describe(): its name (hub id or path) and settings
+    identity: dict = field(default_factory=dict)  # what must match to use the bank (see :func:`identity`)
     created: str = ""
     versions: dict = field(default_factory=dict)
 
@@ -41,6 +86,27 @@ class SeedBank:
                         key=lambda i: (-self.stability[i], i))
         return [self.seeds[i] for i in ranked[:m]]
 
+    def check(self, backend: Backend, where: str | Path = "the seed bank") -> None:
+        """Refuse a bank scored on another model, latent shape or schedule, naming what differs."""
+        if not self.identity:
+            raise StablenoiseError(f"{where} was built before banks recorded their model: rebuild it with "
+                                   "stablenoise bank")
+        here = identity(backend)
+        name = self.model.get("name", "?")
+        if self.identity.get("weights") != here["weights"]:
+            raise StablenoiseError(f"{where} was built on another model ({name}, weights "
+                                   f"{str(self.identity.get('weights'))[:12]}; this one: {backend.name}, weights "
+                                   f"{here['weights'][:12]}): rebuild the bank for this model")
+        if self.identity.get("latent_shape") != here["latent_shape"]:
+            raise StablenoiseError(f"{where} was built for latent shape {_short(self.identity.get('latent_shape'))}; "
+                                   f"this model's is {here['latent_shape']}: rebuild the bank at this size")
+        theirs, ours = _flat(self.identity.get("schedule", {})), _flat(here["schedule"])
+        differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+        if differ:
+            k = differ[0]
+            raise StablenoiseError(f"{where} was built with another schedule ({k}: {theirs.get(k)!r} in the bank, "
+                                   f"{ours.get(k)!r} here): rebuild the bank with these settings")
+
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, asdict(self))
 
@@ -51,11 +117,42 @@ class SeedBank:
             bank = cls(**data)
         except FileNotFoundError:
             raise StablenoiseError(f"seed bank not found: {path}") from None
+        except IsADirectoryError:
+            raise StablenoiseError(f"{path} is a folder, not a seed bank") from None
         except (ValueError, TypeError, UnicodeDecodeError):
             raise StablenoiseError(f"{path} is not a seed bank") from None
-        if len(bank.seeds) != len(bank.stability) or not bank.seeds:
+        if not (isinstance(bank.seeds, list) and isinstance(bank.stability, list)) \
+                or len(bank.seeds) != len(bank.stability) or not bank.seeds:
             raise StablenoiseError(f"{path} is not a seed bank (seeds and scores differ in length, or are empty)")
+        for seed in bank.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+                raise StablenoiseError(f"{path} is not a seed bank: seed {_short(seed)} is not an integer in "
+                                       "[0, 2**64)")
+        for seed, v in zip(bank.seeds, bank.stability):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise StablenoiseError(f"{path} is not a seed bank: the score of seed {seed} is {_short(v)}, "
+                                       "not a number")
+        # null, NaN and inf all mean "no score" (json reads NaN and Infinity as floats).
+        bank.stability = [float(v) if v is not None and math.isfinite(v) else None for v in bank.stability]
+        if not isinstance(bank.model, dict) or not isinstance(bank.identity, dict):
+            raise StablenoiseError(f"{path} is not a seed bank (model and identity must be objects)")
         return bank
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"ddim": {"timestep_spacing": "x"}} -> {"ddim.timestep_spacing": "x"}: a difference named by its key."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", steps: int | None = None,
@@ -64,8 +161,9 @@ def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", 
     """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt)."""
     if n < 1:
         raise StablenoiseError(f"a bank needs n >= 1 seeds, got {n}")
+    check_one_prompt(prompt, "build_bank")
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     seeds = list(range(first_seed, first_seed + n))
     scores = _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guidance, progress, desc="bank")
     return SeedBank(seeds, [v if v is not None and math.isfinite(v) else None for v in scores], prompt, steps,
-                    guidance, inversion_guidance, backend.describe(), now(), versions())
+                    guidance, inversion_guidance, backend.describe(), identity(backend), now(), versions())

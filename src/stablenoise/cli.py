@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import click
@@ -208,7 +209,7 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
     from .bank import SeedBank
     from .generation import generate as gen
     from .outputs import side_by_side
-    from .selection import Proxy
+    from .selection import Proxy, check_keep
     from .selection import select as sel
 
     if seed + k > 2**64:
@@ -224,7 +225,11 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
         proxy = setting
     if (proxy is None) != (keep is None):
         raise StablenoiseError("two-stage selection needs --keep and a proxy (--bank or --proxy-steps/-prompt/-guidance)")
+    if keep is not None:
+        check_keep(keep, len(seeds))
     s = Session("select", **kw)
+    if bank_file is not None:
+        bank.check(s.backend, bank_file)  # before the run folder exists: a refused bank writes nothing
     params = {"k": len(seeds), "first_seed": seeds[0], "batch_size": batch_size, "keep": keep,
               "proxy": None if proxy is None else (str(bank_file) if bank_file else setting.__dict__)}
     with s.folder(**params) as run:
@@ -347,12 +352,18 @@ def _write_optimized(s, run, i, results) -> list[str]:
               help="Noises per model call [default: from free GPU memory; on CPU up to 16, fewer for large latents; halved on out-of-memory].")
 @click.option("--device", default=None)
 @click.option("--dtype", default=None)
+@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None,
+              help="As select's: a bank is used only under the schedule it was built with.")
+@click.option("--height", type=click.IntRange(min=1), default=None, help="As select's (the latent shape must match).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="As select's (the latent shape must match).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("seed-bank.json"),
               show_default=True)
 @_guarded
-def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, device, dtype, out):
+def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, device, dtype, timestep_spacing,
+         height, width, out):
     """Score N seeds once for a model (under the empty prompt) into a seed bank for two-stage selection:
-    stablenoise select --bank OUT --keep M."""
+    stablenoise select --bank OUT --keep M. The bank records the model's weights fingerprint, latent shape and
+    schedule; select refuses it for any other."""
     from .backends import load
     from .bank import build_bank
 
@@ -360,9 +371,15 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
         raise StablenoiseError(f"seeds {seed}..{seed + n - 1} run past 2**64 - 1")
     if out.exists() and out.is_dir():
         raise StablenoiseError(f"--out {out} is a folder")
-    backend = load(model, device=device, dtype=dtype)
+    parent = next(p for p in out.absolute().parents if p.exists())  # the bank is written after all the scoring
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StablenoiseError(f"cannot write {out}: {parent} is not a writable folder")
+    backend = load(model, device=device, dtype=dtype, timestep_spacing=timestep_spacing, height=height, width=width)
     b = build_bank(backend, n, seed, prompt, steps, guidance, inversion_guidance, batch_size)
-    b.save(out)
+    try:
+        b.save(out)
+    except OSError as e:
+        raise StablenoiseError(f"cannot write {out}: {e.strerror or e}") from None
     click.echo(f"wrote {out}: {n} seeds, most stable {b.top(3)}")
 
 

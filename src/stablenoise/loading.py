@@ -15,9 +15,13 @@ def first_line(e: BaseException) -> str:
 def from_pretrained(cls, source: str, what: str, **kwargs):
     """``cls.from_pretrained(source)`` (diffusers or transformers) with hub, offline and broken-folder
     errors as "could not load WHAT: reason"."""
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # one bar per weight file is noise in a command's output
+    # One bar per weight file (transformers) or component (diffusers) is noise in a command's output, and
+    # would bury the one line a refused command prints.
+    hf_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -55,7 +55,14 @@ def check_noise(noise: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 def check_prompts(prompt: str | Sequence[str], n: int) -> list[str]:
     """One prompt for all n samples, or exactly one prompt per sample."""
-    prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):
+        prompts = [prompt] * n
+    elif isinstance(prompt, Sequence) and all(isinstance(p, str) for p in prompt):
+        prompts = list(prompt)
+    else:
+        bad = next((p for p in prompt if not isinstance(p, str)), None) if isinstance(prompt, Sequence) else prompt
+        got = "None" if bad is None else type(bad).__name__
+        raise StablenoiseError(f"prompt must be a string or a list of strings, got {got}")
     if not prompts:
         raise StablenoiseError("no prompt given")
     if len(prompts) == 1 and n > 1:

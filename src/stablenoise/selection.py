@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,6 +20,9 @@ from .batching import auto_batch_size, map_batches
 from .errors import StablenoiseError
 from .noise import check_seed, noises_from_seeds
 from .stability import conditioning, resolve, score
+
+if TYPE_CHECKING:
+    from .bank import SeedBank
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class SelectionResult:
 
 def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | None = None,
            batch_size: int | None = None, steps: int | None = None, guidance: float | None = None,
-           inversion_guidance: float | None = None, proxy: Proxy | Mapping[int, float] | None = None,
+           inversion_guidance: float | None = None, proxy: Proxy | Mapping[int, float] | SeedBank | None = None,
            keep: int | None = None, progress: bool = True,
            callback: Callable[[dict], None] | None = None) -> SelectionResult:
     """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
@@ -59,7 +62,15 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: up to 16, fewer
     for large latents), and a batch that runs out of memory is retried at half the size.
     With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
-    ``callback`` gets ``{"seeds", "scores"}`` after each batch of full scores."""
+    ``callback`` gets ``{"seeds", "scores"}`` after each batch of full scores.
+    A :class:`stablenoise.bank.SeedBank` as ``proxy`` is checked against the backend first (same weights, latent
+    shape and schedule); a plain mapping is taken as the caller's word."""
+    from .bank import SeedBank  # here: bank.py imports this module
+
+    check_one_prompt(prompt, "select")
+    if isinstance(proxy, SeedBank):
+        proxy.check(backend)
+        proxy = proxy.scores
     if seeds is None:
         if k < 1:
             raise StablenoiseError(f"k must be >= 1, got {k}")
@@ -76,8 +87,7 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     proxy_scores = None
     candidates = seeds
     if proxy is not None:
-        if keep < 1:
-            raise StablenoiseError(f"keep must be >= 1, got {keep}")
+        check_keep(keep, len(seeds))
         proxy_scores = _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
                                      progress)
         finite = [i for i, v in enumerate(proxy_scores) if v is not None]
@@ -97,6 +107,23 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     return SelectionResult(prompt, seeds, scores, seeds[best], seeds[worst],
                            noises_from_seeds([seeds[best]], backend.latent_shape),
                            noises_from_seeds([seeds[worst]], backend.latent_shape), proxy_scores)
+
+
+def check_one_prompt(prompt, who: str) -> None:
+    """Selection scores its seeds under one prompt: a list is a user's batch of prompts, to be run one by one."""
+    if not isinstance(prompt, str):
+        several = isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt)
+        got = f"a list of {len(prompt)}" if several else "None" if prompt is None else type(prompt).__name__
+        raise StablenoiseError(f"{who} takes one prompt (a string), got {got}"
+                               + (f": call {who} once per prompt" if several else ""))
+
+
+def check_keep(keep: int, n: int) -> None:
+    """Two-stage selection keeps 1..n of its n seeds: more is a mistake, not a request to clamp."""
+    if keep < 1:
+        raise StablenoiseError(f"keep must be >= 1, got {keep}")
+    if keep > n:
+        raise StablenoiseError(f"keep {keep} is more than the {n} seeds to choose from")
 
 
 def _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guidance, progress, callback=None,

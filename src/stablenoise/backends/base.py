@@ -198,7 +198,9 @@ class DiffusersBackend:
             for tok in self._tokenizers():
                 n, limit = len(tok(prompt, truncation=False).input_ids), tok.model_max_length
                 if n > limit:
-                    warnings.warn(f"prompt {prompt!r} is {n} tokens long; the text encoder reads {limit} "
+                    # Quoted up to 60 characters: a 10 kB prompt must not flood the terminal.
+                    shown = prompt if len(prompt) <= 60 else prompt[:60] + "…"
+                    warnings.warn(f"prompt {shown!r} is {n} tokens long; the text encoder reads {limit} "
                                   "(start and end included) and ignores the rest", stacklevel=4)
                     break
 

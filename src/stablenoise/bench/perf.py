@@ -531,8 +531,9 @@ def run_perf(backend, out: str | Path, parts=PARTS, prompts: list[str] | None = 
                              progress)
         analysis = analyse_proxies(state, settings, keeps)
         bank_setting = next(s for s in settings if s.name == "empty-prompt")
-        analysis["checked"] = [check_two_stage(backend, state, bank_setting, 10, full, proxy_prompts),
-                               check_two_stage(backend, state, settings[1], 10, full, 3)]
+        keep = min(10, proxy_k)  # select refuses to keep more seeds than it has (a small --proxy-k)
+        analysis["checked"] = [check_two_stage(backend, state, bank_setting, keep, full, proxy_prompts),
+                               check_two_stage(backend, state, settings[1], keep, full, 3)]
         result["proxies"] = analysis
         write_json_atomic(path, result)
     if "bank" in parts:

@@ -9,6 +9,7 @@ import click
 
 from ..cli_common import guarded
 from ..errors import StablenoiseError
+from ..loading import first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -51,14 +52,21 @@ def collect(paths: list[Path], prompts: list[str]) -> list[tuple[Path, str | Non
     return pairs
 
 
-def open_image(path: Path):
+def open_image(path: Path, header_only: bool = False):
+    """A user's image file as RGB, every way it can fail as one line naming the file: missing, not an image,
+    truncated or corrupt, or claiming more pixels than PIL's decompression-bomb limit (checked from the header,
+    before any pixel is decoded). ``header_only``: only those checks of the header, nothing decoded (None)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise StablenoiseError(f"{path}: not an image ({e})") from None
+            return None if header_only else im.convert("RGB")
+    except FileNotFoundError:
+        raise StablenoiseError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as e:
+        raise StablenoiseError(f"{path}: refused, too many pixels ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's corrupt-file errors
+        raise StablenoiseError(f"{path}: not an image ({first_line(e)})") from None
 
 
 @click.command()
@@ -83,6 +91,8 @@ def reward(images, reward_name, prompt_list, prompts_file, device, dtype, batch_
 
     prompts = list(prompt_list) + (read_prompts(prompts_file) if prompts_file else [])
     pairs = collect(list(images), prompts)
+    for path, _ in pairs:  # a bad file fails here, not after the reward model loaded and half the images scored
+        open_image(path, header_only=True)
     model = load_reward(reward_name, device=device, dtype=dtype)
     if model.needs_prompts and any(p is None for _, p in pairs):
         raise StablenoiseError(f"reward {model.name!r} needs a prompt: use --prompt TEXT")
@@ -94,6 +104,10 @@ def reward(images, reward_name, prompt_list, prompts_file, device, dtype, batch_
             results.append({"image": str(path), "prompt": prompt, "score": score})
             click.echo(f"{score:.6f}\t{path}" + (f"\t{prompt!r}" if prompt else ""))
     out = out or Path("stablenoise-out") / "reward" / f"{slug(model.name)}.json"
-    write_json_atomic(out, {"command": "reward", "created": now(), "reward": model.name, "source": reward_name,
-                            "higher_is_better": model.higher_is_better, "items": results, "versions": versions()})
+    try:
+        write_json_atomic(out, {"command": "reward", "created": now(), "reward": model.name, "source": reward_name,
+                                "higher_is_better": model.higher_is_better, "items": results,
+                                "versions": versions()})
+    except OSError as e:
+        raise StablenoiseError(f"cannot write {out}: {e.strerror or e}") from None
     click.echo(f"wrote {out}")
