@@ -203,7 +203,7 @@ def test_report_tables_show_the_expected_values(written):
         assert f"{t['toy'].mean(axis=1).mean():.3f} [" in text  # random, toy
         assert f"{most_stable_toy:.3f} [" in text
         assert f"{random_pass:.1f}% [" in text  # a 0/1 reward as a percentage
-        assert "+1.000 [1.000, 1.000] *" in text  # optimize vs its start seed: exactly +1 toy
+        assert "+1.000 [1.000, 1.000] *" in text  # optimize vs its start: exactly +1 toy
         assert "+1.000 [1.000, 1.000]" in text  # within-prompt Spearman(stability, toy) = 1
         assert "stablenoise bench --prompts toyset" in text and "2.3.0" in text
         assert "Sweep over steps" in text and "Fooled" in text

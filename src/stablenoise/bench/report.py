@@ -115,7 +115,7 @@ def analyze(table: ConfigTable, n_boot: int = 1000, seed: int = 0) -> ConfigAnal
             row = {c: stats.win_rate(m.values[r], methods[c].values[r], n_boot, rng)
                    for c in COMPARATORS if c != name}
             if m.start is not None:
-                row["start seed"] = stats.win_rate(m.values[r], m.start[r], n_boot, rng)
+                row["its start"] = stats.win_rate(m.values[r], m.start[r], n_boot, rng)
             a.wins[r][name] = row
         a.spearman[r] = (stats.within_prompt_spearman(s.stability, s.scores[r], n_boot, rng),
                          stats.pooled_spearman(s.stability, s.scores[r], n_boot, rng))
@@ -124,11 +124,11 @@ def analyze(table: ConfigTable, n_boot: int = 1000, seed: int = 0) -> ConfigAnal
     for verifier in _verifiers(a) if learned else []:
         for reward in learned:
             # Each candidate against the seed it replaces: best of K against a random draw (the first seed),
-            # an optimizing method against its own starting seed.
+            # an optimizing method against the noise it started from (its start rows).
             candidates = [(f"best of K by {reward}", first)] + [(n, m.start) for n, m in methods.items()
                                                                if m.start is not None]
             for name, base in candidates:
-                a.fooled.append((name, reward, verifier, "first seed" if base is first else "start seed",
+                a.fooled.append((name, reward, verifier, "first seed" if base is first else "its start",
                                  _fooled_rates(methods[name].values, base, reward, verifier, n_boot, rng)))
         v = first[verifier]  # for reference: how often a random draw fails
         a.fooled.append(("first seed", MISSING, verifier, MISSING,
@@ -248,17 +248,18 @@ def _differences(a: ConfigAnalysis) -> list:
                     "Paired difference vs random (same prompts); * = the 95% interval excludes 0")]
     if a.vs_start:
         blocks.append(Table(["method", *a.measures],
-                            [[f"{n} − its start seed",
+                            [[f"{n} − its start",
                               *(fmt_ci(d[x], pct.get(x, False), signed=True, mark=True) for x in a.measures)]
                              for n, d in a.vs_start.items()],
-                            "Optimizing methods vs the seed they started from (same prompt and seed)"))
+                            "Optimizing methods vs the noise they started from (same prompt and seed; with preserve_norm "
+                            "the seed's noise on the shell)"))
     return blocks
 
 
 def _win_rates(a: ConfigAnalysis) -> list:
     blocks = []
     for r, rows in a.wins.items():
-        columns = list(COMPARATORS) + (["start seed"] if a.vs_start else [])
+        columns = list(COMPARATORS) + (["its start"] if a.vs_start else [])
         blocks.append(Table(["method", *(f"vs {c}" for c in columns)],
                             [[n, *(fmt_ci(row[c], percent=True) if c in row else MISSING for c in columns)]
                              for n, row in rows.items()],
