@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -170,3 +171,68 @@ def test_with_an_accelerator_the_first_seed_measures_memory_and_is_reported_firs
     plain = sn.select(ToyBackend(), "a", seeds=seeds, steps=3, batch_size=1, progress=False)
     assert r.scores == pytest.approx(plain.scores, abs=1e-7)
     assert r.best_seed == plain.best_seed and r.worst_seed == plain.worst_seed
+
+
+# --- selection by a reward ------------------------------------------------------------------------------
+
+class ImageToy(ToyBackend):
+    """The toy round trip with 8-bit images (decode_pixels quantized), so a reward can judge them."""
+
+    def decode(self, latents):
+        from PIL import Image
+
+        pixels = (self.decode_pixels(latents).clamp(0, 1) * 255).round().to(torch.uint8)
+        return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+
+
+class Redness(sn.Reward):
+    """Mean red level of the PIL image (0..255), with or without a prompt; ``lower`` flips its direction."""
+
+    name = "redness"
+    needs_prompts = False
+
+    def __init__(self, lower: bool = False):
+        self.higher_is_better = not lower
+        self.seen_prompts = []
+
+    def score_pil(self, images, prompts):
+        self.seen_prompts += prompts or []
+        return torch.tensor([float(np.asarray(im)[..., 0].mean()) for im in images])
+
+
+def test_select_by_a_reward_ranks_each_noises_image():
+    b, reward = ImageToy(), Redness()
+    seeds = list(range(5, 17))
+    r = sn.select(b, "a cat", seeds=seeds, scorer=reward, batch_size=5, progress=False)
+    noise = sn.noises_from_seeds(seeds, b.latent_shape)
+    with torch.no_grad():
+        images = b.decode(b.denoise(noise, b.encode(["a cat"] * len(seeds), 1.0), 2, 1.0))
+    expected = [float(np.asarray(im)[..., 0].mean()) for im in images]
+    assert r.scores == expected and r.scorer == "redness"  # the saved image's reward, batch by batch
+    assert r.best_seed == seeds[int(np.argmax(expected))] and r.worst_seed == seeds[int(np.argmin(expected))]
+    assert r.ranked()[0] == (r.best_seed, max(expected)) and set(reward.seen_prompts) == {"a cat"}
+    assert torch.equal(r.best_noise, sn.noises_from_seeds([r.best_seed], b.latent_shape))
+    assert r.best_seed != sn.select(b, "a cat", seeds=seeds, progress=False).best_seed  # not stability's pick
+
+
+def test_a_lower_is_better_reward_picks_its_smallest():
+    b = ImageToy()
+    seeds = list(range(12))
+    up, down = (sn.select(b, "a", seeds=seeds, scorer=Redness(lower), progress=False) for lower in (False, True))
+    assert up.scores == down.scores
+    assert (down.best_seed, down.worst_seed) == (up.worst_seed, up.best_seed)
+    assert down.ranked() == up.ranked()[::-1]
+
+
+def test_two_stage_selection_by_a_reward_judges_fewer_step_images_first():
+    b = ImageToy()
+    seeds = list(range(20))
+    r = sn.select(b, "a", seeds=seeds, scorer=Redness(), proxy=sn.Proxy(steps=1), keep=4, progress=False)
+    one_step = sn.score_seeds(b, "a", seeds, Redness(), steps=1, progress=False)
+    assert r.proxy_scores == one_step  # the proxy: the reward of 1-step images
+    kept = sorted(seeds, key=lambda s: (-one_step[s], s))[:4]
+    assert [s for s, v in zip(seeds, r.scores) if v is not None] == sorted(kept)  # only those get the full score
+    full = sn.score_seeds(b, "a", kept, Redness(), progress=False)
+    assert r.best_seed == kept[int(np.argmax(full))]
+    with pytest.raises(StablenoiseError, match="scorer must be"):
+        sn.select(b, "a", k=2, scorer="redness", progress=False)

@@ -26,7 +26,7 @@ from .backends.base import Backend
 from .errors import StablenoiseError
 from .noise import SEED_LIMIT
 from .records import now, versions, write_json_atomic
-from .selection import _scores, check_one_prompt
+from .selection import check_one_prompt, score_seeds
 from .stability import resolve
 
 SAMPLES_PER_TENSOR = 1024
@@ -164,6 +164,7 @@ def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", 
     check_one_prompt(prompt, "build_bank")
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     seeds = list(range(first_seed, first_seed + n))
-    scores = _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guidance, progress, desc="bank")
+    scores = score_seeds(backend, prompt, seeds, None, batch_size, steps, guidance, inversion_guidance, progress,
+                         desc="bank")
     return SeedBank(seeds, [v if v is not None and math.isfinite(v) else None for v in scores], prompt, steps,
                     guidance, inversion_guidance, backend.describe(), identity(backend), now(), versions())

@@ -1,9 +1,11 @@
-"""Noise selection: score K seeded noises by inversion stability; keep the most (and least) stable.
+"""Noise selection: score K seeded noises; keep the best (and the worst) by a scorer.
 
-Two-stage selection pays less than K full scores: a cheap ``proxy`` scores every seed, the ``keep`` best of
-them get the full score, and the most stable of those wins. A proxy is a :class:`Proxy` (the same round trip
-with fewer steps, another prompt such as the empty one, or no CFG) or a mapping seed -> score computed
-earlier (a :class:`stablenoise.bank.SeedBank`'s scores, prompt-independent, computed once per model).
+The scorer is inversion stability by default (:class:`Stability`, the paper's selection) or any reward of each
+noise's image (:class:`RewardScorer`: best-of-K, the inference-time-scaling baseline). Two-stage selection pays
+less than K full scores: a cheap ``proxy`` scores every seed, the ``keep`` best of them get the full score, and
+the best of those wins. A proxy is a :class:`Proxy` (the same scorer with fewer steps, another prompt such as
+the empty one, or no CFG: for a reward, a fewer-step image) or a mapping seed -> score computed earlier (a
+:class:`stablenoise.bank.SeedBank`'s scores, prompt-independent, computed once per model).
 """
 
 from __future__ import annotations
@@ -23,6 +25,60 @@ from .stability import conditioning, resolve, score
 
 if TYPE_CHECKING:
     from .bank import SeedBank
+    from .rewards.base import Reward
+
+
+class Stability:
+    """Inversion stability cos(eps, F(eps)) (:func:`stablenoise.stability.stability`): higher is better."""
+
+    name = "stability"
+    higher_is_better = True
+
+    def prepare(self, backend: Backend, prompt: str, steps: int, guidance: float,
+                inversion_guidance: float) -> Callable[[torch.Tensor], list[float]]:
+        """Encode the prompt once; return noises [B, ...] -> one score per noise."""
+        with torch.no_grad():
+            cond = conditioning(backend, prompt, 1, max(guidance, inversion_guidance))
+        return lambda noise: score(backend, cond, noise, steps, guidance, inversion_guidance).tolist()
+
+
+class RewardScorer:
+    """A reward of each noise's image: the deterministic DDIM image that ``generate`` shows, decoded to 8 bits
+    as it is saved, judged with the prompt. Ranks as the reward does (``higher_is_better``)."""
+
+    def __init__(self, reward: Reward):
+        self.reward = reward
+        self.name = reward.name
+        self.higher_is_better = reward.higher_is_better
+
+    def prepare(self, backend: Backend, prompt: str, steps: int, guidance: float,
+                inversion_guidance: float) -> Callable[[torch.Tensor], list[float]]:
+        with torch.no_grad():
+            cond = conditioning(backend, prompt, 1, guidance)
+
+        def run(noise: torch.Tensor) -> list[float]:
+            with torch.no_grad():
+                z0 = backend.denoise(noise.to(backend.device, torch.float32), cond.expand(len(noise)), steps, guidance)
+                images = backend.decode(z0)
+            return self.reward(images, [prompt] * len(images)).detach().float().cpu().tolist()
+
+        return run
+
+
+Scorer = Stability | RewardScorer
+
+
+def as_scorer(scorer) -> Scorer:
+    """None -> stability; a Reward -> its RewardScorer; a scorer as is."""
+    from .rewards.base import Reward
+
+    if scorer is None:
+        return Stability()
+    if isinstance(scorer, Reward):
+        return RewardScorer(scorer)
+    if isinstance(scorer, (Stability, RewardScorer)):
+        return scorer
+    raise StablenoiseError(f"scorer must be None (stability), a Reward or a scorer, got {type(scorer).__name__}")
 
 
 @dataclass(frozen=True)
@@ -39,26 +95,31 @@ class Proxy:
 class SelectionResult:
     prompt: str
     seeds: list[int]
-    # Full stability of each seed, in the order of ``seeds``; None: non-finite (excluded), or pruned by the proxy.
+    # The full score of each seed, in the order of ``seeds``; None: non-finite (excluded), or pruned by the proxy.
     scores: list[float | None]
     best_seed: int
-    worst_seed: int  # the least stable of the fully scored seeds
+    worst_seed: int  # the worst of the fully scored seeds (for stability: the least stable)
     best_noise: torch.Tensor  # [1, *latent_shape]
     worst_noise: torch.Tensor
     proxy_scores: list[float | None] | None = None  # two-stage selection: the proxy's score of every seed
+    scorer: str = "stability"
+    higher_is_better: bool = True
 
     def ranked(self) -> list[tuple[int, float]]:
-        """(seed, score) of the scored seeds, most stable first."""
-        return sorted(((s, v) for s, v in zip(self.seeds, self.scores) if v is not None), key=lambda p: -p[1])
+        """(seed, score) of the scored seeds, best first."""
+        sign = -1 if self.higher_is_better else 1
+        return sorted(((s, v) for s, v in zip(self.seeds, self.scores) if v is not None), key=lambda p: sign * p[1])
 
 
 def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | None = None,
            batch_size: int | None = None, steps: int | None = None, guidance: float | None = None,
            inversion_guidance: float | None = None, proxy: Proxy | Mapping[int, float] | SeedBank | None = None,
            keep: int | None = None, progress: bool = True,
-           callback: Callable[[dict], None] | None = None) -> SelectionResult:
+           callback: Callable[[dict], None] | None = None, scorer: Scorer | Reward | None = None) -> SelectionResult:
     """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
-    with the most and least stable seed. A non-finite score is recorded as None and never wins.
+    with the best and worst seed. ``scorer``: None ranks by inversion stability (most stable wins); a
+    :class:`stablenoise.rewards.Reward` (or a :class:`RewardScorer`) ranks by that reward of each noise's image.
+    A non-finite score is recorded as None and never wins.
     The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: up to 16, fewer
     for large latents), and a batch that runs out of memory is retried at half the size.
     With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
@@ -68,6 +129,7 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     from .bank import SeedBank  # here: bank.py imports this module
 
     check_one_prompt(prompt, "select")
+    scorer = as_scorer(scorer)
     if isinstance(proxy, SeedBank):
         proxy.check(backend)
         proxy = proxy.scores
@@ -89,24 +151,27 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     if proxy is not None:
         check_keep(keep, len(seeds))
         proxy_scores = _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
-                                     progress)
+                                     progress, scorer)
+        sign = -1 if scorer.higher_is_better else 1
         finite = [i for i, v in enumerate(proxy_scores) if v is not None]
-        top = sorted(finite, key=lambda i: (-proxy_scores[i], i))[:keep]
+        top = sorted(finite, key=lambda i: (sign * proxy_scores[i], i))[:keep]
         candidates = [seeds[i] for i in sorted(top)]
         if not candidates:
             raise StablenoiseError(f"the proxy scored every one of the {len(seeds)} seeds NaN or inf")
-    full = dict(zip(candidates, _scores(backend, prompt, candidates, batch_size, steps, guidance, inversion_guidance,
-                                        progress, callback)))
+    full = dict(zip(candidates, score_seeds(backend, prompt, candidates, scorer, batch_size, steps, guidance,
+                                            inversion_guidance, progress, callback)))
     scores = [full.get(seed) for seed in seeds]
     scored = [i for i, v in enumerate(scores) if v is not None]
     if not scored:
         raise StablenoiseError(f"every one of the {len(candidates)} seeds scored NaN or inf: check the model and "
                                "settings")
-    best = max(scored, key=scores.__getitem__)
-    worst = min(scored, key=scores.__getitem__)
+    best, worst = max(scored, key=scores.__getitem__), min(scored, key=scores.__getitem__)
+    if not scorer.higher_is_better:
+        best, worst = worst, best
     return SelectionResult(prompt, seeds, scores, seeds[best], seeds[worst],
                            noises_from_seeds([seeds[best]], backend.latent_shape),
-                           noises_from_seeds([seeds[worst]], backend.latent_shape), proxy_scores)
+                           noises_from_seeds([seeds[worst]], backend.latent_shape), proxy_scores, scorer.name,
+                           scorer.higher_is_better)
 
 
 def check_one_prompt(prompt, who: str) -> None:
@@ -126,18 +191,27 @@ def check_keep(keep: int, n: int) -> None:
         raise StablenoiseError(f"keep {keep} is more than the {n} seeds to choose from")
 
 
-def _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guidance, progress, callback=None,
-            desc="select") -> list[float | None]:
-    """Full stability of each seed (None: non-finite), the prompt encoded once, in batches that fit."""
+def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Scorer | None = None,
+                batch_size: int | None = None, steps: int | None = None, guidance: float | None = None,
+                inversion_guidance: float | None = None, progress: bool = True,
+                callback: Callable[[dict], None] | None = None, desc: str = "select") -> list[float | None]:
+    """Each seed's score by ``scorer`` (None: stability), the prompt encoded once, in batches that fit.
+
+    Args:
+        backend: the model; prompt: one prompt; seeds: the seeds, each one noise (CPU generator).
+        batch_size: noises per model call (None: picked from free memory; halved on out-of-memory).
+        steps, guidance, inversion_guidance: the round trip (None: the model family's).
+        callback: gets ``{"seeds", "scores"}`` after each batch.
+    Returns:
+        One score per seed, in order; None where the score is not finite.
+    """
+    scorer = as_scorer(scorer)
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
-    with torch.no_grad():
-        cond = conditioning(backend, prompt, 1, max(guidance, inversion_guidance))
+    measure = scorer.prepare(backend, prompt, steps, guidance, inversion_guidance)
     bar = tqdm(total=len(seeds), desc=desc, unit="seed", disable=not progress)
 
     def run(chunk):
-        s = score(backend, cond, noises_from_seeds(chunk, backend.latent_shape), steps, guidance,
-                  inversion_guidance).tolist()
-        return [v if math.isfinite(v) else None for v in s]
+        return [v if math.isfinite(v) else None for v in measure(noises_from_seeds(chunk, backend.latent_shape))]
 
     def done(chunk, s):
         bar.update(len(chunk))
@@ -157,13 +231,13 @@ def _scores(backend, prompt, seeds, batch_size, steps, guidance, inversion_guida
 
 
 def _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
-                  progress) -> list[float | None]:
+                  progress, scorer) -> list[float | None]:
     if isinstance(proxy, Proxy):
-        return _scores(backend, prompt if proxy.prompt is None else proxy.prompt, seeds, batch_size,
-                       proxy.steps if proxy.steps is not None else steps,
-                       proxy.guidance if proxy.guidance is not None else guidance,
-                       proxy.inversion_guidance if proxy.inversion_guidance is not None else inversion_guidance,
-                       progress, desc="proxy")
+        return score_seeds(backend, prompt if proxy.prompt is None else proxy.prompt, seeds, scorer, batch_size,
+                           proxy.steps if proxy.steps is not None else steps,
+                           proxy.guidance if proxy.guidance is not None else guidance,
+                           proxy.inversion_guidance if proxy.inversion_guidance is not None else inversion_guidance,
+                           progress, desc="proxy")
     missing = [s for s in seeds if s not in proxy]
     if missing:
         raise StablenoiseError(f"the proxy scores have no score for {len(missing)} of the seeds (first: {missing[0]})")
