@@ -86,6 +86,8 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     for m in method_list:
         if m.kind == "best" and m.reward and m.reward not in reward_names:
             raise StablenoiseError(f"method best:{m.reward} needs {m.reward} among --rewards")
+    if inversion_guidance is not None and not math.isfinite(inversion_guidance):  # FloatRange lets nan through
+        raise StablenoiseError(f"--inversion-guidance must be a finite number, got {inversion_guidance}")
     check_run_folder(out)  # a user's folder or a broken store is refused now, before any model loads
     prompt_set = load_prompts(prompts_spec, limit=limit)
     check_seed_range(first_seed, len(prompt_set.prompts) * k, STORED_SEED_LIMIT)
