@@ -170,6 +170,8 @@ def test_hostile_bench_is_one_line_and_changes_nothing(case, finished, tmp_path,
     out = setup(finished, tmp_path, monkeypatch) if case.startswith("unwritable") else setup(finished, tmp_path)
     assert tmp_path in out.parents
     before = snapshot(tmp_path)
+    # Every case is refused before the model loads (a large model takes minutes to load).
+    monkeypatch.setattr("stablenoise.backends.load", lambda *a, **k: pytest.fail("the model loaded"))
     line = one_error_line(bench(*extra, "--out", out))
     expected = expected.format(out=out, tmp=tmp_path)
     if case == "corrupted-middle-page":  # then SQLite's own words
@@ -208,6 +210,16 @@ def test_run_bench_checks_every_setting_before_the_store_exists(sweep, message, 
     with pytest.raises(StablenoiseError, match=re.escape(message)):
         run_bench(backend, sn.load_prompts("shapes-heldout", limit=2), {}, [], sweep, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_symlink_made_during_a_run_is_refused_at_the_write(tmp_path):
+    store = Store(tmp_path / "out")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "out" / "images").symlink_to(tmp_path / "outside")
+    with pytest.raises(StablenoiseError, match="images/c1/0000/seed-0.png leads outside"):
+        store.file("images/c1/0000/seed-0.png")
+    assert store.file("noises/c1/0000/x.safetensors") == tmp_path / "out" / "noises/c1/0000/x.safetensors"
+    store.close()
 
 
 def test_a_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
