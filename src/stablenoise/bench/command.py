@@ -72,11 +72,11 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
     resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
     from ..backends import load
+    from ..noise import check_seed_range
     from ..prompts import load_prompts
     from ..rewards import load_reward
     from .methods import DEFAULT_METHODS, parse_methods
     from .run import Sweep, run_bench
-    from ..noise import check_seed_range
     from .store import STORED_SEED_LIMIT, check_run_folder
 
     method_list = parse_methods(methods or DEFAULT_METHODS)
