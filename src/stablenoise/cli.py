@@ -103,13 +103,11 @@ def _load_noise(path: Path, shape):
 
 
 def _seed_noises(session: Session, seed: int, n: int, noise_file: Path | None):
-    from .noise import noises_from_seeds
+    from .noise import check_seed_range, noises_from_seeds
 
     if noise_file is not None:
         return None, _load_noise(noise_file, session.backend.latent_shape)
-    if seed + n > 2**64:
-        raise StablenoiseError(f"seeds {seed}..{seed + n - 1} run past 2**64 - 1")
-    seeds = list(range(seed, seed + n))
+    seeds = list(check_seed_range(seed, n))
     return seeds, noises_from_seeds(seeds, session.backend.latent_shape)
 
 
@@ -208,13 +206,12 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
 
     from .bank import SeedBank
     from .generation import generate as gen
+    from .noise import check_seed_range
     from .outputs import side_by_side
     from .selection import Proxy, check_keep
     from .selection import select as sel
 
-    if seed + k > 2**64:
-        raise StablenoiseError(f"seeds {seed}..{seed + k - 1} run past 2**64 - 1")
-    proxy, seeds = None, list(range(seed, seed + k))
+    proxy, seeds = None, list(check_seed_range(seed, k))
     setting = Proxy(proxy_steps, proxy_guidance, None, proxy_prompt)
     if bank_file is not None:
         if setting != Proxy():

@@ -18,6 +18,14 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def check_seed_range(first: int, n: int, limit: int = SEED_LIMIT) -> range:
+    """Seeds ``first .. first + n - 1``, refused as a whole (before any is used) when they run past ``limit - 1``
+    (a power of two)."""
+    if first + n > limit:
+        raise StablenoiseError(f"seeds {first}..{first + n - 1} run past 2**{limit.bit_length() - 1} - 1")
+    return range(first, first + n)
+
+
 def noise_from_seed(seed: int, shape: Sequence[int]) -> torch.Tensor:
     """Standard Gaussian noise of ``shape`` (one sample, no batch dimension) from ``seed``."""
     generator = torch.Generator("cpu").manual_seed(check_seed(seed))

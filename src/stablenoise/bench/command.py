@@ -72,11 +72,12 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
     resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
     from ..backends import load
+    from ..noise import check_seed_range
     from ..prompts import load_prompts
     from ..rewards import load_reward
     from .methods import DEFAULT_METHODS, parse_methods
     from .run import Sweep, run_bench
-    from .store import STORE_NAME, Store
+    from .store import STORED_SEED_LIMIT, check_run_folder
 
     method_list = parse_methods(methods or DEFAULT_METHODS)
     reward_names = _names(rewards_spec)
@@ -85,11 +86,11 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     for m in method_list:
         if m.kind == "best" and m.reward and m.reward not in reward_names:
             raise StablenoiseError(f"method best:{m.reward} needs {m.reward} among --rewards")
-    if out.exists() and not out.is_dir():
-        raise StablenoiseError(f"--out {out} is a file, not a folder")
-    if (out / STORE_NAME).exists():
-        Store(out, create=False).close()  # another schema version fails now, before any model loads
+    if inversion_guidance is not None and not math.isfinite(inversion_guidance):  # FloatRange lets nan through
+        raise StablenoiseError(f"--inversion-guidance must be a finite number, got {inversion_guidance}")
+    check_run_folder(out)  # a user's folder or a broken store is refused now, before any model loads
     prompt_set = load_prompts(prompts_spec, limit=limit)
+    check_seed_range(first_seed, len(prompt_set.prompts) * k, STORED_SEED_LIMIT)
     backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing)
     rewards = {name: load_reward(name, device=backend.device) for name in reward_names}
     optimizing = {}

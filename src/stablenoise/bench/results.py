@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StablenoiseError
-from .schema import SCHEMA_VERSION, SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
-from .store import STORE_NAME
+from .schema import SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
+from .store import STORE_NAME, check_db, one_line
 
 ABLATION_KS = (1, 4, 16, 100)  # "most stable of k": the first k seeds only
 COSTS = ("unet_calls", "reward_calls", "seconds")
@@ -101,10 +101,6 @@ def _json(text) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
-
-
 def _float(x) -> float:
     return np.nan if x is None else float(x)
 
@@ -122,17 +118,13 @@ def load_results(run_dir) -> Results:
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
-        raise StablenoiseError(f"{path}: not a readable bench store ({_one_line(e)})") from None
+        raise StablenoiseError(f"{path}: not a readable bench store ({one_line(e)})") from None
 
 
 def _read(db: sqlite3.Connection, run: Path, path: Path) -> Results:
-    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
-        raise StablenoiseError(f"{path}: not a bench store (no meta table)")
+    if not check_db(db, path):
+        raise StablenoiseError(f"{path}: not a bench store (no tables)")
     meta = dict(db.execute("SELECT key, value FROM meta"))
-    version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
-        raise StablenoiseError(f"{path}: schema version {version}, but this stablenoise reads version "
-                               f"{SCHEMA_VERSION}")
     samples = db.execute("SELECT id, config_id, prompt_idx, method, seed, seed_rank, stability, image_path, "
                          "unet_calls, image_calls, reward_calls, seconds, extra FROM samples ORDER BY id").fetchall()
     if not samples:

@@ -21,14 +21,14 @@ from tqdm.auto import tqdm
 
 from ..backends.base import Backend, uses_cfg
 from ..errors import StablenoiseError
-from ..noise import noises_from_seeds
+from ..noise import check_seed_range, noises_from_seeds
 from ..optimization import optimize
 from ..records import atomic_write
 from ..rewards import Reward
 from ..stability import conditioning, cosine, resolve
 from .methods import Method
 from .schema import SEED_METHOD, STABILITY_PREFIX, start_method
-from .store import Store
+from .store import STORED_SEED_LIMIT, Store
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,16 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
               progress: bool = True, log: Callable[[str], None] = print) -> Store:
     """Fill ``out/bench.sqlite``; returns the open store. ``optimize_prompts``: the optimizing methods run on
     the first N prompts only (they cost about a hundred scores each)."""
-    store = Store(out)
     prompts = list(prompt_set.prompts)
     if not prompts:
         raise StablenoiseError(f"prompt set {prompt_set.name!r} is empty")
+    configs = sweep.configs(backend)  # every setting checked before the store exists
+    check_seed_range(sweep.first_seed, len(prompts) * sweep.k, STORED_SEED_LIMIT)
+    store = Store(out)
     if command:
         store.note_command(command)
     ablation = any(m.kind == "inversion-ablation" for m in methods)
-    for steps, guidance, inv in sweep.configs(backend):
+    for steps, guidance, inv in configs:
         config = {"prompt_set": prompt_set.name, "prompt_set_digest": prompt_set.digest(),
                   "model": backend.name, "backend": backend.describe(), "steps": steps, "guidance": guidance,
                   "inversion_guidance": inv, "k": sweep.k, "first_seed": sweep.first_seed}
@@ -106,7 +108,7 @@ def _image_path(cid: int, prompt_idx: int, method: str, seed: int, folder: str =
 
 
 def _save_image(store: Store, rel: str, image) -> None:
-    atomic_write(store.root / rel, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(store.file(rel), lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _judge(rewards: Mapping[str, Reward], images: list, prompts: list[str]) -> list[dict[str, float]]:
@@ -258,7 +260,7 @@ def _noise_rows(store, cid, backend, chunk, seeds, texts, noises, label, rewards
         rel = _image_path(cid, i, label, seed)
         _save_image(store, rel, image)
         noise_rel = _image_path(cid, i, label, seed, "noises", ".safetensors")
-        atomic_write(store.root / noise_rel,
+        atomic_write(store.file(noise_rel),
                      lambda tmp, x=noises[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
         rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab[j],
                      "image_path": rel, "noise_path": noise_rel, "unet_calls": (c2 - c0) // n,
@@ -275,6 +277,6 @@ def _backfill(store: Store, cid: int, prompts, rewards: Mapping[str, Reward]) ->
     for name, items in missing.items():
         for start in range(0, len(items), 64):
             chunk = items[start:start + 64]
-            images = [Image.open(store.root / path).convert("RGB") for _, _, path, _ in chunk]
+            images = [Image.open(store.file(path)).convert("RGB") for _, _, path, _ in chunk]
             values = rewards[name](images, [prompts[p].text for _, p, _, _ in chunk]).detach().float().cpu().tolist()
             store.add_scores([(sid, name, v) for (sid, _, _, _), v in zip(chunk, values)])

@@ -6,9 +6,11 @@ whole batch or none of it; the UNIQUE key makes a rerun skip what is done and ne
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
+import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +20,14 @@ from ..records import now, strict_json, versions
 from .schema import DDL, SCHEMA_VERSION
 
 STORE_NAME = "bench.sqlite"
+# Held (a POSIX lock) by the one process writing to a run folder; the kernel frees it when that process dies.
+LOCK_NAME = ".bench.lock"
+STORED_SEED_LIMIT = 2**63  # seeds are SQLite INTEGERs: signed 64-bit
+TABLES = ("meta", "configs", "prompts", "samples", "scores")
+NUMERIC = {"configs": ("steps", "guidance", "inversion_guidance", "k", "first_seed"), "prompts": ("idx",),
+           "samples": ("config_id", "prompt_idx", "seed", "seed_rank", "stability", "unet_calls", "image_calls",
+                       "reward_calls", "seconds"),
+           "scores": ("sample_id", "value")}
 
 
 def _finite(x):
@@ -28,33 +38,136 @@ def canonical(obj) -> str:
     return json.dumps(strict_json(obj), sort_keys=True, separators=(",", ":"))
 
 
+def one_line(what) -> str:
+    return " ".join(str(what).split())
+
+
+def inside(root: Path, rel: str) -> Path:
+    """``root/rel``, refused when it resolves outside ``root`` (a symlink or ``..`` on the way): a run writes
+    and reads only its own folder."""
+    path = root / rel
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise StablenoiseError(f"{path} leads outside {root} (a symlink?): remove it or use another --out")
+    return path
+
+
+def check_run_folder(root: Path) -> None:
+    """Refuse, before anything is written, a folder a bench must not write to: one holding a store that does
+    not check out, a non-empty folder that holds no bench run (the user's files), or a place we cannot write."""
+    store = inside(root, STORE_NAME)
+    if root.exists() and not root.is_dir():
+        raise StablenoiseError(f"--out {root} is a file, not a folder")
+    if store.exists():
+        check_store(store)
+        for folder, dirs, files in os.walk(root):  # refused before the store gains a row, not at the first image
+            for name in dirs + files:
+                if os.path.islink(os.path.join(folder, name)):
+                    inside(root, os.path.relpath(os.path.join(folder, name), root))
+    elif root.is_dir() and any(p.name != LOCK_NAME for p in root.iterdir()):
+        raise StablenoiseError(f"--out {root} is not empty and holds no bench run: use another --out")
+    if (root / LOCK_NAME).is_file():
+        _hold(root).close()  # a bench running into this folder refuses the next one now, before any model loads
+    parent = root
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StablenoiseError(f"cannot write to {root}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StablenoiseError(f"cannot write to {root}: permission denied")
+
+
+def _hold(root: Path):
+    """Hold the run folder for this process (two benches into one store would collide on its rows)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(inside(root, LOCK_NAME), "a")
+    except OSError as e:
+        raise StablenoiseError(f"cannot write to {root}: {e.strerror or e}") from None
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise StablenoiseError(f"another bench is writing to {root}: wait for it to finish") from None
+    return lock
+
+
+def check_store(path: Path) -> None:
+    """Check a store file without writing to it (see :func:`check_db`)."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            check_db(db, path)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise StablenoiseError(f"{path}: not a readable bench store ({one_line(e)})") from None
+
+
+def check_db(db: sqlite3.Connection, path: Path) -> bool:
+    """Refuse a store that is damaged, of another schema version, missing a table, or holding a non-number
+    where numbers belong; False for a database with no tables yet (a store being created)."""
+    problems = [r[0] for r in db.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise StablenoiseError(f"{path}: the store is damaged ({one_line(problems[0])})")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return False
+    if "meta" not in tables:
+        raise StablenoiseError(f"{path}: not a bench store (no meta table)")
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    version = row[0] if row else None
+    if version != str(SCHEMA_VERSION):
+        raise StablenoiseError(f"{path}: schema version {version}, but this stablenoise reads version "
+                               f"{SCHEMA_VERSION}: use another --out")
+    missing = [t for t in TABLES if t not in tables]
+    if missing:
+        raise StablenoiseError(f"{path}: not a whole bench store (no {', '.join(missing)} table)")
+    for table, columns in NUMERIC.items():
+        where = " OR ".join(f"typeof({c}) NOT IN ('integer', 'real', 'null')" for c in columns)
+        bad = db.execute(f"SELECT rowid, {', '.join(columns)} FROM {table} WHERE {where} LIMIT 1").fetchone()
+        if bad:
+            column = next(c for c, v in zip(columns, bad[1:]) if not isinstance(v, (int, float, type(None))))
+            raise StablenoiseError(f"{path}: {table}.{column} holds {bad[1 + columns.index(column)]!r:.40} "
+                                   f"(row {bad[0]}), not a number")
+    return True
+
+
 class Store:
+    """A run folder's store. ``create=True`` opens it for writing: the folder is checked first
+    (:func:`check_run_folder`) and held by one writer at a time; ``create=False`` opens an existing store."""
+
     def __init__(self, run_dir: str | Path, create: bool = True):
         self.root = Path(run_dir)
-        self.path = self.root / STORE_NAME
-        if not self.path.exists():
-            if not create:
-                raise StablenoiseError(f"no bench results in {self.root} (no {STORE_NAME})")
-            if self.root.exists() and not self.root.is_dir():
-                raise StablenoiseError(f"--out {self.root} is a file, not a folder")
-            self.root.mkdir(parents=True, exist_ok=True)
+        self.path = inside(self.root, STORE_NAME)
+        self._lock = None
+        if create:
+            check_run_folder(self.root)
+            self._lock = _hold(self.root)
+        elif not self.path.exists():
+            raise StablenoiseError(f"no bench results in {self.root} (no {STORE_NAME})")
+        else:
+            check_store(self.path)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             version = self._schema_version()
-        except sqlite3.DatabaseError as e:
-            raise StablenoiseError(f"{self.path} is not a bench store ({e})") from None
-        if version is None:
-            if not create:
+            if version is None and not create:
                 raise StablenoiseError(f"{self.path} is not a bench store (no schema version)")
-            with self.db:
-                self.db.executescript(DDL)
-                self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
-                                    [("schema_version", str(SCHEMA_VERSION)), ("created", now()),
-                                     ("stablenoise", versions()["stablenoise"])])
-        elif version != str(SCHEMA_VERSION):
-            raise StablenoiseError(f"{self.path} has schema version {version}; this stablenoise reads version "
-                                   f"{SCHEMA_VERSION}: use another --out")
+            if version is None:
+                with self.db:
+                    self.db.executescript(DDL)
+                    self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                                        [("schema_version", str(SCHEMA_VERSION)), ("created", now()),
+                                         ("stablenoise", versions()["stablenoise"])])
+        except StablenoiseError:
+            self.close()
+            raise
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise StablenoiseError(f"{self.path} is not a bench store ({one_line(e)})") from None
+        except OSError as e:
+            self.close()
+            raise StablenoiseError(f"cannot write to {self.root}: {e.strerror or e}") from None
 
     def _schema_version(self) -> str | None:
         has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -64,7 +177,15 @@ class Store:
         return row[0] if row else None
 
     def close(self) -> None:
-        self.db.close()
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the folder
+            self._lock = None
+
+    def file(self, rel: str) -> Path:
+        """Where a file of this run goes (see :func:`inside`)."""
+        return inside(self.root, rel)
 
     def config_id(self, config: dict, prompts: list[tuple[str, str]]) -> int:
         """The id of a run config (inserting it and its prompts the first time it is seen)."""
