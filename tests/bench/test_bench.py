@@ -200,8 +200,9 @@ def test_optimizing_methods_can_run_on_the_first_prompts_only(tmp_path):
                "--methods", "random,optimize:iterations=1", "--optimize-prompts", "2", "--no-report", "--out", out)
     assert r.exit_code == 0, r.output
     rows = Store(out, create=False).rows()
-    assert sorted(x["prompt_idx"] for x in rows if x["method"] != "seed") == [0, 1]
-    assert len([x for x in rows if x["method"] == "seed"]) == 6
+    assert sorted(x["prompt_idx"] for x in rows if x["method"] == "optimize:iterations=1") == [0, 1]
+    assert sorted(x["prompt_idx"] for x in rows if x["method"] == "optimize:iterations=1@start") == [0, 1]
+    assert len([x for x in rows if x["method"] == "seed"]) == 6 and len(rows) == 6 + 2 + 2
 
 
 def test_tiny_random_sd_with_a_tiny_random_reward(sd_folder, tmp_path):
@@ -214,7 +215,7 @@ def test_tiny_random_sd_with_a_tiny_random_reward(sd_folder, tmp_path):
                "--no-report", "--out", out)
     assert r.exit_code == 0, r.output
     rows = Store(out, create=False).rows()
-    assert len(rows) == 2 * (4 + 2)
+    assert len(rows) == 2 * (4 + 2 + 2)  # 2 configs x (2 prompts x 2 seeds + 2 optimized + their 2 start rows)
     assert all(reward in r["scores"] and r["scores"][reward] is not None for r in rows)
     cfg = dict(Store(out, create=False).db.execute("SELECT guidance, id FROM configs").fetchall())
     # guidance 1: no CFG (one evaluation per step both ways); guidance 3: CFG doubles the denoising pass.

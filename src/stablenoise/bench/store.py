@@ -51,12 +51,16 @@ def inside(root: Path, rel: str) -> Path:
     return path
 
 
-def check_run_folder(root: Path) -> None:
-    """Refuse, before anything is written, a folder a bench must not write to: one holding a store that does
-    not check out, a non-empty folder that holds no bench run (the user's files), or a place we cannot write."""
+def check_run_folder(root: Path, held: bool = False) -> None:
+    """Refuse, before anything is written, a folder a bench must not write to: one another bench holds, one
+    holding a store that does not check out, a non-empty folder that holds no bench run (the user's files), or
+    a place we cannot write. ``held``: this process holds the folder already (do not probe its lock: closing a
+    second handle would release it)."""
     store = inside(root, STORE_NAME)
     if root.exists() and not root.is_dir():
         raise StablenoiseError(f"--out {root} is a file, not a folder")
+    if not held and (root / LOCK_NAME).is_file():
+        _hold(root).close()  # first: a running bench's store may be half-made; it refuses the next bench now
     if store.exists():
         check_store(store)
         for folder, dirs, files in os.walk(root):  # refused before the store gains a row, not at the first image
@@ -65,8 +69,6 @@ def check_run_folder(root: Path) -> None:
                     inside(root, os.path.relpath(os.path.join(folder, name), root))
     elif root.is_dir() and any(p.name != LOCK_NAME for p in root.iterdir()):
         raise StablenoiseError(f"--out {root} is not empty and holds no bench run: use another --out")
-    if (root / LOCK_NAME).is_file():
-        _hold(root).close()  # a bench running into this folder refuses the next one now, before any model loads
     parent = root
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -141,8 +143,14 @@ class Store:
         self.path = inside(self.root, STORE_NAME)
         self._lock = None
         if create:
-            check_run_folder(self.root)
-            self._lock = _hold(self.root)
+            if self.root.exists() and not self.root.is_dir():
+                raise StablenoiseError(f"--out {self.root} is a file, not a folder")
+            self._lock = _hold(self.root)  # held before the store is looked at: another bench may be making it
+            try:
+                check_run_folder(self.root, held=True)
+            except StablenoiseError:
+                self._lock.close()
+                raise
         elif not self.path.exists():
             raise StablenoiseError(f"no bench results in {self.root} (no {STORE_NAME})")
         else:
