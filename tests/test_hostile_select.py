@@ -171,7 +171,7 @@ BANK_CASES = {  # name: (how the bank file is made, extra select options, the on
     "score true": (lambda banks, tmp: _bank_edit(banks, tmp, _set_score(True)), [],
                    "Error: {bank} is not a seed bank: the score of seed 1 is True, not a number"),
     "seed 'x'": (lambda banks, tmp: _bank_edit(banks, tmp, lambda d: d["seeds"].__setitem__(0, "x")), [],
-                 "Error: {bank} is not a seed bank: seed 'x' is not an integer in [0, 2**64)"),
+                 "Error: {bank} is not a seed bank: seed 'x' is not an integer in [0, 2**63)"),
     "keep > seeds": (lambda banks, tmp: banks / "shapes.json", ["--keep", 4],
                      "Error: keep 4 is more than the 3 seeds to choose from"),
 }

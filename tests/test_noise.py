@@ -12,12 +12,26 @@ def test_a_seed_is_one_noise():
     assert a.dtype == torch.float32
     assert torch.equal(sn.noises_from_seeds([7, 8], (2, 3))[1], sn.noise_from_seed(8, (2, 3)))
     assert not torch.equal(sn.noise_from_seed(7, (2, 3)), sn.noise_from_seed(8, (2, 3)))
-    assert torch.equal(sn.noise_from_seed(2**64 - 1, (2,)), torch.randn(2, generator=torch.Generator().manual_seed(2**64 - 1)))
+    assert torch.equal(sn.noise_from_seed(2**63 - 1, (2,)), torch.randn(2, generator=torch.Generator().manual_seed(2**63 - 1)))
 
 
-@pytest.mark.parametrize("seed", [-1, 2**64, 2**70, 1.5, True, "3"])
+def test_the_cli_takes_the_seeds_the_library_takes():
+    from stablenoise.cli import SEED
+    from stablenoise.noise import SEED_LIMIT
+
+    assert (SEED.min, SEED.max) == (0, SEED_LIMIT - 1)
+
+
+def test_torch_aliases_seeds_past_2_63():
+    """Why seeds stop at 2**63: the CPU generator gives s and s + 2**63 the same noise (and -1 is 2**64 - 1)."""
+    for s in (0, 5, 2**63 - 1):
+        same = [torch.randn(4, generator=torch.Generator().manual_seed(x)) for x in (s, s + 2**63)]
+        assert torch.equal(*same)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64 - 1, 2**64, 2**70, 1.5, True, "3"])
 def test_seeds_outside_the_generator_range_are_refused(seed):
-    """torch takes seeds modulo 2**64: -1 and 2**64 - 1 would silently be the same noise."""
+    """A seed means one noise: seeds past 2**63 - 1 (and -1) would silently repeat another seed's noise."""
     with pytest.raises((StablenoiseError, ValueError, TypeError)):
         sn.noise_from_seed(seed, (2,))
 

@@ -127,7 +127,7 @@ class SeedBank:
         for seed in bank.seeds:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
                 raise StablenoiseError(f"{path} is not a seed bank: seed {_short(seed)} is not an integer in "
-                                       "[0, 2**64)")
+                                       "[0, 2**63)")
         for seed, v in zip(bank.seeds, bank.stability):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise StablenoiseError(f"{path} is not a seed bank: the score of seed {seed} is {_short(v)}, "

@@ -14,7 +14,7 @@ from .errors import StablenoiseError
 
 NOISE_KEYS = ("optimized", "best", "noise", "initial")
 MAX_SEEDS = 100_000  # per prompt: far beyond any useful K, and a typo like -k 1e9 fails at once
-SEED = click.IntRange(0, 2**64 - 1)  # torch takes seeds modulo 2**64: -1 would alias 2**64 - 1
+SEED = click.IntRange(0, 2**63 - 1)  # noise.SEED_LIMIT (a seed means one noise: torch aliases s and s + 2**63)
 
 
 def model_options(fn):
@@ -363,9 +363,9 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
     schedule; select refuses it for any other."""
     from .backends import load
     from .bank import build_bank
+    from .noise import check_seed_range
 
-    if seed + n > 2**64:
-        raise StablenoiseError(f"seeds {seed}..{seed + n - 1} run past 2**64 - 1")
+    check_seed_range(seed, n)
     if out.exists() and out.is_dir():
         raise StablenoiseError(f"--out {out} is a folder")
     parent = next(p for p in out.absolute().parents if p.exists())  # the bank is written after all the scoring

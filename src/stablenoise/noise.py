@@ -9,12 +9,12 @@ import torch
 
 from .errors import StablenoiseError
 
-SEED_LIMIT = 2**64  # torch generators take seeds modulo 2**64: -1 and 2**64 - 1 would be the same noise
+SEED_LIMIT = 2**63  # torch's CPU generator gives seed s and s + 2**63 one noise (and takes -1 as 2**64 - 1)
 
 
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) < SEED_LIMIT:
-        raise StablenoiseError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        raise StablenoiseError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return int(seed)
 
 

@@ -77,7 +77,7 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     from ..rewards import load_reward
     from .methods import DEFAULT_METHODS, parse_methods
     from .run import Sweep, run_bench
-    from .store import STORED_SEED_LIMIT, check_run_folder
+    from .store import check_run_folder
 
     method_list = parse_methods(methods or DEFAULT_METHODS)
     reward_names = _names(rewards_spec)
@@ -90,7 +90,7 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
         raise StablenoiseError(f"--inversion-guidance must be a finite number, got {inversion_guidance}")
     check_run_folder(out)  # a user's folder or a broken store is refused now, before any model loads
     prompt_set = load_prompts(prompts_spec, limit=limit)
-    check_seed_range(first_seed, len(prompt_set.prompts) * k, STORED_SEED_LIMIT)
+    check_seed_range(first_seed, len(prompt_set.prompts) * k)
     backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing)
     rewards = {name: load_reward(name, device=backend.device) for name in reward_names}
     optimizing = {}

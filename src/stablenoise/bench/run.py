@@ -28,7 +28,7 @@ from ..rewards import Reward
 from ..stability import conditioning, cosine, resolve
 from .methods import Method
 from .schema import SEED_METHOD, STABILITY_PREFIX, start_method
-from .store import STORED_SEED_LIMIT, Store
+from .store import Store
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
     if not prompts:
         raise StablenoiseError(f"prompt set {prompt_set.name!r} is empty")
     configs = sweep.configs(backend)  # every setting checked before the store exists
-    check_seed_range(sweep.first_seed, len(prompts) * sweep.k, STORED_SEED_LIMIT)
+    check_seed_range(sweep.first_seed, len(prompts) * sweep.k)  # also what SQLite INTEGERs hold
     store = Store(out)
     if command:
         store.note_command(command)

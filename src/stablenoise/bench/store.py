@@ -22,7 +22,6 @@ from .schema import DDL, SCHEMA_VERSION
 STORE_NAME = "bench.sqlite"
 # Held (a POSIX lock) by the one process writing to a run folder; the kernel frees it when that process dies.
 LOCK_NAME = ".bench.lock"
-STORED_SEED_LIMIT = 2**63  # seeds are SQLite INTEGERs: signed 64-bit
 TABLES = ("meta", "configs", "prompts", "samples", "scores")
 NUMERIC = {"configs": ("steps", "guidance", "inversion_guidance", "k", "first_seed"), "prompts": ("idx",),
            "samples": ("config_id", "prompt_idx", "seed", "seed_rank", "stability", "unet_calls", "image_calls",
