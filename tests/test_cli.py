@@ -329,3 +329,23 @@ def test_height_and_width_set_the_latent_size(common, tmp_path):
     assert r.exit_code != 0 and "positive multiples of 2" in r.output and not (tmp_path / "bad").exists()
     r = CliRunner().invoke(main, ["score", "--height", "64", "--prompt", "a", "--out", str(tmp_path / "fixed")])
     assert r.exit_code != 0 and "fixed image size" in r.output
+
+
+def test_select_by_a_reward(tmp_path):
+    """`select --by REWARD` ranks the seeds by the reward of each seed's image (the library's score_seeds), with a
+    fewer-step image as its two-stage proxy; a bad reward name writes nothing."""
+    args = ["--model", "shapes", "--prompt", "a red circle", "-k", 4, "--steps", 2]
+    r = run("select", *args, "--by", "shapes-clip", "--out", tmp_path / "by")
+    assert r.exit_code == 0, r.output
+    item = json.loads((tmp_path / "by" / "run.json").read_text())["items"][0]
+    backend = sn.load("shapes")
+    expected = sn.score_seeds(backend, "a red circle", range(4), sn.RewardScorer(sn.load_reward("shapes-clip")),
+                              steps=2, progress=False)
+    assert item["scorer"] == "shapes-clip" and item["scores"] == pytest.approx(expected, abs=1e-3)
+    assert item["best_seed"] == max(range(4), key=expected.__getitem__) and item["best_score"] == max(item["scores"])
+    r = run("select", *args, "--by", "shapes-clip", "--proxy-steps", 1, "--keep", 2, "--out", tmp_path / "two")
+    assert r.exit_code == 0, r.output
+    item = json.loads((tmp_path / "two" / "run.json").read_text())["items"][0]
+    assert sum(v is not None for v in item["scores"]) == 2 and len(item["proxy_scores"]) == 4
+    r = run("select", *args, "--by", "no-such-reward", "--out", tmp_path / "bad")
+    assert r.exit_code != 0 and "no-such-reward" in r.output and not (tmp_path / "bad").exists()

@@ -199,9 +199,14 @@ def score(seed, num, noise_file, batch_size, **kw):
 @click.option("--proxy-guidance", type=click.FloatRange(min=0), default=None, help="Proxy: this CFG scale (1: none).")
 @click.option("--bank", "bank_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Proxy: a seed bank (stablenoise bank); its seeds replace -k/--seed.")
+@click.option("--by", "by", default="stability", show_default=True,
+              help="What ranks the seeds: inversion stability, or a reward of each seed's image (hpsv2, pickscore, "
+                   "imagereward, aesthetic, clipscore, shapes-clip, NAME:PATH); with a reward, --proxy-steps judges "
+                   "a fewer-step image.")
 @_guarded
-def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance, bank_file, **kw):
-    """Score K seeds per prompt and keep the most stable (and the least stable, for comparison)."""
+def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance, bank_file, by, **kw):
+    """Score K seeds per prompt and keep the best (most stable by default; the best by a reward with --by), and
+    the worst for comparison."""
     import torch
 
     from .bank import SeedBank
@@ -224,16 +229,23 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
         raise StablenoiseError("two-stage selection needs --keep and a proxy (--bank or --proxy-steps/-prompt/-guidance)")
     if keep is not None:
         check_keep(keep, len(seeds))
+    if by != "stability" and bank_file is not None:
+        raise StablenoiseError("a seed bank ranks by stability: use --proxy-steps as the proxy of --by REWARD")
     s = Session("select", **kw)
     if bank_file is not None:
         bank.check(s.backend, bank_file)  # before the run folder exists: a refused bank writes nothing
-    params = {"k": len(seeds), "first_seed": seeds[0], "batch_size": batch_size, "keep": keep,
+    scorer = None
+    if by != "stability":
+        from .rewards import load_reward
+
+        scorer = load_reward(by, device=s.backend.device)  # before the run folder exists: a bad name writes nothing
+    params = {"k": len(seeds), "first_seed": seeds[0], "batch_size": batch_size, "keep": keep, "by": by,
               "proxy": None if proxy is None else (str(bank_file) if bank_file else setting.__dict__)}
     with s.folder(**params) as run:
         for i, prompt in s.each_prompt():
             if run.done(i, prompt):
                 continue
-            r = sel(s.backend, prompt, seeds=seeds, batch_size=batch_size, proxy=proxy, keep=keep,
+            r = sel(s.backend, prompt, seeds=seeds, batch_size=batch_size, proxy=proxy, keep=keep, scorer=scorer,
                     **s.round_trip_kwargs())
             best, worst = gen(s.backend, prompt, torch.cat([r.best_noise, r.worst_noise]), s.steps, s.guidance)
             score = dict(zip(r.seeds, r.scores))
@@ -241,12 +253,12 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
             images = {"best": best, "worst": worst, "best_vs_worst": side_by_side(
                 [best, worst], [f"best {r.best_seed}: {score[r.best_seed]:.4f}",
                                 f"worst {r.worst_seed}: {score[r.worst_seed]:.4f}"])}
-            run.add(i, prompt, {"seeds": r.seeds, "scores": r.scores, "best_seed": r.best_seed,
+            run.add(i, prompt, {"scorer": r.scorer, "seeds": r.seeds, "scores": r.scores, "best_seed": r.best_seed,
                                 "worst_seed": r.worst_seed, "best_score": score[r.best_seed],
                                 "worst_score": score[r.worst_seed], "proxy_scores": r.proxy_scores,
                                 "excluded_non_finite": excluded if proxy is None else None},
                     images, {"best": r.best_noise, "worst": r.worst_noise})
-            click.echo(f"{prompt!r}: best seed {r.best_seed} ({score[r.best_seed]:.4f}), "
+            click.echo(f"{prompt!r}: best seed by {r.scorer} {r.best_seed} ({score[r.best_seed]:.4f}), "
                        f"worst seed {r.worst_seed} ({score[r.worst_seed]:.4f})"
                        + (f"; {excluded} seed(s) scored NaN/inf and were excluded" if excluded else ""))
     click.echo(f"wrote {run.root}")
