@@ -349,3 +349,29 @@ def test_select_by_a_reward(tmp_path):
     assert sum(v is not None for v in item["scores"]) == 2 and len(item["proxy_scores"]) == 4
     r = run("select", *args, "--by", "no-such-reward", "--out", tmp_path / "bad")
     assert r.exit_code != 0 and "no-such-reward" in r.output and not (tmp_path / "bad").exists()
+
+
+def test_score_and_generate_on_the_shell(tmp_path):
+    from stablenoise.noise import on_shell
+
+    args = ["--model", "shapes", "--prompt", "a red circle", "-n", 3, "--steps", 2, "--noise-norm", "shell"]
+    r = run("score", *args, "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "s" / "run.json").read_text())
+    backend = sn.load("shapes")
+    noise = on_shell(sn.noises_from_seeds(range(3), backend.latent_shape))
+    assert rec["parameters"]["noise_norm"] == "shell"
+    assert rec["items"][0]["scores"] == pytest.approx(sn.stability(backend, "a red circle", noise, 2).tolist(), abs=1e-5)
+    r = run("generate", *args, "--out", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    folder = next(p for p in (tmp_path / "g").iterdir() if p.is_dir())
+    from PIL import Image
+    import numpy as np
+
+    image = sn.generate(backend, "a red circle", noise[2:], 2)[0]
+    diff = np.abs(np.asarray(Image.open(folder / "seed-2.png"), dtype=int) - np.asarray(image, dtype=int))
+    assert diff.max() <= 1  # one 8-bit level: a batch of 3 vs 1
+    saved = tmp_path / "n.safetensors"
+    save_file({"noise": noise[:1]}, str(saved))
+    r = run("score", *args, "--noise", saved, "--out", tmp_path / "bad")
+    assert r.exit_code != 0 and "--noise-norm applies to seeds" in r.output and not (tmp_path / "bad").exists()

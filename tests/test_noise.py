@@ -103,3 +103,14 @@ def test_generator_seed_of_a_noise_on_the_gpu():
     """generate(sampler="pipeline") seeds from a noise wherever it lies: a GPU noise means the same seed."""
     a = sn.noise_from_seed(1, (4, 4))
     assert generator_seed(a.cuda()) == generator_seed(a)
+
+
+def test_noise_norm_shell_rescales_each_seed_to_sqrt_d():
+    keep = sn.noises_from_seeds([3, 4], (3, 8, 8))
+    shell = sn.noises_from_seeds([3, 4], (3, 8, 8), noise_norm="shell")
+    assert torch.allclose(shell.flatten(1).double().norm(dim=1), torch.full((2,), 192 ** 0.5, dtype=torch.float64),
+                          rtol=1e-6)  # float32 rounding of a 192-term norm
+    assert torch.allclose(shell, keep * (192 ** 0.5 / keep.flatten(1).norm(dim=1)).view(2, 1, 1, 1))  # direction kept
+    assert torch.equal(keep, sn.noises_from_seeds([3, 4], (3, 8, 8), noise_norm="keep"))
+    with pytest.raises(StablenoiseError, match="noise_norm must be one of keep, shell"):
+        sn.noises_from_seeds([3], (2,), noise_norm="sphere")

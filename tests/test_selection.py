@@ -236,3 +236,21 @@ def test_two_stage_selection_by_a_reward_judges_fewer_step_images_first():
     assert r.best_seed == kept[int(np.argmax(full))]
     with pytest.raises(StablenoiseError, match="scorer must be"):
         sn.select(b, "a", k=2, scorer="redness", progress=False)
+
+
+def test_select_on_the_shell_scores_and_returns_the_rescaled_noises():
+    from stablenoise.bank import build_bank
+    from stablenoise.noise import on_shell
+
+    b = ToyBackend()
+    seeds = list(range(8))
+    r = sn.select(b, "a", seeds=seeds, noise_norm="shell", progress=False)
+    noise = sn.noises_from_seeds(seeds, b.latent_shape)
+    assert r.scores == pytest.approx(sn.stability(b, "a", on_shell(noise)).tolist(), abs=1e-6)  # float32 vs float64 toy
+    assert r.scores != pytest.approx(sn.stability(b, "a", noise).tolist(), abs=1e-3)  # the norm moved them
+    assert r.noise_norm == "shell" and torch.equal(r.best_noise, on_shell(noise[seeds.index(r.best_seed)][None]))
+    bank = build_bank(b, 8, progress=False)  # scored as drawn: refused for a selection on the shell
+    with pytest.raises(StablenoiseError, match="noise_norm='keep'.*'shell'"):
+        sn.select(b, "a", seeds=seeds, proxy=bank, keep=2, noise_norm="shell", progress=False)
+    with pytest.raises(StablenoiseError, match="noise_norm must be one of"):
+        sn.select(b, "a", k=2, noise_norm="unit", progress=False)

@@ -102,3 +102,19 @@ def test_reward_by_decile():
     assert out[9]["n"] == 3 and out[0]["n"] == 4
     assert (out[0]["lo"], out[0]["hi"]) == (0.0, 0.0)
     assert stats.by_decile([[1.0, 2.0]], [[NAN, NAN]])[0] is None
+
+
+def test_partial_spearman_removes_what_the_control_explains():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=400)
+    x, y = z + 0.3 * rng.normal(size=400), z + 0.3 * rng.normal(size=400)
+    assert stats.spearman(x, y) > 0.8 and abs(stats.partial_spearman(x, y, z)) < 0.1
+    w = x + 0.5 * rng.normal(size=400)  # x and w share more than z
+    rxw, rxz, rwz = stats.spearman(x, w), stats.spearman(x, z), stats.spearman(w, z)
+    assert stats.partial_spearman(x, w, z) == pytest.approx((rxw - rxz * rwz) / np.sqrt((1 - rxz ** 2) * (1 - rwz ** 2)))
+    assert stats.partial_spearman(x, w, z) > 0.3
+    assert np.isnan(stats.partial_spearman(x, y, x)) and np.isnan(stats.partial_spearman(np.ones(400), y, z))
+    within = stats.within_prompt_partial_spearman(np.stack([x, x]), np.stack([y, w]), np.stack([z, np.ones(400)]),
+                                                  n_boot=50, rng=0)
+    assert within["n"] == 2 and within["skipped"] == 0  # a constant control partials out nothing: plain rho
+    assert within["mean"] == pytest.approx((stats.partial_spearman(x, y, z) + stats.spearman(x, w)) / 2)

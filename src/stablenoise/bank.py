@@ -24,7 +24,7 @@ import torch
 
 from .backends.base import Backend
 from .errors import StablenoiseError
-from .noise import SEED_LIMIT
+from .noise import NOISE_NORMS, SEED_LIMIT
 from .records import now, versions, write_json_atomic
 from .selection import check_one_prompt, score_seeds
 from .stability import resolve
@@ -75,6 +75,7 @@ class SeedBank:
     identity: dict = field(default_factory=dict)  # what must match to use the bank (see :func:`identity`)
     created: str = ""
     versions: dict = field(default_factory=dict)
+    noise_norm: str = "keep"  # "shell": the seeds' noises were scored on the sqrt(d) shell
 
     @property
     def scores(self) -> dict[int, float | None]:
@@ -136,6 +137,9 @@ class SeedBank:
         bank.stability = [float(v) if v is not None and math.isfinite(v) else None for v in bank.stability]
         if not isinstance(bank.model, dict) or not isinstance(bank.identity, dict):
             raise StablenoiseError(f"{path} is not a seed bank (model and identity must be objects)")
+        if bank.noise_norm not in NOISE_NORMS:
+            raise StablenoiseError(f"{path} is not a seed bank: noise_norm {_short(bank.noise_norm)} is not one of "
+                                   f"{', '.join(NOISE_NORMS)}")
         return bank
 
 
@@ -157,14 +161,16 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", steps: int | None = None,
                guidance: float | None = None, inversion_guidance: float | None = None, batch_size: int | None = None,
-               progress: bool = True) -> SeedBank:
-    """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt)."""
+               progress: bool = True, noise_norm: str = "keep") -> SeedBank:
+    """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt);
+    ``noise_norm`` as in :func:`stablenoise.select`, which then takes the bank only with the same setting."""
     if n < 1:
         raise StablenoiseError(f"a bank needs n >= 1 seeds, got {n}")
     check_one_prompt(prompt, "build_bank")
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     seeds = list(range(first_seed, first_seed + n))
     scores = score_seeds(backend, prompt, seeds, None, batch_size, steps, guidance, inversion_guidance, progress,
-                         desc="bank")
+                         desc="bank", noise_norm=noise_norm)
     return SeedBank(seeds, [v if v is not None and math.isfinite(v) else None for v in scores], prompt, steps,
-                    guidance, inversion_guidance, backend.describe(), identity(backend), now(), versions())
+                    guidance, inversion_guidance, backend.describe(), identity(backend), now(), versions(),
+                    noise_norm)

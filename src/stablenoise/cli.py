@@ -10,6 +10,7 @@ import click
 from tqdm.auto import tqdm
 
 from .cli_common import guarded as _guarded
+from .cli_common import noise_norm_option
 from .errors import StablenoiseError
 
 NOISE_KEYS = ("optimized", "best", "noise", "initial")
@@ -102,13 +103,15 @@ def _load_noise(path: Path, shape):
     return check_noise(tensors[key], shape).float()
 
 
-def _seed_noises(session: Session, seed: int, n: int, noise_file: Path | None):
+def _seed_noises(session: Session, seed: int, n: int, noise_file: Path | None, noise_norm: str = "keep"):
     from .noise import check_seed_range, noises_from_seeds
 
     if noise_file is not None:
+        if noise_norm != "keep":
+            raise StablenoiseError("--noise-norm applies to seeds: a saved noise (--noise) is used as it is")
         return None, _load_noise(noise_file, session.backend.latent_shape)
     seeds = list(check_seed_range(seed, n))
-    return seeds, noises_from_seeds(seeds, session.backend.latent_shape)
+    return seeds, noises_from_seeds(seeds, session.backend.latent_shape, noise_norm)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,6 +123,7 @@ def main():
 
 def seed_options(default_num: int):
     def decorate(fn):
+        fn = noise_norm_option(fn)
         fn = click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
                           help="Use a saved noise (safetensors from select/optimize) instead of seeds.")(fn)
         fn = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -137,14 +141,14 @@ def seed_options(default_num: int):
               help="ddim: the image whose stability was scored (the round trip's denoised half); pipeline: the "
                    "pipeline's own scheduler, its fresh noise (if any) seeded by the noise itself.")
 @_guarded
-def generate(seed, num, noise_file, batch_size, sampler, **kw):
+def generate(seed, num, noise_file, batch_size, noise_norm, sampler, **kw):
     """Generate images from seeded (or saved) noises."""
     from .generation import generate as gen
 
     s = Session("generate", **kw)
-    seeds, noise = _seed_noises(s, seed, num, noise_file)
+    seeds, noise = _seed_noises(s, seed, num, noise_file, noise_norm)
     with s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, sampler=sampler,
-                  batch_size=batch_size) as run:
+                  batch_size=batch_size, noise_norm=noise_norm) as run:
         for i, prompt in s.each_prompt():
             if run.done(i, prompt):
                 continue
@@ -159,15 +163,16 @@ def generate(seed, num, noise_file, batch_size, sampler, **kw):
 @model_options
 @seed_options(default_num=8)
 @_guarded
-def score(seed, num, noise_file, batch_size, **kw):
+def score(seed, num, noise_file, batch_size, noise_norm, **kw):
     """Inversion stability of seeded (or saved) noises. A noise whose stability is NaN/inf is recorded
     as null and makes the command fail once every prompt is done."""
     from .stability import stability
 
     s = Session("score", **kw)
-    seeds, noise = _seed_noises(s, seed, num, noise_file)
+    seeds, noise = _seed_noises(s, seed, num, noise_file, noise_norm)
     bad = 0
-    with s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, batch_size=batch_size) as run:
+    with s.folder(seeds=seeds, noise_file=str(noise_file) if noise_file else None, batch_size=batch_size,
+                  noise_norm=noise_norm) as run:
         for i, prompt in s.each_prompt():
             if run.done(i, prompt):
                 continue
@@ -203,8 +208,9 @@ def score(seed, num, noise_file, batch_size, **kw):
               help="What ranks the seeds: inversion stability, or a reward of each seed's image (hpsv2, pickscore, "
                    "imagereward, aesthetic, clipscore, shapes-clip, NAME:PATH); with a reward, --proxy-steps judges "
                    "a fewer-step image.")
+@noise_norm_option
 @_guarded
-def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance, bank_file, by, **kw):
+def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance, bank_file, by, noise_norm, **kw):
     """Score K seeds per prompt and keep the best (most stable by default; the best by a reward with --by), and
     the worst for comparison."""
     import torch
@@ -234,19 +240,23 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
     s = Session("select", **kw)
     if bank_file is not None:
         bank.check(s.backend, bank_file)  # before the run folder exists: a refused bank writes nothing
+        if bank.noise_norm != noise_norm:
+            raise StablenoiseError(f"{bank_file} scored its noises with --noise-norm {bank.noise_norm}: use the same "
+                                   "--noise-norm, or rebuild the bank")
     scorer = None
     if by != "stability":
         from .rewards import load_reward
 
         scorer = load_reward(by, device=s.backend.device)  # before the run folder exists: a bad name writes nothing
     params = {"k": len(seeds), "first_seed": seeds[0], "batch_size": batch_size, "keep": keep, "by": by,
+              "noise_norm": noise_norm,
               "proxy": None if proxy is None else (str(bank_file) if bank_file else setting.__dict__)}
     with s.folder(**params) as run:
         for i, prompt in s.each_prompt():
             if run.done(i, prompt):
                 continue
             r = sel(s.backend, prompt, seeds=seeds, batch_size=batch_size, proxy=proxy, keep=keep, scorer=scorer,
-                    **s.round_trip_kwargs())
+                    noise_norm=noise_norm, **s.round_trip_kwargs())
             best, worst = gen(s.backend, prompt, torch.cat([r.best_noise, r.worst_noise]), s.steps, s.guidance)
             score = dict(zip(r.seeds, r.scores))
             excluded = r.scores.count(None) if proxy is None else 0  # pruned seeds have no full score
@@ -367,9 +377,10 @@ def _write_optimized(s, run, i, results) -> list[str]:
 @click.option("--width", type=click.IntRange(min=1), default=None, help="As select's (the latent shape must match).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("seed-bank.json"),
               show_default=True)
+@noise_norm_option
 @_guarded
 def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, device, dtype, timestep_spacing,
-         height, width, out):
+         height, width, out, noise_norm):
     """Score N seeds once for a model (under the empty prompt) into a seed bank for two-stage selection:
     stablenoise select --bank OUT --keep M. The bank records the model's weights fingerprint, latent shape and
     schedule; select refuses it for any other."""
@@ -384,7 +395,7 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise StablenoiseError(f"cannot write {out}: {parent} is not a writable folder")
     backend = load(model, device=device, dtype=dtype, timestep_spacing=timestep_spacing, height=height, width=width)
-    b = build_bank(backend, n, seed, prompt, steps, guidance, inversion_guidance, batch_size)
+    b = build_bank(backend, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, noise_norm=noise_norm)
     try:
         b.save(out)
     except OSError as e:

@@ -29,3 +29,10 @@ def guarded(fn):
             click.echo("interrupted: finished items are kept in the output folder", err=True)
             sys.exit(130)
     return wrapper
+
+
+def noise_norm_option(fn):
+    """``--noise-norm`` (noise.NOISE_NORMS), shared by every command that turns seeds into noises."""
+    return click.option("--noise-norm", type=click.Choice(["keep", "shell"]), default="keep", show_default=True,
+                        help="shell: rescale each seed's noise to norm sqrt(d) before it is scored or generated "
+                             "(the image is the scored noise's), so the noise's length cannot decide a ranking.")(fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -32,8 +33,26 @@ def noise_from_seed(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
-def noises_from_seeds(seeds: Iterable[int], shape: Sequence[int]) -> torch.Tensor:
-    return torch.stack([noise_from_seed(s, shape) for s in seeds])
+NOISE_NORMS = ("keep", "shell")
+
+
+def check_noise_norm(noise_norm: str) -> str:
+    if noise_norm not in NOISE_NORMS:
+        raise StablenoiseError(f"noise_norm must be one of {', '.join(NOISE_NORMS)}, got {noise_norm!r}")
+    return noise_norm
+
+
+def on_shell(x: torch.Tensor) -> torch.Tensor:
+    """Each sample of a batch rescaled to norm sqrt(d), the typical norm of d-dimensional Gaussian noise (its
+    direction kept): the norm, which a few-step DDIM round trip rewards, is then the same for every seed."""
+    norm = x.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return x * (math.sqrt(x[0].numel()) / norm).view(-1, *[1] * (x.ndim - 1))
+
+
+def noises_from_seeds(seeds: Iterable[int], shape: Sequence[int], noise_norm: str = "keep") -> torch.Tensor:
+    """One noise per seed, stacked. ``noise_norm="shell"`` puts each on the sqrt(d) shell (:func:`on_shell`)."""
+    noise = torch.stack([noise_from_seed(s, shape) for s in seeds])
+    return on_shell(noise) if check_noise_norm(noise_norm) == "shell" else noise
 
 
 def generator_seed(noise: torch.Tensor) -> int:

@@ -11,7 +11,7 @@ from tqdm.auto import trange
 
 from .backends.base import Backend
 from .errors import StablenoiseError
-from .noise import check_noise
+from .noise import check_noise, on_shell
 from .stability import conditioning, cosine, resolve, round_trip
 
 
@@ -85,12 +85,9 @@ def optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
     n = start.shape[0]
     with torch.no_grad():
         cond = conditioning(backend, prompt, n, max(guidance, inversion_guidance))
-    radius = math.sqrt(start[0].numel())
 
     def project(x: torch.Tensor) -> torch.Tensor:
-        if not preserve_norm:
-            return x
-        return x * (radius / x.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *[1] * (x.ndim - 1))
+        return on_shell(x) if preserve_norm else x
 
     eps = project(start.clone()).to(backend.device)
     first = eps.detach().cpu().clone()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .backends.base import Backend
 from .batching import auto_batch_size, map_batches
 from .errors import StablenoiseError
-from .noise import check_seed, noises_from_seeds
+from .noise import check_noise_norm, check_seed, noises_from_seeds
 from .stability import conditioning, resolve, score
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class SelectionResult:
     proxy_scores: list[float | None] | None = None  # two-stage selection: the proxy's score of every seed
     scorer: str = "stability"
     higher_is_better: bool = True
+    noise_norm: str = "keep"  # "shell": every seed's noise was scored (and is returned) on the sqrt(d) shell
 
     def ranked(self) -> list[tuple[int, float]]:
         """(seed, score) of the scored seeds, best first."""
@@ -115,11 +116,13 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
            batch_size: int | None = None, steps: int | None = None, guidance: float | None = None,
            inversion_guidance: float | None = None, proxy: Proxy | Mapping[int, float] | SeedBank | None = None,
            keep: int | None = None, progress: bool = True,
-           callback: Callable[[dict], None] | None = None, scorer: Scorer | Reward | None = None) -> SelectionResult:
+           callback: Callable[[dict], None] | None = None, scorer: Scorer | Reward | None = None,
+           noise_norm: str = "keep") -> SelectionResult:
     """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
     with the best and worst seed. ``scorer``: None ranks by inversion stability (most stable wins); a
     :class:`stablenoise.rewards.Reward` (or a :class:`RewardScorer`) ranks by that reward of each noise's image.
-    A non-finite score is recorded as None and never wins.
+    A non-finite score is recorded as None and never wins. ``noise_norm="shell"`` scores (and returns) each
+    seed's noise rescaled to norm sqrt(d), so that the noise's length cannot decide the ranking.
     The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: up to 16, fewer
     for large latents), and a batch that runs out of memory is retried at half the size.
     With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
@@ -130,8 +133,12 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
 
     check_one_prompt(prompt, "select")
     scorer = as_scorer(scorer)
+    check_noise_norm(noise_norm)
     if isinstance(proxy, SeedBank):
         proxy.check(backend)
+        if proxy.noise_norm != noise_norm:
+            raise StablenoiseError(f"the seed bank scored its noises with noise_norm={proxy.noise_norm!r}, this "
+                                   f"selection uses {noise_norm!r}: rebuild the bank with the same noise_norm")
         proxy = proxy.scores
     if seeds is None:
         if k < 1:
@@ -151,7 +158,7 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     if proxy is not None:
         check_keep(keep, len(seeds))
         proxy_scores = _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
-                                     progress, scorer)
+                                     progress, scorer, noise_norm)
         sign = -1 if scorer.higher_is_better else 1
         finite = [i for i, v in enumerate(proxy_scores) if v is not None]
         top = sorted(finite, key=lambda i: (sign * proxy_scores[i], i))[:keep]
@@ -159,7 +166,7 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
         if not candidates:
             raise StablenoiseError(f"the proxy scored every one of the {len(seeds)} seeds NaN or inf")
     full = dict(zip(candidates, score_seeds(backend, prompt, candidates, scorer, batch_size, steps, guidance,
-                                            inversion_guidance, progress, callback)))
+                                            inversion_guidance, progress, callback, noise_norm=noise_norm)))
     scores = [full.get(seed) for seed in seeds]
     scored = [i for i, v in enumerate(scores) if v is not None]
     if not scored:
@@ -169,9 +176,9 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     if not scorer.higher_is_better:
         best, worst = worst, best
     return SelectionResult(prompt, seeds, scores, seeds[best], seeds[worst],
-                           noises_from_seeds([seeds[best]], backend.latent_shape),
-                           noises_from_seeds([seeds[worst]], backend.latent_shape), proxy_scores, scorer.name,
-                           scorer.higher_is_better)
+                           noises_from_seeds([seeds[best]], backend.latent_shape, noise_norm),
+                           noises_from_seeds([seeds[worst]], backend.latent_shape, noise_norm), proxy_scores,
+                           scorer.name, scorer.higher_is_better, noise_norm)
 
 
 def check_one_prompt(prompt, who: str) -> None:
@@ -194,7 +201,8 @@ def check_keep(keep: int, n: int) -> None:
 def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Scorer | None = None,
                 batch_size: int | None = None, steps: int | None = None, guidance: float | None = None,
                 inversion_guidance: float | None = None, progress: bool = True,
-                callback: Callable[[dict], None] | None = None, desc: str = "select") -> list[float | None]:
+                callback: Callable[[dict], None] | None = None, desc: str = "select",
+                noise_norm: str = "keep") -> list[float | None]:
     """Each seed's score by ``scorer`` (None: stability), the prompt encoded once, in batches that fit.
 
     Args:
@@ -202,6 +210,7 @@ def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Sco
         batch_size: noises per model call (None: picked from free memory; halved on out-of-memory).
         steps, guidance, inversion_guidance: the round trip (None: the model family's).
         callback: gets ``{"seeds", "scores"}`` after each batch.
+        noise_norm: "keep" (each seed's noise as drawn) or "shell" (rescaled to norm sqrt(d)).
     Returns:
         One score per seed, in order; None where the score is not finite.
     """
@@ -211,7 +220,8 @@ def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Sco
     bar = tqdm(total=len(seeds), desc=desc, unit="seed", disable=not progress)
 
     def run(chunk):
-        return [v if math.isfinite(v) else None for v in measure(noises_from_seeds(chunk, backend.latent_shape))]
+        noise = noises_from_seeds(chunk, backend.latent_shape, noise_norm)
+        return [v if math.isfinite(v) else None for v in measure(noise)]
 
     def done(chunk, s):
         bar.update(len(chunk))
@@ -231,13 +241,13 @@ def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Sco
 
 
 def _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
-                  progress, scorer) -> list[float | None]:
+                  progress, scorer, noise_norm) -> list[float | None]:
     if isinstance(proxy, Proxy):
         return score_seeds(backend, prompt if proxy.prompt is None else proxy.prompt, seeds, scorer, batch_size,
                            proxy.steps if proxy.steps is not None else steps,
                            proxy.guidance if proxy.guidance is not None else guidance,
                            proxy.inversion_guidance if proxy.inversion_guidance is not None else inversion_guidance,
-                           progress, desc="proxy")
+                           progress, desc="proxy", noise_norm=noise_norm)
     missing = [s for s in seeds if s not in proxy]
     if missing:
         raise StablenoiseError(f"the proxy scores have no score for {len(missing)} of the seeds (first: {missing[0]})")

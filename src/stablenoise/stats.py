@@ -83,6 +83,32 @@ def within_prompt_spearman(stability, reward, n_boot: int = 1000, rng=None) -> d
     return None if out is None else {**out, "skipped": int(np.isnan(rhos).sum())}
 
 
+def partial_spearman(x, y, z) -> float:
+    """Spearman's rho of x and y with z partialled out (the partial correlation of their ranks,
+    (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))), over the triples where all three are finite. A constant
+    z explains nothing: plain rho. NaN where undefined (x or y constant, or z ranking x or y exactly)."""
+    x, y, z = (np.asarray(v, dtype=float).ravel() for v in (x, y, z))
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    x, y, z = x[keep], y[keep], z[keep]
+    rxy = spearman(x, y)
+    if len(z) and np.all(z == z[0]):
+        return rxy
+    rxz, ryz = spearman(x, z), spearman(y, z)
+    denominator = (1 - rxz ** 2) * (1 - ryz ** 2)
+    if not np.isfinite(rxy + rxz + ryz) or denominator < 1e-12:  # ranks agree exactly, up to float rounding
+        return float("nan")
+    return float((rxy - rxz * ryz) / np.sqrt(denominator))
+
+
+def within_prompt_partial_spearman(stability, reward, control, n_boot: int = 1000, rng=None) -> dict | None:
+    """As :func:`within_prompt_spearman`, with ``control`` (e.g. each seed's noise norm) partialled out within
+    each prompt."""
+    s, r, c = (np.atleast_2d(np.asarray(v, dtype=float)) for v in (stability, reward, control))
+    rhos = np.array([partial_spearman(si, ri, ci) for si, ri, ci in zip(s, r, c)])
+    out = mean_ci(rhos, n_boot, rng)
+    return None if out is None else {**out, "skipped": int(np.isnan(rhos).sum())}
+
+
 def pooled_spearman(stability, reward, n_boot: int = 1000, rng=None) -> dict | None:
     """Spearman over all (prompt, seed) pairs pooled; the interval resamples whole prompts."""
     s, r = np.atleast_2d(np.asarray(stability, dtype=float)), np.atleast_2d(np.asarray(reward, dtype=float))

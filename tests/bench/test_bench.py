@@ -291,3 +291,34 @@ def test_empty_prompt_set_and_foreign_store_are_one_line_errors(tmp_path):
     r = invoke("--prompts", "shapes-heldout", "--limit", "1", "-k", "1", "--rewards", "shapes-verifier",
                "--methods", "random", "--out", other)
     assert r.exit_code != 0 and "schema version 999" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_both_noise_norm_arms_in_one_bench(tmp_path):
+    """--noise-norm keep,shell: two configs; the shell arm scores and images each seed's noise on the sqrt(d)
+    shell (the library's numbers for those noises); the report gives stability's Spearman with |eps|."""
+    from stablenoise.bench.report import write_report
+    from stablenoise.noise import on_shell
+
+    out = tmp_path / "run"
+    r = invoke("--prompts", "shapes-heldout", "--limit", "2", "-k", "4", "--steps", "2", "--rewards",
+               "shapes-verifier,shapes-clip", "--methods", "random,most-stable", "--noise-norm", "keep,shell",
+               "--no-report", "--out", out)
+    assert r.exit_code == 0, r.output
+    store = Store(out, create=False)
+    configs = {json.loads(j).get("noise_norm", "keep"): cid for cid, j in store.db.execute("SELECT id, json FROM configs")}
+    assert set(configs) == {"keep", "shell"}
+    backend = sn.load("shapes")
+    prompts = [p.text for p in sn.load_prompts("shapes-heldout").prompts[:2]]
+    for norm, cid in configs.items():
+        rows = [x for x in store.rows(cid) if x["method"] == "seed"]
+        noise = sn.noises_from_seeds([x["seed"] for x in rows], backend.latent_shape)
+        noise = on_shell(noise) if norm == "shell" else noise
+        expected = sn.stability(backend, [prompts[x["prompt_idx"]] for x in rows], noise, steps=2)
+        assert [x["stability"] for x in rows] == pytest.approx(expected.tolist(), abs=1e-5)
+        image = sn.generate(backend, prompts[rows[1]["prompt_idx"]], noise[1:2], 2)[0]
+        diff = np.abs(np.asarray(Image.open(out / rows[1]["image_path"]), dtype=int) - np.asarray(image, dtype=int))
+        assert diff.max() <= 1  # the image of the scored noise (one 8-bit level: batch of 8 vs 1)
+    html, md = write_report(out, n_boot=20, grid_prompts=0)
+    text = md.read_text().replace("\\|", "|")  # Markdown escapes the | of |ε|
+    assert "noise on the shell" in text and "Within-prompt Spearman between stability and the noise's norm" in text
+    assert "Every noise was on the √d shell" in text and "|ε| partialled out" in text

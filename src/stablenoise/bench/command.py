@@ -28,6 +28,16 @@ def _number_list(kind, minimum):
     return parse
 
 
+def _choice_list(choices):
+    def parse(ctx, param, value):
+        items = _names(value)
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise click.BadParameter(f"{value!r}: use {' or '.join(choices)}, or a comma-separated list of them")
+        return tuple(items)
+    return parse
+
+
 def _names(value: str) -> list[str]:
     return list(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
 
@@ -54,6 +64,9 @@ def _names(value: str) -> list[str]:
 @click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,
               help="CFG scale of the inversion (default: the model family's, usually 1).")
 @click.option("--first-seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--noise-norm", "noise_norm", callback=_choice_list(("keep", "shell")), default="keep", show_default=True,
+              help="keep, shell (every seed's noise rescaled to norm sqrt(d) before it is scored and its image made), "
+                   "or keep,shell for both arms.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Samples per round trip when scoring seeds.")
 @click.option("--optimize-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -67,8 +80,8 @@ def _names(value: str) -> list[str]:
 @click.option("--report/--no-report", default=True, show_default=True, help="Write RUN/report.html at the end.")
 @guarded
 def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guidance_list, inversion_guidance,
-          first_seed, batch_size, optimize_batch_size, optimize_prompts, device, dtype, variant, timestep_spacing,
-          out, report):
+          first_seed, noise_norm, batch_size, optimize_batch_size, optimize_prompts, device, dtype, variant,
+          timestep_spacing, out, report):
     """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
     resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
     from ..backends import load
@@ -102,7 +115,7 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
             optimizing[name] = reward
     d = backend.defaults
     sweep = Sweep(steps=steps_list or (d.steps,), guidance=guidance_list or (d.guidance,),
-                  inversion_guidance=inversion_guidance, k=k, first_seed=first_seed)
+                  inversion_guidance=inversion_guidance, k=k, first_seed=first_seed, noise_norm=noise_norm)
     command = shlex.join(["stablenoise", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv[1:2] else None
     store = run_bench(backend, prompt_set, rewards, method_list, sweep, out, batch_size=batch_size,
                       optimize_batch_size=optimize_batch_size, optimizing_rewards=optimizing,

@@ -22,7 +22,7 @@ from ..errors import StablenoiseError
 from ..records import atomic_write
 from .document import HTML_MARK, MD_MARK, Code, Heading, Image, Table, Text, render_html, render_markdown
 from .figures import plot_deciles, plot_sweep, thumbnail
-from .results import COSTS, ConfigTable, Method, Results, derive_methods, load_results
+from .results import COSTS, ConfigTable, Method, Results, derive_methods, load_results, seed_norms
 from .store import STORE_NAME
 
 __all__ = ["load_results", "derive_methods", "analyze", "write_report"]
@@ -58,6 +58,8 @@ class ConfigAnalysis:
     vs_start: dict = field(default_factory=dict)  # optimizing method -> measure -> paired difference
     wins: dict = field(default_factory=dict)  # reward -> method -> comparator -> win rate
     spearman: dict = field(default_factory=dict)  # reward -> (within prompt, pooled)
+    norm_spearman: dict | None = None  # within-prompt Spearman of stability and the noise's norm |eps|
+    partial: dict = field(default_factory=dict)  # reward -> within-prompt Spearman with |eps| partialled out
     deciles: dict = field(default_factory=dict)  # reward -> [interval per decile]
     cost: dict = field(default_factory=dict)  # method -> cost -> mean per prompt (None if unknown)
     # (method, learned reward, verifier, compared with, {"up"/"fails"/"fooled": interval}); per verifier a last
@@ -120,6 +122,12 @@ def analyze(table: ConfigTable, n_boot: int = 1000, seed: int = 0) -> ConfigAnal
         a.spearman[r] = (stats.within_prompt_spearman(s.stability, s.scores[r], n_boot, rng),
                          stats.pooled_spearman(s.stability, s.scores[r], n_boot, rng))
         a.deciles[r] = stats.by_decile(s.stability, s.scores[r], n_boot, rng)
+    norms = seed_norms(table)
+    if norms is not None:  # its own random stream: every other number keeps its value
+        norm_rng = np.random.default_rng([seed, table.config.id, 1])
+        a.norm_spearman = stats.within_prompt_spearman(s.stability, norms, n_boot, norm_rng)
+        a.partial = {r: stats.within_prompt_partial_spearman(s.stability, s.scores[r], norms, n_boot, norm_rng)
+                     for r in table.rewards}
     learned = [r for r in table.rewards if r not in _verifiers(a) and not a.binary[r]]
     for verifier in _verifiers(a) if learned else []:
         for reward in learned:
@@ -273,10 +281,20 @@ def _correlation(a: ConfigAnalysis) -> list:
     rows = []
     for r, (within, pooled) in a.spearman.items():
         rows.append([r, fmt_ci(within, signed=True), str(within["n"]) if within else "0",
-                     str(within["skipped"]) if within else MISSING, fmt_ci(pooled, signed=True)])
-    return [Table(["reward", "within prompt", "prompts", "skipped (constant)", "pooled"], rows,
-                  "Spearman correlation between a seed's stability and its reward: within prompt (mean over prompts "
-                  "of each prompt's correlation over its K seeds) and pooled over all (prompt, seed) pairs")]
+                     str(within["skipped"]) if within else MISSING, fmt_ci(pooled, signed=True),
+                     fmt_ci(a.partial.get(r), signed=True)])
+    blocks = [Table(["reward", "within prompt", "prompts", "skipped (constant)", "pooled", "within, |ε| partialled out"],
+                    rows, "Spearman correlation between a seed's stability and its reward: within prompt (mean over "
+                    "prompts of each prompt's correlation over its K seeds), pooled over all (prompt, seed) pairs, and "
+                    "within prompt with the noise's norm |ε| partialled out")]
+    if a.config.noise_norm == "shell":
+        blocks.append(Text("Every noise was on the √d shell: |ε| is the same for every seed, so the norm cannot "
+                           "explain stability here."))
+    elif a.norm_spearman is not None:
+        blocks.append(Text(f"Within-prompt Spearman between stability and the noise's norm |ε|: "
+                           f"{fmt_ci(a.norm_spearman, signed=True)} (a few-step DDIM round trip rewards long noises; "
+                           "--noise-norm shell removes that)."))
+    return blocks
 
 
 def _decile_section(a: ConfigAnalysis, name: str) -> list:

@@ -35,9 +35,20 @@ class Config:
     settings: dict  # configs.json: the full config
     versions: dict
 
+    @property
+    def noise_norm(self) -> str:
+        """"keep", or "shell": every seed's noise was rescaled to norm sqrt(d) (absent from earlier stores)."""
+        return self.settings.get("noise_norm", "keep")
+
+    @property
+    def latent_shape(self) -> tuple[int, ...] | None:
+        shape = self.settings.get("backend", {}).get("latent_shape")
+        return tuple(shape) if shape else None
+
     def label(self) -> str:
         return (f"{self.prompt_set} · {self.model} · {self.steps} steps · guidance {self.guidance:g} · "
-                f"inversion guidance {self.inversion_guidance:g} · K={self.k}")
+                f"inversion guidance {self.inversion_guidance:g} · K={self.k}"
+                + (" · noise on the shell" if self.noise_norm == "shell" else ""))
 
 
 @dataclass
@@ -310,3 +321,18 @@ def _rank_of(prompt_seeds: np.ndarray, seed: int) -> int:
     """The seed rank of ``seed`` among a prompt's seed rows; -1 if it is not one of them."""
     hits = np.flatnonzero(prompt_seeds == seed) if seed >= 0 else []
     return int(hits[0]) if len(hits) else -1
+
+
+def seed_norms(table: ConfigTable) -> np.ndarray | None:
+    """|eps| of every seed row's noise, (prompts, K), as the run drew it (on the shell for noise_norm="shell");
+    NaN where a row is missing; None when the store does not record the latent shape."""
+    from ..noise import noises_from_seeds
+
+    shape = table.config.latent_shape
+    if shape is None:
+        return None
+    norms = np.full(table.seeds.seed.shape, np.nan)
+    for (p, r), seed in np.ndenumerate(table.seeds.seed):
+        if seed >= 0:
+            norms[p, r] = float(noises_from_seeds([int(seed)], shape, table.config.noise_norm).double().norm())
+    return norms

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..backends.base import Backend, uses_cfg
 from ..errors import StablenoiseError
-from ..noise import check_seed_range, noises_from_seeds
+from ..noise import check_noise_norm, check_seed_range, noises_from_seeds
 from ..optimization import optimize
 from ..records import atomic_write
 from ..rewards import Reward
@@ -38,10 +38,12 @@ class Sweep:
     inversion_guidance: float | None = None
     k: int = 16
     first_seed: int = 0
+    noise_norm: tuple[str, ...] = ("keep",)  # "shell": every seed's noise rescaled to norm sqrt(d) (noise.on_shell)
 
-    def configs(self, backend: Backend) -> list[tuple[int, float, float]]:
-        """(steps, guidance, inversion guidance) of every config, the full grid, each checked."""
-        return [resolve(backend, s, g, self.inversion_guidance) for s in self.steps for g in self.guidance]
+    def configs(self, backend: Backend) -> list[tuple[int, float, float, str]]:
+        """(steps, guidance, inversion guidance, noise norm) of every config, the full grid, each checked."""
+        return [(*resolve(backend, s, g, self.inversion_guidance), check_noise_norm(n))
+                for n in self.noise_norm for s in self.steps for g in self.guidance]
 
 
 def prompt_seeds(n_prompts: int, k: int, first_seed: int = 0) -> list[list[int]]:
@@ -82,22 +84,23 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
     if command:
         store.note_command(command)
     ablation = any(m.kind == "inversion-ablation" for m in methods)
-    for steps, guidance, inv in configs:
+    for steps, guidance, inv, norm in configs:
         config = {"prompt_set": prompt_set.name, "prompt_set_digest": prompt_set.digest(),
                   "model": backend.name, "backend": backend.describe(), "steps": steps, "guidance": guidance,
-                  "inversion_guidance": inv, "k": sweep.k, "first_seed": sweep.first_seed}
+                  "inversion_guidance": inv, "k": sweep.k, "first_seed": sweep.first_seed,
+                  **({"noise_norm": norm} if norm != "keep" else {})}  # keep: the configs of earlier stores
         cid = store.config_id(config, [(p.text, p.tag) for p in prompts])
         log(f"config {cid}: {len(prompts)} prompts of {prompt_set.name}, {steps} steps, guidance {guidance:g}, "
-            f"inversion guidance {inv:g}, K={sweep.k}")
+            f"inversion guidance {inv:g}, K={sweep.k}" + (", noises on the sqrt(d) shell" if norm == "shell" else ""))
         seeds = prompt_seeds(len(prompts), sweep.k, sweep.first_seed)
         extra_inv = ablation_inversion_guidance(guidance, inv) if ablation else None
         _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
-                     progress)
+                     progress, norm)
         if extra_inv is not None:
-            _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size)
+            _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size, norm)
         for method in (m for m in methods if m.optimizing):
             _optimize(store, cid, backend, prompts[:optimize_prompts], seeds, rewards, method, steps, guidance, inv,
-                      optimize_batch_size, optimizing_rewards or {}, progress, log)
+                      optimize_batch_size, optimizing_rewards or {}, progress, log, norm)
         _backfill(store, cid, prompts, rewards)
     return store
 
@@ -121,7 +124,7 @@ def _judge(rewards: Mapping[str, Reward], images: list, prompts: list[str]) -> l
 
 
 def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
-                 progress) -> None:
+                 progress, noise_norm="keep") -> None:
     done = store.done(cid, SEED_METHOD)
     todo = [(i, r) for i in range(len(prompts)) for r in range(len(seeds[i])) if (i, seeds[i][r]) not in done]
     count = partial(_evaluations, backend)
@@ -130,7 +133,7 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
         t0 = time.perf_counter()
         chunk = todo[start:start + batch_size]
         texts = [prompts[i].text for i, _ in chunk]
-        noise = noises_from_seeds([seeds[i][r] for i, r in chunk], backend.latent_shape)
+        noise = noises_from_seeds([seeds[i][r] for i, r in chunk], backend.latent_shape, noise_norm)
         n = len(chunk)
         with torch.no_grad():
             cond = conditioning(backend, texts, n, max(guidance, inv, extra_inv or 0.0))
@@ -160,7 +163,7 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
 
 
 
-def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size) -> None:
+def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size, noise_norm="keep") -> None:
     """The inversion ablation's stability for seed rows stored before it was asked for."""
     name = f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"
     missing = store.missing_scores(cid, [name], method=SEED_METHOD).get(name, [])
@@ -168,7 +171,7 @@ def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch
     for start in range(0, len(missing), batch_size):
         chunk = missing[start:start + batch_size]
         texts = [prompts[p].text for _, p, _, _ in chunk]
-        noise = noises_from_seeds([seed for _, _, _, seed in chunk], backend.latent_shape)
+        noise = noises_from_seeds([seed for _, _, _, seed in chunk], backend.latent_shape, noise_norm)
         with torch.no_grad():
             cond = conditioning(backend, texts, len(chunk), max(guidance, extra_inv))
             z0 = backend.denoise(noise, cond, steps, guidance)
@@ -180,7 +183,7 @@ def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch
 
 
 def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv, batch_size,
-              optimizing_rewards, progress, log) -> None:
+              optimizing_rewards, progress, log, noise_norm="keep") -> None:
     """Each prompt's optimized noise (started from its first seed) and, as its own row, the exact noise the
     optimizer started from (``start_method``): with ``preserve_norm`` that is the seed's noise on the shell,
     not the seed row's noise, so a method is compared with its real start. A store with method rows but no
@@ -197,7 +200,7 @@ def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guida
                               *((starts_only[a:a + batch_size], 0) for a in range(0, len(starts_only), batch_size))]:
         t0 = time.perf_counter()
         texts = [prompts[i].text for i in chunk]
-        noise = noises_from_seeds([seeds[i][0] for i in chunk], backend.latent_shape)
+        noise = noises_from_seeds([seeds[i][0] for i in chunk], backend.latent_shape, noise_norm)
         c0 = _evaluations(backend)
         res, extras, reward_calls = _run_method(backend, texts, noise, method, steps, guidance, inv, optimizing_rewards,
                                                 progress and iterations is None, iterations)
