@@ -11,6 +11,7 @@ from diffusers import (DDIMInverseScheduler, DDIMScheduler, EulerAncestralDiscre
 import stablenoise as sn
 from stablenoise import ddim
 from stablenoise.errors import StablenoiseError
+from tolerance import f32
 from toy import gaussian_backend
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
@@ -40,7 +41,8 @@ def test_matches_diffusers_ddim_and_inverse(spacing, set_alpha_to_one, predictio
     for t in ref.timesteps:
         z = ref.step(model(z, t), t, z).prev_sample
     ours = ddim.denoise(model, x, sched)
-    assert torch.allclose(ours, z, rtol=1e-6, atol=1e-6)  # diffusers keeps alphas in float32
+    # x is float64 (CPU-independent to ~1e-15); 1e-6 is for diffusers' float32 alphas (one 6e-8 rounding each)
+    assert torch.allclose(ours, z, rtol=1e-6, atol=1e-6)
 
     if prediction_type != "epsilon":
         return  # diffusers' inverse step reads v at the wrong noise level: see test_analytic_round_trip
@@ -49,7 +51,7 @@ def test_matches_diffusers_ddim_and_inverse(spacing, set_alpha_to_one, predictio
     w = ours.clone()
     for t in inv.timesteps:
         w = inv.step(model(w, t), t, w).prev_sample
-    assert torch.allclose(ddim.invert(model, ours, sched), w, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(ddim.invert(model, ours, sched), w, rtol=1e-6, atol=1e-6)  # as above: float32 alphas
 
 
 def test_linspace_uses_the_actual_timestep_list():
@@ -65,7 +67,7 @@ def test_linspace_uses_the_actual_timestep_list():
     x, e = torch.ones(1, dtype=torch.float64), torch.full((1,), 0.5, dtype=torch.float64)
     theirs = ref.step(e, 999, x).prev_sample
     ours = ddim.step(e, x, ac[999], ac[666])
-    assert torch.allclose(theirs, ddim.step(e, x, ac[999], ac[749]))
+    assert torch.allclose(theirs, ddim.step(e, x, ac[999], ac[749]))  # float64 scalars; rtol 1e-5: float32 alphas
     assert not torch.allclose(theirs, ours)
 
 
@@ -92,7 +94,7 @@ def test_analytic_round_trip(prediction_type):
 
     a = float(DDIMScheduler(**SD).alphas_cumprod.double()[999])
     expected = _exact_one_step(eps.numpy(), a, mu, sigma)
-    assert np.abs(round_trip(1).numpy() - expected).max() < 1e-10
+    assert np.abs(round_trip(1).numpy() - expected).max() < 1e-10  # float64 through 1 / sqrt(a) ~ 15: >> f64
     errors = {n: float((round_trip(n) - eps).norm() / eps.norm()) for n in (1, 10, 100, 1000)}
     assert errors[1] > 0.05  # one step is far from the identity
     assert errors[1] > errors[10] > errors[100] > errors[1000]
@@ -100,6 +102,7 @@ def test_analytic_round_trip(prediction_type):
     assert float(sn.cosine(eps, round_trip(1000)).min()) > 0.99999
     # The probability-flow ODE maps x_T (here: eps at level a) to mu + sigma (x_T - sqrt(a) mu) / sqrt(a s^2 + 1 - a).
     z0 = backend.denoise(eps, cond, 1000, 1.0)
+    # atol 1e-2: the discretization error of 1000 DDIM steps against the ODE's solution, not rounding
     assert torch.allclose(z0, mu + sigma * (eps - math.sqrt(a) * mu) / math.sqrt(a * sigma ** 2 + 1 - a), atol=1e-2)
 
 
@@ -143,6 +146,7 @@ def test_final_alpha_as_the_shipped_scheduler_means_it(cls, final_is_one):
     a_t, a_f = float(sched.alphas[-2]), float(sched.alphas[-1])
     x, e = torch.tensor([0.7], dtype=torch.float64), torch.tensor([-0.4], dtype=torch.float64)
     x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+    # float64, a few operations on terms of size <= 1 (a_t is the last level, near 1): 1e-14 >= f64(4) = 9e-16
     assert torch.allclose(ddim.step(e, x, a_t, a_f), math.sqrt(a_f) * x0 + math.sqrt(1 - a_f) * e, atol=1e-14)
     z0 = (x - math.sqrt(1 - a_f) * e) / math.sqrt(a_f)
     assert torch.allclose(ddim.step(e, x, a_f, a_t), math.sqrt(a_t) * z0 + math.sqrt(1 - a_t) * e, atol=1e-14)
@@ -171,6 +175,7 @@ def test_model_output_to_noise():
     x, out = torch.tensor([0.3], dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64)
     a = 0.64
     assert float(ddim.to_eps(out, x, a, "epsilon")) == 0.1
+    # float64, two products and a sum of terms <= 0.5: 1e-15 >= f64(2, 0.5) = 3e-16
     assert float(ddim.to_eps(out, x, a, "v_prediction")) == pytest.approx(0.8 * 0.1 + 0.6 * 0.3, abs=1e-15)
     assert float(ddim.to_eps(out, x, a, "sample")) == pytest.approx((0.3 - 0.8 * 0.1) / 0.6, abs=1e-15)
     with pytest.raises(StablenoiseError, match="prediction_type"):
@@ -186,7 +191,7 @@ def test_v_prediction_inversion_reads_the_output_at_the_model_timestep():
     z = torch.tensor([0.5], dtype=torch.float64)
     v = torch.tensor([0.2], dtype=torch.float64)
     a = float(ac[999])
-    eps = math.sqrt(a) * 0.2 + math.sqrt(1 - a) * 0.5
+    eps = math.sqrt(a) * 0.2 + math.sqrt(1 - a) * 0.5  # float64, terms <= 1: 1e-14 below is >= f64(4) = 9e-16
     assert float(ddim.invert(lambda x, t: v, z, sched)) == pytest.approx(math.sqrt(a) * 0.5 + math.sqrt(1 - a) * eps,
                                                                          abs=1e-14)
 
@@ -195,7 +200,7 @@ def test_clipped_step():
     x, e = torch.tensor([2.0], dtype=torch.float64), torch.tensor([-1.0], dtype=torch.float64)
     a, b = 0.25, 0.64
     x0 = min((2.0 + math.sqrt(0.75)) / 0.5, 1.0)  # clipped to 1
-    eps = (2.0 - 0.5 * x0) / math.sqrt(0.75)
+    eps = (2.0 - 0.5 * x0) / math.sqrt(0.75)  # float64, terms <= 10: 1e-12 below is >= f64(4, 10) = 9e-15
     assert float(ddim.step(e, x, a, b, clip=1.0)) == pytest.approx(0.8 * x0 + 0.6 * eps, abs=1e-12)
     assert float(ddim.step(e, x, a, b)) == pytest.approx(0.8 * (2.0 + math.sqrt(0.75)) / 0.5 + 0.6 * -1.0, abs=1e-12)
 
@@ -262,7 +267,7 @@ def test_schedule_keeps_every_noise_level_setting(config):
     sched = ddim.schedule(ddim.settings(config), 10)
     timesteps, levels = _diffusers_levels(config, 10)
     assert sched.timesteps.tolist() == timesteps.tolist()
-    assert torch.allclose(sched.alphas[:-1].double(), levels, atol=1e-12)
+    assert torch.allclose(sched.alphas[:-1].double(), levels, atol=1e-12)  # both diffusers' float32 cumprod, widened
     assert sched.prediction_type == config.get("prediction_type", "epsilon")
 
 
@@ -307,7 +312,8 @@ def test_exp_betas_give_the_heun_schedulers_alphas_cumprod():
     assert sched.prediction_type == "sample" and sched.clip == 1.0
     given = torch.linspace(1e-4, 0.02, 1024, dtype=torch.float64)
     kept = ddim.schedule({**ddim.settings(heun.config), "trained_betas": given.tolist()}, 1024)
-    assert torch.allclose(kept.alphas[:-1].flip(0), torch.cumprod(1 - given, 0), rtol=1e-6)
+    # diffusers rounds the betas to float32 and multiplies in float32: 2 * 1024 roundings of a product (relative)
+    assert torch.allclose(kept.alphas[:-1].flip(0), torch.cumprod(1 - given, 0), rtol=f32(2 * 1024), atol=0)
     # a config without training steps means diffusers' default, 1000
     from diffusers import HeunDiscreteScheduler
 
@@ -330,6 +336,6 @@ def test_a_clipped_step_is_diffusers_clipped_step():
     for i, t in enumerate(ref.timesteps[:-1]):  # the last step ends at alpha_bar = 1, where diffusers' ends too
         mine = ddim.step(eps, x, sched.alphas[i], sched.alphas[i + 1], sched.clip)
         theirs = ref.step(eps, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
-        assert torch.allclose(mine, theirs, rtol=1e-6, atol=1e-6), i
+        assert torch.allclose(mine, theirs, rtol=1e-6, atol=1e-6), i  # float64 x; 1e-6: float32 alphas, as above
     x0 = (x - (1 - sched.alphas[0]).sqrt() * eps) / sched.alphas[0].sqrt()
     assert (x0 > 1.5).any() and (x0 < -1.5).any()  # both bounds are exercised

@@ -10,6 +10,7 @@ from stablenoise import flow
 from stablenoise.errors import StablenoiseError
 from stablenoise.stability import conditioning, cosine, round_trip
 from tiny import tiny_flux, tiny_sd3
+from tolerance import TINY_FLOW, cfg, f32, round_trip_n
 from toy import FLOW_MU, FLOW_SIGMA, gaussian_flow_backend
 
 SIZE = {"height": 32, "width": 32}
@@ -68,6 +69,7 @@ def test_one_step_lands_on_the_mean_and_inverts_to_zero():
     cond = b.encode(["x"], 1.0)
     assert b.schedule(1).sigmas.tolist() == [1.0, 0.0]
     z0 = b.denoise(noise, cond, 1, 1.0)
+    # float64, one Euler step on terms of size ~1: 1e-12 >= f64(1) = 4e-16
     assert torch.allclose(z0, FLOW_MU.expand_as(z0), atol=1e-12)
     assert torch.allclose(b.invert(noise, cond, 1, 1.0), torch.zeros_like(noise), atol=1e-12)
 
@@ -117,7 +119,9 @@ def test_pipeline_sampler_matches_denoise(request, fixture, guidance):
         latent = b.unpack(latent)
     with torch.no_grad():
         z0 = b.denoise(noise, b.encode(["a red cube"], guidance), 3, guidance)
-    assert torch.allclose(z0, latent, atol=1e-5)
+    # the pipeline's loop: 3 chained transformer calls on latents of size <= 4, CFG only in SD3 (dev embeds it)
+    scale = cfg(guidance if fixture == "sd3" else 1.0)
+    assert torch.allclose(z0, latent, rtol=0, atol=f32(3 * TINY_FLOW, 4 * scale))
     assert (z0 - noise).abs().max() > 0.1  # it did denoise
     a = np.asarray(sn.generate(b, "a red cube", noise, steps=3, guidance=guidance, sampler="pipeline")[0], float)
     d = np.asarray(sn.generate(b, "a red cube", noise, steps=3, guidance=guidance, sampler="ddim")[0], float)
@@ -148,7 +152,9 @@ def test_batched_equals_per_sample(request, fixture, guidance):
     prompts = ["a red cube", "a blue sphere", "a cat"]
     batched = sn.stability(b, prompts, noise, steps=3, guidance=guidance)
     alone = torch.cat([sn.stability(b, p, n[None], steps=3, guidance=guidance) for p, n in zip(prompts, noise)])
-    assert torch.allclose(batched, alone, atol=1e-5)
+    # a batch of 3 against ones of 1: a 3-step round trip under CFG (SD3; FLUX-dev embeds its guidance)
+    tol = f32(round_trip_n(TINY_FLOW, 3), cfg(guidance if fixture == "sd3" else 1.0))
+    assert torch.allclose(batched, alone, rtol=0, atol=tol)
     assert batched.std() > 1e-5 and bool((batched < 1).all())
 
 
@@ -168,11 +174,12 @@ def test_gradient_matches_finite_differences(build, guidance):
     for ckpt in (False, True):
         e = noise.clone().requires_grad_(True)
         grads.append(torch.autograd.grad(loss(e, ckpt), e)[0])
-    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)  # float64, the same recomputed forward: >> f64 bounds
     d = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     h = 1e-4
     with torch.no_grad():
         fd = (loss(noise + h * d) - loss(noise - h * d)) / (2 * h)
+    # float64: the bound is the O(h^2) error of the central difference, not rounding
     assert abs(float(fd) - float((grads[0] * d).sum())) < 1e-6 * max(1.0, abs(float(fd)))
     assert abs(float(fd)) > 1e-6
 
@@ -191,8 +198,9 @@ def test_flux_noise_view_and_packing(schnell):
     with torch.no_grad():
         _, inverted = round_trip(b, conditioning(b, "a cat", 2, 0.0), noise, 3, 0.0, 1.0)
     packed = cosine(b.pack(noise), b.pack(inverted))
-    assert torch.allclose(packed, cosine(noise, inverted), atol=1e-6)
-    assert torch.allclose(sn.stability(b, "a cat", noise, steps=3), cosine(noise, inverted), atol=1e-6)
+    assert torch.allclose(packed, cosine(noise, inverted), rtol=0, atol=f32(TINY_FLOW))  # the same d terms reordered
+    assert torch.allclose(sn.stability(b, "a cat", noise, steps=3), cosine(noise, inverted), rtol=0,
+                          atol=f32(TINY_FLOW))
 
 
 # --- (e) the algorithms and loading run on both -----------------------------------------------------------

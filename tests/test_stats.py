@@ -5,7 +5,7 @@ import pytest
 
 from stablenoise import stats
 
-NAN = math.nan
+NAN = math.nan  # below: float64 statistics of a few numbers, so approx's rel 1e-6 >> f64 rounding
 
 
 def test_mean_ci_mean_n_and_nan_skipped():

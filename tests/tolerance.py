@@ -26,3 +26,23 @@ def f32(n: int, scale: float = 1.0) -> float:
 def f64(n: int, scale: float = 1.0) -> float:
     """The same bound in float64 (where a comparison is made in double precision)."""
     return LAM * math.sqrt(n) * U64 * scale
+
+
+# The longest reduction in one forward pass of each test model (the n of its rounding bound): the widest of its
+# latent size d (what a cosine sums over), its GroupNorms (channels per group x H x W) and its convolutions
+# (in_channels x 3 x 3) and attentions.
+TOY = 2 * 4 * 4  # ToyBackend: float64 inside, one float32 cosine over d = 32
+TINY_SD = 6 * 16 * 16  # the last up block's GroupNorm over 48 / 8 channels at 16x16 (d = 1024, convs <= 576)
+SHAPES = 6 * 32 * 32  # the shapes UNet's last up block: GroupNorm over 96 / 16 channels at 32x32 (d = 3072)
+TINY_FLOW = 4 * 16 * 16  # tiny SD3 / FLUX: d = 1024; their transformers are 32 wide (MLPs 128, 64 tokens)
+TINY_SHAP_E = 32 * 16  # tiny Shap-E prior: d = 512; the transformer is 16 wide (MLP 64)
+
+
+def round_trip_n(n: int, steps: int) -> int:
+    """A steps-step round trip chains 2 * steps model calls: their rounding errors add, so n grows that much."""
+    return n * 2 * steps
+
+
+def cfg(guidance: float) -> float:
+    """Classifier-free guidance u + g (c - u) scales its branches' rounding by |1 - g| + |g| (1 without CFG)."""
+    return max(1.0, abs(1.0 - guidance) + abs(guidance))

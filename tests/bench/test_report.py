@@ -137,6 +137,7 @@ def test_selection_methods_by_construction(store):
     known = np.isfinite(t["stab"])
     assert list(m)[:6] == ["random", "most stable", "least stable", "most stable (inversion_guidance=1)",
                            "most stable of 1", "most stable of 4"]
+    # float64 means and maxima over K stored values: assert_allclose's rtol 1e-7 >> f64(K) rounding
     np.testing.assert_allclose(m["random"].values["toy"], t["toy"].mean(axis=1))
     np.testing.assert_allclose(m["random"].values["shapes-verifier"], t["verifier"].mean(axis=1))
     # most stable = the highest toy among seeds with a stability: the NULL-stability seed never wins

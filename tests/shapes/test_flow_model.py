@@ -8,6 +8,7 @@ import stablenoise as sn
 from stablenoise.shapes import world
 from stablenoise.shapes.flow_pipeline import ShapesFlowPipeline
 from stablenoise.shapes.train import TrainConfig, train
+from tolerance import cfg, f32
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,10 @@ def test_pipeline_sampler_matches_the_flow_round_trip(flow_shapes):
                output_type="pt").images
     with torch.no_grad():
         z0 = b.denoise(noise, b.encode(["a red circle", "two blue squares"], 2.0), 4, 2.0)
-    assert torch.allclose(b.decode_pixels(z0), x, atol=1e-5) and (z0 - noise).abs().max() > 0.1
+    # 4 chained UNet calls under CFG 2, pixels in [0, 1]; the UNet's longest reduction: the last up block's
+    # GroupNorm over 48 / 8 channels at 16x16
+    tol = f32(4 * 6 * 16 * 16, cfg(2.0))
+    assert torch.allclose(b.decode_pixels(z0), x, rtol=0, atol=tol) and (z0 - noise).abs().max() > 0.1
     s = sn.stability(b, "a red circle", noise, steps=4)
     assert bool(((s > 0) & (s < 1)).all())
 
@@ -50,4 +54,5 @@ def test_flow_objective_targets_the_velocity():
     x_t, t, target = noisy_input(TrainConfig(objective="flow"), None, x0, noise, torch.Generator().manual_seed(0))
     sigma = t.view(-1, 1, 1, 1) / 1000
     assert bool(((sigma > 0) & (sigma < 1)).all()) and t.std() > 0
+    # elementwise float32, no reduction: the default rtol 1e-5 >> 2 roundings
     assert torch.allclose(x_t, (1 - sigma) * x0 + sigma * noise) and torch.equal(target, noise - x0)

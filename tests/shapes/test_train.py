@@ -32,7 +32,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+        assert torch.allclose(a[k], b[k], atol=1e-6), k  # the same steps on the same batches and shapes: same sums
 
 
 def test_worker_processes_draw_the_same_batches_as_inline():
