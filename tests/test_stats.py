@@ -118,3 +118,20 @@ def test_partial_spearman_removes_what_the_control_explains():
                                                   n_boot=50, rng=0)
     assert within["n"] == 2 and within["skipped"] == 0  # a constant control partials out nothing: plain rho
     assert within["mean"] == pytest.approx((stats.partial_spearman(x, y, z) + stats.spearman(x, w)) / 2)
+
+
+def test_clustered_bootstrap_resamples_whole_captions():
+    """66 captions repeated 3 times: resampling prompts as if independent gives too narrow an interval; resampling
+    captions gives the interval of 66 independent values."""
+    rng = np.random.default_rng(1)
+    per_caption = rng.normal(size=66)
+    values = np.repeat(per_caption, 3)  # a caption's prompts agree exactly
+    captions = np.repeat(np.arange(66), 3)
+    naive = stats.mean_ci(values, 2000, 0)
+    clustered = stats.mean_ci(values, 2000, 0, clusters=captions)
+    alone = stats.mean_ci(per_caption, 2000, 0)
+    assert clustered["mean"] == pytest.approx(values.mean()) and clustered["clusters"] == 66 and clustered["n"] == 198
+    assert clustered["hi"] - clustered["lo"] == pytest.approx(alone["hi"] - alone["lo"], rel=0.15)
+    assert naive["hi"] - naive["lo"] < 0.7 * (clustered["hi"] - clustered["lo"])  # ~1/sqrt(3) as wide
+    with_nan = stats.paired_diff_ci(np.append(values, np.nan), np.zeros(199), 100, 0, np.append(captions, 5))
+    assert with_nan["n"] == 198 and with_nan["clusters"] == 66

@@ -36,21 +36,32 @@ def _bootstrap(statistic, n: int, n_boot: int, rng) -> np.ndarray:
     return np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
 
 
-def mean_ci(values, n_boot: int = 1000, rng=None) -> dict | None:
-    """Mean over prompts with a 95% bootstrap percentile interval; NaN values skipped."""
+def mean_ci(values, n_boot: int = 1000, rng=None, clusters=None) -> dict | None:
+    """Mean over prompts with a 95% bootstrap percentile interval; NaN values skipped.
+
+    ``clusters``: a label per value (e.g. each prompt's caption, when a prompt set repeats captions): the
+    bootstrap then resamples whole clusters, since prompts of one caption are not independent; the interval
+    gains ``"clusters"``, their count."""
     v = np.asarray(values, dtype=float).ravel()
-    v = v[~np.isnan(v)]
+    known = ~np.isnan(v)
+    v = v[known]
     if len(v) == 0:
         return None
-    # All resamples at once: an (n_boot, n) index matrix is small next to the reports' prompt counts.
-    replicates = v[_rng(rng).integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
-    return _interval(v.mean(), replicates, len(v))
+    if clusters is None:
+        # All resamples at once: an (n_boot, n) index matrix is small next to the reports' prompt counts.
+        replicates = v[_rng(rng).integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
+        return _interval(v.mean(), replicates, len(v))
+    _, ids = np.unique(np.asarray(clusters, dtype=object).ravel()[known].astype(str), return_inverse=True)
+    sums, counts = np.bincount(ids, weights=v), np.bincount(ids)
+    picks = _rng(rng).integers(0, len(sums), (n_boot, len(sums)))
+    replicates = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    return {**_interval(v.mean(), replicates, len(v)), "clusters": int(len(sums))}
 
 
-def paired_diff_ci(a, b, n_boot: int = 1000, rng=None) -> dict | None:
+def paired_diff_ci(a, b, n_boot: int = 1000, rng=None, clusters=None) -> dict | None:
     """Mean of a - b over the prompts where both are known. Resampling the per-prompt differences keeps
     each prompt's pair together, so the prompt-to-prompt spread that a and b share cancels out."""
-    return mean_ci(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), n_boot, rng)
+    return mean_ci(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), n_boot, rng, clusters)
 
 
 def win_rate(a, b, n_boot: int = 1000, rng=None) -> dict | None:
