@@ -173,7 +173,7 @@ def test_a_failed_write_leaves_the_earlier_report_whole(run, monkeypatch):
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "write_bytes", refuse)
-    _refused(_report("run"), "cannot write run/report_files/sweep-steps-1-2.png: Permission denied")
+    _refused(_report("run"), "cannot write run/report_files/verdict.png: Permission denied")
     assert _snapshot(run.parent, skip="*.sqlite-shm") == before  # no temporary file left, the earlier report intact
 
 

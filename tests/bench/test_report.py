@@ -283,3 +283,28 @@ def test_decile_plot_takes_an_interval_that_misses_its_mean():
     cis = [{"mean": 0.7, "lo": 0.6, "hi": 0.7 - 1e-12, "n": 3}, None,
            {"mean": 0.2, "lo": 0.2 + 1e-9, "hi": 0.3, "n": 3}]
     assert plot_deciles({"toy": cis}, {"toy": False}, "title").startswith(b"\x89PNG")
+
+
+def test_the_report_opens_with_the_verdict(written, store):
+    """A reader meets the verdict first: per config, each stability choice against a random seed by the verifier,
+    said as helps / hurts / no clear difference from its interval, then the forest plot; package versions later."""
+    from stablenoise.bench.report import analyze
+
+    run, truth, html, md = written
+    assert md.index("## Verdict") < md.index("Run folder") < md.index("Package versions")
+    assert "report_files/verdict.png" in md and html.index("Verdict") < html.index("Run folder")
+    table, _, _ = _methods(store, 1)
+    a = analyze(table, n_boot=N_BOOT)
+    for name in ("most stable", "least stable"):
+        d = a.vs_random[name]["shapes-verifier"]
+        word = "helps" if d["lo"] > 0 else "hurts" if d["hi"] < 0 else "makes no clear difference"
+        assert f"{name} {word} ({100 * d['mean']:+.1f} points [{100 * d['lo']:.1f}, {100 * d['hi']:.1f}])" in md
+    assert "best of K by toy" in md.split("Run folder")[0]  # a learned reward's best of K, judged by the verifier
+    # Intervals that exclude 0 are said as such, in the direction of the difference.
+    from stablenoise.bench.report import _verdict
+
+    a.vs_random["most stable"]["shapes-verifier"] = {"mean": 0.2, "lo": 0.1, "hi": 0.3, "n": 5}
+    a.vs_random["least stable"]["shapes-verifier"] = {"mean": -0.2, "lo": -0.3, "hi": -0.1, "n": 5}
+    text = _verdict([a])[1].text
+    assert "most stable helps (+20.0 points [10.0, 30.0])" in text
+    assert "least stable hurts (-20.0 points [-30.0, -10.0])" in text

@@ -100,3 +100,19 @@ def thumbnail(path: Path) -> bytes | None:
     buffer = io.BytesIO()
     im.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def plot_forest(rows: list[tuple[str, dict]], xlabel: str, scale: float = 1.0) -> bytes:
+    """One row per (label, interval): each method's difference from a random seed, a vertical line at 0."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.1))
+    ys = list(range(len(rows)))[::-1]
+    for y, (_, ci) in zip(ys, rows):
+        colour = "C2" if ci["lo"] > 0 else "C3" if ci["hi"] < 0 else "C7"
+        ax.errorbar([scale * ci["mean"]], [y], xerr=[[max(0.0, scale * (ci["mean"] - ci["lo"]))],
+                                                     [max(0.0, scale * (ci["hi"] - ci["mean"]))]],
+                    fmt="o", color=colour, capsize=3)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(ys, [label[:70] for label, _ in rows], fontsize=8)
+    ax.set_xlabel(xlabel)
+    return _png(fig)

@@ -21,7 +21,7 @@ from .. import stats
 from ..errors import StablenoiseError
 from ..records import atomic_write
 from .document import HTML_MARK, MD_MARK, Code, Heading, Image, Table, Text, render_html, render_markdown
-from .figures import plot_deciles, plot_sweep, thumbnail
+from .figures import plot_deciles, plot_forest, plot_sweep, thumbnail
 from .results import COSTS, ConfigTable, Method, Results, derive_methods, load_results, seed_norms
 from .store import STORE_NAME
 
@@ -180,6 +180,46 @@ def fmt_count(x) -> str:
 
 def _prompts(n: int) -> str:
     return f"{n} prompt" + ("" if n == 1 else "s")
+
+
+def _verdict(analyses: list[ConfigAnalysis]) -> list:
+    """What a reader needs first: per config, does choosing by stability beat a random seed, by the judge (the
+    first verifier, else the first reward), with the forest plot of every method's difference."""
+    lines, forest = [], []
+    for a in analyses:
+        judges = _verifiers(a) or a.table.rewards
+        if not judges:
+            continue
+        judge = judges[0]
+        unit = " points" if a.binary[judge] else ""
+        scale = 100 if a.binary[judge] else 1
+
+        def said(name):
+            d = a.vs_random.get(name, {}).get(judge)
+            if d is None:
+                return None
+            word = "helps" if d["lo"] > 0 else "hurts" if d["hi"] < 0 else "makes no clear difference"
+            return (f"{word} ({scale * d['mean']:+.1f}{unit} [{scale * d['lo']:.1f}, {scale * d['hi']:.1f}])")
+
+        parts = [f"{name} {said(name)}" for name in ("most stable", "least stable") if said(name)]
+        parts += [f"{name} {said(name)}" for name in a.methods if name.startswith("best of K by ")
+                  and name != f"best of K by {judge}" and said(name)]
+        if parts:
+            lines.append(f"Config {a.config.id} ({a.config.label()}), judged by {judge} against a random seed: "
+                         + "; ".join(parts) + ".")
+        forest += [(f"{a.config.id}: {name}", a.vs_random[name][judge]) for name in a.methods
+                   if name != "random" and a.vs_random.get(name, {}).get(judge) is not None
+                   and not name.startswith("most stable of") and name != f"best of K by {judge}"]
+    if not lines:
+        return []
+    percent = all(a.binary.get((_verifiers(a) or a.table.rewards or [None])[0], False) for a in analyses)
+    blocks = [Heading("Verdict"), *[Text(line) for line in lines]]
+    if forest:
+        blocks.append(Image(plot_forest(forest, "difference from a random seed" + (" (points)" if percent else ""),
+                                        100 if percent else 1), "verdict.png",
+                            "Each method minus a random seed (same prompts), 95% intervals over prompts; green: "
+                            "better, red: worse, grey: no clear difference"))
+    return blocks
 
 
 def _header(results: Results, analyses: list[ConfigAnalysis]) -> list:
@@ -412,7 +452,7 @@ def _sweeps(analyses: list[ConfigAnalysis]) -> list:
 def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int = 0) -> list:
     """The report's blocks."""
     analyses = [analyze(t, n_boot, seed) for t in results.tables]
-    blocks = _header(results, analyses) + _table1(analyses) + _sweeps(analyses)
+    blocks = _verdict(analyses) + _header(results, analyses) + _table1(analyses) + _sweeps(analyses)
     for a in analyses:
         name = f"config-{a.config.id}"
         blocks += [Heading(f"Config {a.config.id}: {a.config.label()} ({_prompts(a.table.n_prompts)})"),
@@ -428,7 +468,7 @@ def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int
 
 
 # The names _decile_section, _grid and _sweeps give their images: what a report's _files folder may hold.
-REPORT_FILE = re.compile(r"(config-\d+-(deciles|grid-\d+-\d+)|sweep-(steps|guidance)(-\d+)+)\.png")
+REPORT_FILE = re.compile(r"(verdict|config-\d+-(deciles|grid-\d+-\d+)|sweep-(steps|guidance)(-\d+)+)\.png")
 # The openings of a report's outputs: the marked ones, and those written before the mark (docs/bench-*).
 REPORT_OPENINGS = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{HTML_MARK}\n', f"{MD_MARK}\n",
                    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>stablenoise bench report: ',
