@@ -78,9 +78,10 @@ class Demo:
         try:
             with self.lock:
                 noise = noises_from_seeds([seed], self.backend.latent_shape)
-                # The paper's relative step on this latent (its lr 100 was set for a 16,384-dim one).
+                # The paper's relative step on this latent (its lr 100 was set for a 16,384-dim one), on the
+                # sqrt(d) shell: off it the model draws noise, however stable.
                 r = optimize(self.backend, prompt, noise, iterations=iterations,
-                             lr=paper_equivalent_lr(self.backend.latent_shape), steps=self.steps,
+                             lr=paper_equivalent_lr(self.backend.latent_shape), preserve_norm=True, steps=self.steps,
                              guidance=self.guidance, inversion_guidance=self.inversion_guidance, progress=False,
                              callback=progress)
                 start, best = generate(self.backend, prompt, torch.cat([r.start_noise, r.noise]),

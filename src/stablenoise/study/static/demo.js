@@ -36,7 +36,7 @@ $("form").addEventListener("submit", async (e) => {
 });
 
 function draw(history, iterations) {
-  const c = $("curve"), g = c.getContext("2d"), pad = 36;
+  const c = $("curve"), g = c.getContext("2d"), pad = 46;
   g.clearRect(0, 0, c.width, c.height);
   const ys = history.filter((y) => y !== null);
   const lo = Math.min(...ys, 0.9), hi = 1;
