@@ -257,7 +257,10 @@ def test_results_command_and_a_corrupt_study_is_one_line(run_copy):
 
 # ----------------------------------------------------------------------------- serving
 
-def test_serving_elsewhere_than_loopback_needs_a_flag(run_copy):
+def test_serving_elsewhere_than_loopback_needs_a_flag(monkeypatch, run_copy):
+    from stablenoise.study import command
+
+    monkeypatch.setattr(command, "_run_forever", lambda server, what: server.server_close())  # never block
     path = create(run_copy, "most-stable:random")
     result = invoke("study", "serve", path, "--host", "0.0.0.0")
     assert result.exit_code == 1

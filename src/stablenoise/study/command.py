@@ -62,8 +62,6 @@ def create(run, pairs, name, seed):
     if name is not None and not store.NAME.fullmatch(name):
         raise StablenoiseError("--name: 1 to 40 letters, digits, '_' or '-'")
     path = run / ("study.sqlite" if name is None else f"study-{name}.sqlite")
-    if path.exists() or path.is_symlink():  # before reading the run: refuse at once
-        raise StablenoiseError(f"{path} already exists: give another --name, or delete it to start over")
     built, meta = build_pairs(run, list(pairs), seed)
     store.create(path, meta, built)
     left = meta["left_out"]

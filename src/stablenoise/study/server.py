@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..bench.report import inside_run
 from ..errors import StablenoiseError
-from .store import RATER, Study, VoteRefused
+from .store import Study, VoteRefused, check_rater
 
 MAX_BODY = 4096
 STATIC = {"study.html": "text/html", "demo.html": "text/html", "app.css": "text/css", "study.js": "text/javascript",
@@ -109,20 +109,12 @@ def _static(name: str):
     return lambda server, match, query, body: (static_file(name), STATIC[name])
 
 
-def _rater(value) -> str:
-    if not isinstance(value, str) or not RATER.fullmatch(value):
-        raise HttpError(400, "rater: 1 to 64 letters, digits, '.', '_' or '-'")
-    return value
-
-
-def _query_rater(query: dict) -> str:
-    return _rater((query.get("rater") or [None])[0])
 
 
 # ----------------------------------------------------------------------------- the study app
 
 def _next(server, match, query, body) -> dict:
-    rater = _query_rater(query)
+    rater = check_rater((query.get("rater") or [None])[0])
     pair_id, done, total = server.study.progress(rater)
     if pair_id is None:
         return {"done": True, "judged": done, "total": total}
@@ -132,7 +124,7 @@ def _next(server, match, query, body) -> dict:
 
 
 def _vote(server, match, query, body) -> dict:
-    pair = server.study.vote(body.get("pair"), _rater(body.get("rater")), body.get("choice"))
+    pair = server.study.vote(body.get("pair"), body.get("rater"), body.get("choice"))
     return {"ok": True, "left": pair.side("left")[0], "right": pair.side("right")[0]}
 
 

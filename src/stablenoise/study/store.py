@@ -77,6 +77,13 @@ class VoteRefused(Exception):
         self.status = status
 
 
+def check_rater(rater) -> str:
+    """A rater id is shown back and stored: a short plain token."""
+    if not isinstance(rater, str) or not RATER.fullmatch(rater):
+        raise VoteRefused(400, "rater: 1 to 64 letters, digits, '.', '_' or '-'")
+    return rater
+
+
 def study_path(target: Path) -> Path:
     """A study file given as itself or as its run folder (RUN/study.sqlite)."""
     target = Path(target)
@@ -186,8 +193,7 @@ class Study:
         """Record one vote; refuse an unknown pair or choice (404/400) and a second vote on a pair (409)."""
         if choice not in CHOICES:
             raise VoteRefused(400, f"choice must be one of {', '.join(CHOICES)}")
-        if not isinstance(rater, str) or not RATER.fullmatch(rater):
-            raise VoteRefused(400, "rater: 1 to 64 letters, digits, '.', '_' or '-'")
+        check_rater(rater)
         pair = self.pairs.get(pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
         if pair is None:
             raise VoteRefused(404, "no such pair")
