@@ -282,3 +282,58 @@ def test_remote_host_warns(monkeypatch, run_copy):
     assert result.exit_code == 0, result.output
     assert result.stderr == ("warning: serving on 0.0.0.0: anyone who can reach it can vote and read the run's "
                              "images\n")
+
+
+def test_serving_a_study_in_a_read_only_folder_is_one_line(run_copy):
+    path = create(run_copy, "most-stable:random")
+    before = path.read_bytes()
+    os.chmod(run_copy, 0o555)
+    try:
+        if os.access(run_copy, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        result = invoke("study", "serve", path, "--port", "0")
+    finally:
+        os.chmod(run_copy, 0o755)
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {path}: cannot take votes (")
+    assert path.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- the demo's API (no model)
+
+class NoModel:
+    """A demo that must never be reached: every request below is refused before the model runs."""
+    jobs: dict = {}
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the model was called: {name}")
+
+
+@pytest.fixture(scope="module")
+def demo_base():
+    from stablenoise.study.demo import DEMO_ROUTES
+    from stablenoise.study.server import make_server
+
+    server = make_server(DEMO_ROUTES, "127.0.0.1", 0, demo=NoModel())
+    serve_in_thread(server)
+    yield url(server)
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("path, body, status, error", [
+    ("/api/candidates", {"prompt": "a red square", "k": 0}, 400, "k: an integer from 1 to 32"),
+    ("/api/candidates", {"prompt": "a red square", "k": 33}, 400, "k: an integer from 1 to 32"),
+    ("/api/candidates", {"prompt": "a red square", "k": "8"}, 400, "k: an integer from 1 to 32"),
+    ("/api/candidates", {"prompt": "a red square", "k": True}, 400, "k: an integer from 1 to 32"),
+    ("/api/candidates", {"prompt": "  ", "k": 8}, 400, "prompt: 1 to 200 characters"),
+    ("/api/candidates", {"prompt": "x" * 201, "k": 8}, 400, "prompt: 1 to 200 characters"),
+    ("/api/candidates", {"prompt": ["a", "b"], "k": 8}, 400, "prompt: 1 to 200 characters"),
+    ("/api/optimize", {"prompt": "a red square", "seed": -1, "iterations": 5}, 400,
+     f"seed: an integer from 0 to {2**63 - 1}"),
+    ("/api/optimize", {"prompt": "a red square", "seed": 0, "iterations": 101}, 400,
+     "iterations: an integer from 1 to 100"),
+    ("/api/optimize/7", None, 404, "no such job"),
+])
+def test_demo_refuses_bad_input_before_the_model_runs(demo_base, path, body, status, error):
+    got, reply, _ = request(demo_base, path, body)
+    assert (got, json.loads(reply)) == (status, {"error": error})

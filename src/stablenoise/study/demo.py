@@ -94,12 +94,13 @@ class Demo:
 
 
 def _candidates(server, match, query, body) -> dict:
-    return server.demo.candidates(_prompt(body), _int(body, "k", 1, MAX_K))
+    prompt, k = _prompt(body), _int(body, "k", 1, MAX_K)
+    return server.demo.candidates(prompt, k)
 
 
 def _optimize(server, match, query, body) -> dict:
-    return {"job": server.demo.start_optimize(_prompt(body), _int(body, "seed", 0, 2**63 - 1),
-                                              _int(body, "iterations", 1, MAX_ITERATIONS))}
+    args = _prompt(body), _int(body, "seed", 0, 2**63 - 1), _int(body, "iterations", 1, MAX_ITERATIONS)
+    return {"job": server.demo.start_optimize(*args)}
 
 
 def _job(server, match, query, body) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import sqlite3
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -90,6 +91,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(e.status, json.dumps({"error": str(e)}).encode(), "application/json")
         except StablenoiseError as e:
             return self._send(400, json.dumps({"error": str(e)}).encode(), "application/json")
+        except sqlite3.OperationalError as e:  # locked past the timeout, disk full: the rater may retry
+            return self._send(503, json.dumps({"error": f"the study store is busy ({e})"}).encode(),
+                              "application/json")
         if isinstance(reply, dict):
             self._send(200, json.dumps(reply).encode(), "application/json")
         else:

@@ -156,6 +156,8 @@ class Study:
         db = self.connect()
         try:
             db.execute(f"PRAGMA journal_mode = {'WAL' if on else 'DELETE'}")
+        except sqlite3.DatabaseError as e:
+            raise StablenoiseError(f"{self.path}: cannot take votes ({' '.join(str(e).split())})") from None
         finally:
             db.close()
 
