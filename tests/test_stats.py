@@ -135,3 +135,51 @@ def test_clustered_bootstrap_resamples_whole_captions():
     assert naive["hi"] - naive["lo"] < 0.7 * (clustered["hi"] - clustered["lo"])  # ~1/sqrt(3) as wide
     with_nan = stats.paired_diff_ci(np.append(values, np.nan), np.zeros(199), 100, 0, np.append(captions, 5))
     assert with_nan["n"] == 198 and with_nan["clusters"] == 66
+
+
+# ----------------------------------------------------------------------------- human preference votes
+
+def test_vote_win_rate_counts_ties_half_and_resamples_prompts_and_raters():
+    # 4 votes: a win, a loss, a tie, a win -> 2.5 / 4.
+    r = stats.vote_win_rate(["p1", "p1", "p2", "p2"], ["x", "y", "x", "y"], [1, 0, 0.5, 1], n_boot=400, rng=0)
+    assert r["mean"] == 0.625 and r["n"] == 4
+    assert 0 <= r["lo"] < 0.625 < r["hi"] <= 1
+    assert stats.vote_win_rate([], [], []) is None
+    # One rater who always prefers A and one who never does: the rater resampling alone spans 0 to 1, which
+    # a bootstrap over prompts only (each prompt's votes averaging 0.5) would hide.
+    prompts = [f"p{i}" for i in range(20) for _ in range(2)]
+    raters = ["fan", "critic"] * 20
+    wide = stats.vote_win_rate(prompts, raters, [1, 0] * 20, n_boot=400, rng=0)
+    assert wide["mean"] == 0.5 and wide["lo"] == 0.0 and wide["hi"] == 1.0
+
+
+def test_bradley_terry_recovers_known_strengths():
+    rng = np.random.default_rng(0)
+    truth = {"a": 1.0, "b": 0.0, "c": -1.0}
+    a, b, o = [], [], []
+    for _ in range(6000):
+        x, y = rng.choice(list(truth), 2, replace=False)
+        a.append(x), b.append(y), o.append(float(rng.random() < 1 / (1 + math.exp(truth[y] - truth[x]))))
+    s = stats.bradley_terry(a, b, o, ["a", "b", "c"])
+    # 2,000 games per pair: the log-strengths' standard error is about 0.05.
+    assert s == pytest.approx([1.0, 0.0, -1.0], abs=0.15)
+    assert s.sum() == pytest.approx(0, abs=1e-9)
+    # A method that never won keeps a finite strength (the prior's virtual tie), below the others.
+    never = stats.bradley_terry(["a", "a", "b"], ["c", "c", "c"], [1, 1, 1], ["a", "b", "c"])
+    assert np.isfinite(never).all() and never[2] < never[1] < never[0]
+
+
+def test_bradley_terry_ci_contains_its_estimate():
+    ci = stats.bradley_terry_ci(["p1", "p2", "p3", "p1"], ["x", "x", "y", "y"], ["a", "a", "b", "a"],
+                                ["b", "c", "c", "c"], [1, 1, 0.5, 0], ["a", "b", "c"], n_boot=50, rng=0)
+    assert set(ci) == {"a", "b", "c"} and all(c["lo"] <= c["mean"] <= c["hi"] for c in ci.values())
+
+
+def test_rater_agreement_fleiss_kappa():
+    # Item 1: both raters say A; item 2: one A, one B; item 3: judged once (left out).
+    r = stats.rater_agreement([1, 1, 2, 2, 3], [1.0, 1.0, 1.0, 0.0, 0.5])
+    # observed (1 + 0) / 2 = 0.5; category shares A 3/4, B 1/4 -> chance 0.625; kappa (0.5 - 0.625) / 0.375.
+    assert r == {"agreement": 0.5, "kappa": pytest.approx(-1 / 3), "items": 2}
+    perfect = stats.rater_agreement([1, 1, 2, 2], [1.0, 1.0, 0.0, 0.0])
+    assert perfect["agreement"] == 1.0 and perfect["kappa"] == 1.0
+    assert stats.rater_agreement([1, 2], [1.0, 0.0]) is None

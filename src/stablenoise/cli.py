@@ -405,11 +405,13 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
 
 from .bench.command import bench, perf, report  # noqa: E402
 from .rewards.command import reward  # noqa: E402
+from .study.command import study  # noqa: E402
 
 main.add_command(reward)
 main.add_command(bench)
 main.add_command(report)
 main.add_command(perf)
+main.add_command(study)
 
 
 def _add_plugin_commands() -> None:

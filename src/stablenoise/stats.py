@@ -159,3 +159,105 @@ def by_decile(stability, reward, n_boot: int = 1000, rng=None, bins: int = DECIL
         per_prompt = np.where(in_d, r, 0.0).sum(axis=1) / np.maximum(counts, 1)
         out.append(mean_ci(np.where(counts > 0, per_prompt, np.nan), n_boot, rng))
     return out
+
+
+# ----------------------------------------------------------------------------- human preference votes
+# A vote's outcome for side A: 1 (A preferred), 0 (B preferred), 0.5 (a tie or "both bad": no preference).
+# Votes are neither independent over prompts nor over raters (a rater's taste runs through all their votes),
+# so their intervals resample prompts and raters at once (a two-way bootstrap).
+
+def vote_win_rate(prompts, raters, outcomes, n_boot: int = 1000, rng=None) -> dict | None:
+    """Share of votes won by side A, ties half, with a 95% interval that resamples prompts and raters
+    independently: a resample weights each (prompt, rater) cell by how often its prompt and its rater were
+    drawn. ``n`` is the number of votes."""
+    o = np.asarray(outcomes, dtype=float)
+    if len(o) == 0:
+        return None
+    p_ids, p = np.unique(np.asarray(prompts), return_inverse=True)
+    r_ids, r = np.unique(np.asarray(raters), return_inverse=True)
+    total = np.zeros((len(p_ids), len(r_ids)))
+    count = np.zeros_like(total)
+    np.add.at(total, (p, r), o)
+    np.add.at(count, (p, r), 1)
+    gen = _rng(rng)
+    wp = np.stack([np.bincount(gen.integers(0, len(p_ids), len(p_ids)), minlength=len(p_ids))
+                   for _ in range(n_boot)]).astype(float)
+    wr = np.stack([np.bincount(gen.integers(0, len(r_ids), len(r_ids)), minlength=len(r_ids))
+                   for _ in range(n_boot)]).astype(float)
+    num = np.einsum("bp,pr,br->b", wp, total, wr)
+    den = np.einsum("bp,pr,br->b", wp, count, wr)
+    replicates = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    return _interval(o.mean(), replicates, len(o))
+
+
+def bradley_terry(a, b, outcomes, methods, prior: float = 1.0, iterations: int = 1000) -> np.ndarray:
+    """Bradley–Terry log-strengths (mean 0) of ``methods`` from comparisons a[i] vs b[i] with A's outcome
+    (ties half a win each way), by Hunter's (2004) MM iteration. ``prior`` adds that many virtual ties to
+    every compared pair of methods, so a method that never won keeps a finite strength; P(i beats j) is
+    1 / (1 + exp(s_j - s_i))."""
+    index = {m: i for i, m in enumerate(methods)}
+    k = len(methods)
+    wins, games = np.zeros((k, k)), np.zeros((k, k))
+    for x, y, o in zip(a, b, outcomes):
+        i, j = index[x], index[y]
+        wins[i, j] += o
+        wins[j, i] += 1 - o
+        games[i, j] += 1
+        games[j, i] += 1
+    compared = games > 0
+    wins += np.where(compared, prior / 2, 0)
+    games += np.where(compared, prior, 0)
+    strength = np.ones(k)
+    for _ in range(iterations):
+        denom = (games / (strength[:, None] + strength[None, :])).sum(axis=1)
+        new = np.where(denom > 0, wins.sum(axis=1) / np.where(denom > 0, denom, 1), strength)
+        new /= np.exp(np.log(new).mean())
+        if np.allclose(new, strength, rtol=1e-10, atol=0):
+            strength = new
+            break
+        strength = new
+    log = np.log(strength)
+    return log - log.mean()
+
+
+def bradley_terry_ci(prompts, raters, a, b, outcomes, methods, n_boot: int = 200, rng=None) -> dict:
+    """Each method's Bradley–Terry log-strength with a 95% interval from the two-way (prompts × raters)
+    bootstrap: {method: interval}."""
+    prompts, raters = np.asarray(prompts), np.asarray(raters)
+    a, b, o = np.asarray(a, dtype=object), np.asarray(b, dtype=object), np.asarray(outcomes, dtype=float)
+    estimate = bradley_terry(a, b, o, methods)
+    p_ids, p = np.unique(prompts, return_inverse=True)
+    r_ids, r = np.unique(raters, return_inverse=True)
+    gen = _rng(rng)
+    reps = []
+    for _ in range(n_boot):
+        wp = np.bincount(gen.integers(0, len(p_ids), len(p_ids)), minlength=len(p_ids))
+        wr = np.bincount(gen.integers(0, len(r_ids), len(r_ids)), minlength=len(r_ids))
+        take = np.repeat(np.arange(len(o)), wp[p] * wr[r])
+        reps.append(bradley_terry(a[take], b[take], o[take], methods) if len(take) else np.full(len(methods), np.nan))
+    reps = np.array(reps)
+    return {m: _interval(estimate[i], reps[:, i], len(o)) for i, m in enumerate(methods)}
+
+
+def rater_agreement(items, labels) -> dict | None:
+    """Agreement between raters who judged the same item: the share of agreeing rater pairs, and Fleiss'
+    kappa (chance-corrected; with a varying number of raters per item, each item's agreement is its share of
+    agreeing rater pairs). Items judged once are left out; None when no item was judged twice."""
+    by_item: dict = {}
+    for item, label in zip(items, labels):
+        by_item.setdefault(item, []).append(label)
+    categories = sorted({label for ls in by_item.values() for label in ls}, key=str)
+    per_item, pooled = [], np.zeros(len(categories))
+    for ls in by_item.values():
+        if len(ls) < 2:
+            continue
+        n = np.array([ls.count(c) for c in categories], dtype=float)
+        per_item.append(((n * (n - 1)).sum() / (len(ls) * (len(ls) - 1))))
+        pooled += n
+    if not per_item:
+        return None
+    observed = float(np.mean(per_item))
+    share = pooled / pooled.sum()
+    expected = float((share ** 2).sum())
+    kappa = (observed - expected) / (1 - expected) if expected < 1 else float("nan")
+    return {"agreement": observed, "kappa": kappa, "items": len(per_item)}

@@ -464,7 +464,8 @@ def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int
             blocks += [Heading("Fooled rewards", 3), *_fooled(a)]
         if grid_prompts > 0:
             blocks += [Heading("Images", 3), *_grid(a, results.run_dir, grid_prompts, name)]
-    return blocks
+    from ..study.results import report_blocks  # the run's human preference studies, if any
+    return blocks + report_blocks(results.run_dir, n_boot, seed)
 
 
 # The names _decile_section, _grid and _sweeps give their images: what a report's _files folder may hold.
