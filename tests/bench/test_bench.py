@@ -330,3 +330,33 @@ def test_both_noise_norm_arms_in_one_bench(tmp_path):
     text = md.read_text().replace("\\|", "|")  # Markdown escapes the | of |ε|
     assert "noise on the shell" in text and "Within-prompt Spearman between stability and the noise's norm" in text
     assert "Every noise was on the √d shell" in text and "|ε| partialled out" in text
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_the_rows_stay_the_same(tmp_path, monkeypatch):
+    from stablenoise.bench.methods import parse_methods
+    from stablenoise.bench.run import Sweep, run_bench
+
+    prompt_set = sn.load_prompts("shapes-heldout", limit=2)
+    rewards = {"shapes-verifier": sn.load_reward("shapes-verifier")}
+
+    def bench(out, backend, batch_size):
+        store = run_bench(backend, prompt_set, rewards, parse_methods("random"), Sweep((1,), (2.0,), k=4), out,
+                          batch_size=batch_size, progress=False, log=lambda _: None)
+        rows = store.rows()
+        store.close()
+        return comparable(rows)
+
+    backend, sizes = sn.load("shapes"), []
+    real = backend.denoise
+
+    def denoise(noise, *args, **kwargs):
+        sizes.append(len(noise))
+        if len(noise) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(noise, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "denoise", denoise)
+    with pytest.warns(UserWarning, match="out of memory with a batch of 4: retrying with 2"):
+        halved = bench(tmp_path / "oom", backend, 4)
+    assert sizes == [4, 2, 2, 2, 2]  # the failed batch of 4, then every batch at the smaller size
+    assert halved == bench(tmp_path / "clean", sn.load("shapes"), 2)  # the same rows as batches of 2 from the start

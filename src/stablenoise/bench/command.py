@@ -67,8 +67,9 @@ def _names(value: str) -> list[str]:
 @click.option("--noise-norm", "noise_norm", callback=_choice_list(("keep", "shell")), default="keep", show_default=True,
               help="keep, shell (every seed's noise rescaled to norm sqrt(d) before it is scored and its image made), "
                    "or keep,shell for both arms.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Samples per round trip when scoring seeds.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Seeds per round trip when scoring [default: from free GPU memory; on CPU up to 16, fewer for "
+                   "large latents; halved on out-of-memory].")
 @click.option("--optimize-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--optimize-prompts", type=click.IntRange(min=1), default=None,
               help="Run the optimizing methods on the first N prompts only (default: all).")

@@ -9,6 +9,7 @@ rows pair with that seed's row.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backends.base import Backend, uses_cfg
+from ..batching import auto_batch_size, map_batches
 from ..errors import StablenoiseError
 from ..noise import check_noise_norm, check_seed_range, noises_from_seeds
 from ..optimization import optimize
@@ -69,12 +71,13 @@ def ablation_inversion_guidance(guidance: float, inversion_guidance: float) -> f
 
 
 def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], methods: Sequence[Method],
-              sweep: Sweep, out: str | Path, batch_size: int = 32, optimize_batch_size: int = 8,
+              sweep: Sweep, out: str | Path, batch_size: int | None = None, optimize_batch_size: int = 8,
               optimizing_rewards: Mapping[str, Reward] | None = None, optimize_prompts: int | None = None,
               command: str | None = None,
               progress: bool = True, log: Callable[[str], None] = print) -> Store:
     """Fill ``out/bench.sqlite``; returns the open store. ``optimize_prompts``: the optimizing methods run on
-    the first N prompts only (they cost about a hundred scores each)."""
+    the first N prompts only (they cost about a hundred scores each). ``batch_size`` (seed rows per model call;
+    None: from free memory, as ``select``) is halved and retried on out-of-memory."""
     prompts = list(prompt_set.prompts)
     if not prompts:
         raise StablenoiseError(f"prompt set {prompt_set.name!r} is empty")
@@ -125,13 +128,16 @@ def _judge(rewards: Mapping[str, Reward], images: list, prompts: list[str]) -> l
 
 def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
                  progress, noise_norm="keep") -> None:
+    """The seed rows still missing, in batches that fit: ``batch_size=None`` picks one (batching.auto_batch_size)
+    and a batch that runs out of memory is retried at half the size; each batch commits when done."""
     done = store.done(cid, SEED_METHOD)
     todo = [(i, r) for i in range(len(prompts)) for r in range(len(seeds[i])) if (i, seeds[i][r]) not in done]
+    if not todo:
+        return
     count = partial(_evaluations, backend)
-    for start in tqdm(range(0, len(todo), batch_size), desc=f"score config {cid}", unit="batch",
-                      disable=not progress):
+
+    def score(chunk) -> list[tuple[dict, object]]:
         t0 = time.perf_counter()
-        chunk = todo[start:start + batch_size]
         texts = [prompts[i].text for i, _ in chunk]
         noise = noises_from_seeds([seeds[i][r] for i, r in chunk], backend.latent_shape, noise_norm)
         n = len(chunk)
@@ -150,26 +156,42 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
         scores = _judge(rewards, images, texts)
         seconds = (time.perf_counter() - t0) / n
         rows = []
-        for j, ((i, r), image) in enumerate(zip(chunk, images)):
-            rel = _image_path(cid, i, SEED_METHOD, seeds[i][r])
-            _save_image(store, rel, image)
+        for j, (i, r) in enumerate(chunk):
             if s_extra is not None:
                 scores[j][f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"] = s_extra[j]
-            rows.append({"prompt_idx": i, "method": SEED_METHOD, "seed": seeds[i][r], "seed_rank": r,
-                         "stability": s[j], "image_path": rel, "unet_calls": (c2 - c0) // n,
-                         "image_calls": (c1 - c0) // n, "seconds": seconds, "scores": scores[j],
-                         "extra": {"variant_calls": (c3 - c2) // n} if s_extra is not None else {}})
-        store.add(cid, rows)
+            rows.append(({"prompt_idx": i, "method": SEED_METHOD, "seed": seeds[i][r], "seed_rank": r,
+                          "stability": s[j], "image_path": _image_path(cid, i, SEED_METHOD, seeds[i][r]),
+                          "unet_calls": (c2 - c0) // n, "image_calls": (c1 - c0) // n, "seconds": seconds,
+                          "scores": scores[j], "extra": {"variant_calls": (c3 - c2) // n} if s_extra is not None
+                          else {}}, images[j]))
+        return rows
 
+    bar = tqdm(total=len(todo), desc=f"score config {cid}", unit="seed", disable=not progress)
+
+    def commit(chunk, rows) -> None:  # images first, then the rows: a killed run never stores a row without its image
+        for row, image in rows:
+            _save_image(store, row["image_path"], image)
+        store.add(cid, [row for row, _ in rows])
+        bar.update(len(chunk))
+
+    if batch_size is None:
+        batch_size = auto_batch_size(backend.device, lambda: score(todo[:1]), len(todo),
+                                     math.prod(backend.latent_shape))
+    try:
+        map_batches(score, todo, batch_size, commit)
+    finally:
+        bar.close()
 
 
 def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size, noise_norm="keep") -> None:
-    """The inversion ablation's stability for seed rows stored before it was asked for."""
+    """The inversion ablation's stability for seed rows stored before it was asked for (batched as the seeds)."""
     name = f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"
     missing = store.missing_scores(cid, [name], method=SEED_METHOD).get(name, [])
+    if not missing:
+        return
     count = partial(_evaluations, backend)
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start:start + batch_size]
+
+    def score(chunk) -> list[tuple[int, float, int]]:
         texts = [prompts[p].text for _, p, _, _ in chunk]
         noise = noises_from_seeds([seed for _, _, _, seed in chunk], backend.latent_shape, noise_norm)
         with torch.no_grad():
@@ -178,8 +200,16 @@ def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch
             c0 = count()
             s = cosine(noise.to(z0.device), backend.invert(z0, cond, steps, extra_inv)).cpu().tolist()
             calls = (count() - c0) // len(chunk)
-        store.add_scores([(sid, name, v) for (sid, _, _, _), v in zip(chunk, s)],
-                         extra={sid: {"variant_calls": calls} for sid, _, _, _ in chunk})
+        return [(sid, v, calls) for (sid, _, _, _), v in zip(chunk, s)]
+
+    def commit(chunk, values) -> None:
+        store.add_scores([(sid, name, v) for sid, v, _ in values],
+                         extra={sid: {"variant_calls": calls} for sid, _, calls in values})
+
+    if batch_size is None:
+        batch_size = auto_batch_size(backend.device, lambda: score(missing[:1]), len(missing),
+                                     math.prod(backend.latent_shape))
+    map_batches(score, missing, batch_size, commit)
 
 
 def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv, batch_size,
