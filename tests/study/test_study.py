@@ -91,9 +91,10 @@ def test_parse_pair_splits_a_colon_that_belongs_to_a_method_id():
 def test_create_refuses_bad_pairs_and_names_writing_nothing(run_copy, args, line):
     result = invoke("study", "create", run_copy, *args)
     assert result.exit_code == 1 and result.stderr == f"Error: {line}\n"
-    # Reading the WAL-mode bench store may add its -wal/-shm files; nothing else appears.
+    # Reading the WAL-mode bench store may add its -wal/-shm files; nothing else appears (the bench's own lock
+    # file was there before).
     assert sorted(p.name for p in run_copy.iterdir() if not p.name.startswith("bench.sqlite-")) == [
-        "bench.sqlite", "images"]
+        ".bench.lock", "bench.sqlite", "images"]
 
 
 def test_create_never_overwrites_a_study(run_copy):
