@@ -1,8 +1,11 @@
 """The study and demo pages in a real headless browser (Debian's chromium driven by playwright), with a
-screenshot of each view saved to docs/study/. Skipped, with the reason shown, without either."""
+screenshot of each view (to docs/study/ with STABLENOISE_SCREENSHOTS=1, else to a temporary folder, so that a
+test run leaves the repository as it was). Skipped, with the reason shown, without chromium or playwright."""
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,8 @@ from stablenoise.study.store import Study
 from .conftest import invoke
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(__file__).parents[2] / "docs" / "study"
+SHOTS = (Path(__file__).parents[2] / "docs" / "study" if os.environ.get("STABLENOISE_SCREENSHOTS")
+         else Path(tempfile.mkdtemp(prefix="stablenoise-shots-")))
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[browser]')")
 if not Path(CHROMIUM).is_file():
