@@ -1,3 +1,4 @@
+import contextlib
 import shutil
 
 import pytest
@@ -27,3 +28,18 @@ def run_copy(bench_run, tmp_path):
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@contextlib.contextmanager
+def serving(study, n_boot: int):
+    """A study served on a free loopback port for the duration of the block; yields its URL."""
+    from stablenoise.study.server import serve_in_thread, study_server, url
+
+    study.set_wal(True)
+    server = study_server(study, n_boot=n_boot)
+    serve_in_thread(server)
+    try:
+        yield url(server)
+    finally:
+        server.shutdown()
+        server.server_close()

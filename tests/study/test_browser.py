@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from stablenoise.study.server import serve_in_thread, study_server, url
+from stablenoise.study.server import serve_in_thread, url
 from stablenoise.study.store import Study
 
-from .conftest import invoke
+from .conftest import invoke, serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = (Path(__file__).parents[2] / "docs" / "study" if os.environ.get("STABLENOISE_SCREENSHOTS")
@@ -44,12 +44,8 @@ def app(run_copy):
     result = invoke("study", "create", run_copy, "--pair", "most-stable:random", "--pair", "most-stable:least-stable")
     assert result.exit_code == 0, result.output
     study = Study(run_copy / "study.sqlite")
-    study.set_wal(True)
-    server = study_server(study, n_boot=100)
-    serve_in_thread(server)
-    yield study, url(server)
-    server.shutdown()
-    server.server_close()
+    with serving(study, 100) as address:
+        yield study, address
 
 
 def shown_pair(page) -> int:

@@ -16,7 +16,7 @@ from stablenoise.study.pairs import method_ids, parse_pair
 from stablenoise.study.server import MAX_BODY, serve_in_thread, study_server, url
 from stablenoise.study.store import Study
 
-from .conftest import invoke
+from .conftest import invoke, serving
 
 
 def create(run, *pairs, name=None):
@@ -29,12 +29,8 @@ def create(run, *pairs, name=None):
 @pytest.fixture
 def served(run_copy):
     study = Study(create(run_copy, "most-stable:random", "most-stable:least-stable"))
-    study.set_wal(True)
-    server = study_server(study, n_boot=50)
-    serve_in_thread(server)
-    yield study, url(server)
-    server.shutdown()
-    server.server_close()
+    with serving(study, 50) as address:
+        yield study, address
 
 
 def request(base, path, body=None, raw=None, method=None):

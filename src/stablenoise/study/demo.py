@@ -111,7 +111,7 @@ def _job(server, match, query, body) -> dict:
 
 
 DEMO_ROUTES = {("GET", "/"): _static("demo.html"), ("GET", "/static/app.css"): _static("app.css"),
-               ("GET", "/static/demo.js"): _static("demo.js"), ("POST", "/api/candidates"): _candidates,
+               ("GET", "/static/demo.js"): _static("demo.js"), ("GET", "/static/api.js"): _static("api.js"), ("POST", "/api/candidates"): _candidates,
                ("POST", "/api/optimize"): _optimize, ("GET", r"/api/optimize/(\d{1,9})"): _job}
 
 

@@ -22,7 +22,7 @@ from .store import Study, VoteRefused, check_rater
 
 MAX_BODY = 4096
 STATIC = {"study.html": "text/html", "demo.html": "text/html", "app.css": "text/css", "study.js": "text/javascript",
-          "demo.js": "text/javascript"}
+          "demo.js": "text/javascript", "api.js": "text/javascript"}
 
 
 class HttpError(Exception):

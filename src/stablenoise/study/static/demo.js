@@ -2,13 +2,6 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 
-async function api(path, body) {
-  const r = await fetch(path, body ? {method: "POST", headers: {"Content-Type": "application/json"},
-                                       body: JSON.stringify(body)} : {});
-  const data = await r.json();
-  if (!r.ok) throw new Error(data.error || r.statusText);
-  return data;
-}
 const fmt = (x) => (x === null || x === undefined ? "–" : x.toFixed(4));
 
 $("form").addEventListener("submit", async (e) => {

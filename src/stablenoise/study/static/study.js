@@ -15,13 +15,6 @@ function raterId() {
 }
 const rater = raterId();
 
-async function api(path, body) {
-  const r = await fetch(path, body ? {method: "POST", headers: {"Content-Type": "application/json"},
-                                       body: JSON.stringify(body)} : {});
-  const data = await r.json();
-  if (!r.ok) throw new Error(data.error || r.statusText);
-  return data;
-}
 
 function showProgress(judged, total) {
   $("progress-text").textContent = `${judged} of ${total} pairs judged`;
