@@ -76,7 +76,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['model']} · {r['steps']} steps · g {r['guidance']:g} · K {r['k']} · {r['noise_norm']}" for r in rows]
+    labels = [f"{r['model']} · {r['steps']} steps · g {r['guidance']:g} · K {r['k']} · {r['prompts']} prompts · "
+              f"{r['noise_norm']}" for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
     for j, (key, colour) in enumerate([("most_stable", "C3"), ("least_stable", "C0"), ("best_by_reward", "C2")]):
         for i, r in enumerate(rows):
