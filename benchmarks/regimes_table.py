@@ -88,7 +88,7 @@ def plot(rows: list[dict], path: Path) -> None:
                             fmt="o", color=colour, ms=4, capsize=2, label=key.replace("_", " ") if i == 0 else None)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(rows)), labels[::-1], fontsize=8)
-    ax.set_xlabel("verifier accuracy − a random seed's (points; 95% CI over captions)")
+    ax.set_xlabel("minus a random seed (verifier points; 95% CI over captions)")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
