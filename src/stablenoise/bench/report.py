@@ -23,7 +23,7 @@ from ..records import atomic_write
 from .document import HTML_MARK, MD_MARK, Code, Heading, Image, Table, Text, render_html, render_markdown
 from .figures import plot_deciles, plot_forest, plot_sweep, thumbnail
 from .results import COSTS, ConfigTable, Method, Results, derive_methods, load_results, seed_norms
-from .store import STORE_NAME
+from .store import STORE_NAME, inside
 
 __all__ = ["load_results", "derive_methods", "analyze", "write_report"]
 
@@ -389,9 +389,8 @@ def inside_run(run_dir: Path, image_path) -> Path | None:
     if not isinstance(image_path, str) or not image_path:
         return None
     try:
-        path = (run_dir / image_path).resolve()
-        return path if path.is_relative_to(run_dir.resolve()) else None
-    except (OSError, ValueError):  # a loop of symlinks, a NUL byte
+        return inside(run_dir, image_path).resolve()
+    except (StablenoiseError, OSError, ValueError):  # outside the run; a loop of symlinks; a NUL byte
         return None
 
 

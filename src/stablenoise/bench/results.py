@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StablenoiseError
+from ..loading import first_line
 from .schema import SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
-from .store import STORE_NAME, check_db, one_line
+from .store import STORE_NAME, check_db
 
 ABLATION_KS = (1, 4, 16, 100)  # "most stable of k": the first k seeds only
 COSTS = ("unet_calls", "reward_calls", "seconds")
@@ -129,7 +130,7 @@ def load_results(run_dir) -> Results:
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
-        raise StablenoiseError(f"{path}: not a readable bench store ({one_line(e)})") from None
+        raise StablenoiseError(f"{path}: not a readable bench store ({first_line(e)})") from None
 
 
 def _read(db: sqlite3.Connection, run: Path, path: Path) -> Results:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import StablenoiseError
+from ..loading import first_line
 from ..records import now, strict_json, versions
 from .schema import DDL, SCHEMA_VERSION
 
@@ -35,10 +36,6 @@ def _finite(x):
 
 def canonical(obj) -> str:
     return json.dumps(strict_json(obj), sort_keys=True, separators=(",", ":"))
-
-
-def one_line(what) -> str:
-    return " ".join(str(what).split())
 
 
 def inside(root: Path, rel: str) -> Path:
@@ -101,7 +98,7 @@ def check_store(path: Path) -> None:
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
-        raise StablenoiseError(f"{path}: not a readable bench store ({one_line(e)})") from None
+        raise StablenoiseError(f"{path}: not a readable bench store ({first_line(e)})") from None
 
 
 def check_db(db: sqlite3.Connection, path: Path) -> bool:
@@ -109,7 +106,7 @@ def check_db(db: sqlite3.Connection, path: Path) -> bool:
     where numbers belong; False for a database with no tables yet (a store being created)."""
     problems = [r[0] for r in db.execute("PRAGMA quick_check")]
     if problems != ["ok"]:
-        raise StablenoiseError(f"{path}: the store is damaged ({one_line(problems[0])})")
+        raise StablenoiseError(f"{path}: the store is damaged ({first_line(problems[0])})")
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if not tables:
         return False
@@ -171,7 +168,7 @@ class Store:
             raise
         except sqlite3.DatabaseError as e:
             self.close()
-            raise StablenoiseError(f"{self.path} is not a bench store ({one_line(e)})") from None
+            raise StablenoiseError(f"{self.path} is not a bench store ({first_line(e)})") from None
         except OSError as e:
             self.close()
             raise StablenoiseError(f"cannot write to {self.root}: {e.strerror or e}") from None
