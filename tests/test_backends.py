@@ -171,8 +171,8 @@ def test_low_precision_unet_keeps_float32_ddim_arithmetic():
     z = half.denoise(noise, cond, 3, 1.0)
     assert half.dtype == torch.bfloat16 and z.dtype == torch.float32 and half.work_dtype == torch.float32
     t = half.timesteps(3)[0]
-    assert half.eps(noise, t, cond, 1.0).dtype == torch.float32  # the model's output, cast back
-    guided = half.eps(noise, t, half.encode(["a red cube"], 2.0).expand(2), 2.0)
+    assert half.denoiser(cond, 1.0).output(noise, t).dtype == torch.float32  # the model's output, cast back
+    guided = half.denoiser(half.encode(["a red cube"], 2.0).expand(2), 2.0).output(noise, t)
     assert guided.dtype == torch.float32  # the CFG combination too
     s_full = sn.stability(full, "a red cube", noise, steps=3, guidance=1.0)
     s_half = sn.stability(half, "a red cube", noise, steps=3, guidance=1.0)
@@ -194,14 +194,14 @@ def test_compile_gives_the_same_scores():
 
 
 def test_conditioning_trees_with_nested_and_non_tensor_entries():
-    from stablenoise.backends.base import Conditioning, _cat
+    from stablenoise.backends.denoiser import Conditioning, concat
 
     nested_first = Conditioning({"extra": {"e": torch.zeros(3)}, "flag": "x"})
     assert nested_first.batch_size == 3  # found inside a nested dict
     assert Conditioning({"flag": "x", "h": torch.ones(2, 1)}).batch_size == 2  # a leading non-tensor is skipped
     with pytest.raises(StablenoiseError, match="^conditioning holds no tensor$"):
         Conditioning({"flag": "x", "extra": {}}).batch_size
-    both = _cat({"h": torch.zeros(1, 2), "extra": {"e": torch.ones(1)}, "flag": "x"},
+    both = concat({"h": torch.zeros(1, 2), "extra": {"e": torch.ones(1)}, "flag": "x"},
                 {"h": torch.ones(1, 2), "extra": {"e": torch.zeros(1)}, "flag": "x"})
     assert both["h"].tolist() == [[0, 0], [1, 1]] and both["extra"]["e"].tolist() == [1, 0] and both["flag"] == "x"
 

@@ -339,3 +339,72 @@ def test_a_clipped_step_is_diffusers_clipped_step():
         assert torch.allclose(mine, theirs, rtol=1e-6, atol=1e-6), i  # float64 x; 1e-6: float32 alphas, as above
     x0 = (x - (1 - sched.alphas[0]).sqrt() * eps) / sched.alphas[0].sqrt()
     assert (x0 > 1.5).any() and (x0 < -1.5).any()  # both bounds are exercised
+
+
+# ---- where inversion evaluates the model (the one integrator's ``point``) ------------------------------------
+
+def _predictor(x, level, mu, sigma):
+    """The exact E[eps | x] of Gaussian data at alpha_bar = level."""
+    return math.sqrt(1 - level) * (x - math.sqrt(level) * mu) / (level * sigma ** 2 + 1 - level)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_source_point_inversion_is_the_closed_form(prediction_type):
+    """Inverting at the source evaluates the model where x is: on the clean level at timestep 0, its output read at
+    alpha_bar(0) (for v-prediction read at 1 it would be v itself), so one trailing step back from z0 is
+    sqrt(a) z0 + sqrt(1 - a) E[eps | z0 at alpha_bar(0)]; and the source round trip converges too."""
+    mu, sigma = 0.3, 0.5
+    backend = gaussian_backend(EulerDiscreteScheduler(**SD, timestep_spacing="trailing",
+                                                      prediction_type=prediction_type), mu, sigma)
+    source = backend.with_inversion_point("source")
+    eps = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cond = backend.encode(["x"] * 3, 1.0)
+    ac = DDIMScheduler(**SD).alphas_cumprod.double()
+    a, a0 = float(ac[999]), float(ac[0])
+    z0 = backend.denoise(eps, cond, 1, 1.0)
+    expected = math.sqrt(a) * z0.numpy() + math.sqrt(1 - a) * _predictor(z0.numpy(), a0, mu, sigma)
+    # float64 through a few products of terms <= 10: 1e-10 >> f64 bounds
+    assert np.abs(source.invert(z0, cond, 1, 1.0).numpy() - expected).max() < 1e-10
+    assert np.abs(backend.invert(z0, cond, 1, 1.0, point="source").numpy() - expected).max() < 1e-10
+    assert np.abs(backend.invert(z0, cond, 1, 1.0).numpy() - expected).max() > 1e-2  # destination: another map
+
+    def error(steps):
+        inverted = source.invert(source.denoise(eps, cond, steps, 1.0), cond, steps, 1.0)
+        return float((inverted - eps).norm() / eps.norm())
+    errors = [error(n) for n in (1, 10, 100, 1000)]
+    # One step back from t = 0 keeps almost nothing of eps (0.998 here); 1000 steps come within 0.6%.
+    assert errors == sorted(errors, reverse=True) and errors[0] > 0.5 and errors[-1] < 1e-2
+
+
+def test_source_inversion_evaluates_where_x_is():
+    """The mirror of the denoising steps, each evaluated at the level x starts from: timestep 0 on the clean level,
+    then the denoising timesteps from the last."""
+    sched = ddim.schedule(ddim.settings(DDIMScheduler(**SD, steps_offset=1, clip_sample=False).config), 5)
+    seen = []
+    model = _model()
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    z = ddim.denoise(model, x, sched)
+    ddim.invert(lambda x, t: (seen.append(int(t)), model(x, t))[1], z, sched, point="source")
+    assert seen == [0, 1, 201, 401, 601]
+    with pytest.raises(StablenoiseError, match="^inversion_point must be one of destination, source, got 'middle'$"):
+        ddim.invert(model, z, sched, point="middle")
+
+
+def test_the_loops_are_the_ddim_step_bit_for_bit():
+    """to_data and to_noise over a schedule's levels are the per-step DDIM loops exactly: the output read as noise at
+    the model's timestep (ddim.to_eps), then ddim.step between neighbouring levels (v-prediction, clipped)."""
+    sched = ddim.schedule(ddim.settings(DDIMScheduler(**SD, prediction_type="v_prediction", clip_sample=True,
+                                                      clip_sample_range=1.5).config), 4)
+    model = _model()
+    x = 3 * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    z = x
+    for i, t in enumerate(sched.timesteps):
+        z = ddim.step(ddim.to_eps(model(z, t), z, sched.alphas[i], "v_prediction"), z, sched.alphas[i],
+                      sched.alphas[i + 1], sched.clip)
+    assert torch.equal(ddim.denoise(model, x, sched), z)
+    w = z
+    for i in reversed(range(len(sched))):
+        t = sched.timesteps[i]
+        w = ddim.step(ddim.to_eps(model(w, t), w, sched.alphas[i], "v_prediction"), w, sched.alphas[i + 1],
+                      sched.alphas[i], sched.clip)
+    assert torch.equal(ddim.invert(model, z, sched), w)

@@ -297,3 +297,44 @@ def test_cli_select_on_a_flow_model_folder(tmp_path):
     assert len(rec["items"][0]["scores"]) == 2 and rec["model"]["flow"]["shift"] == 3.0
     r = CliRunner().invoke(main, [*args[:-2], "--out", str(tmp_path / "bad"), "--timestep-spacing", "trailing"])
     assert r.exit_code != 0 and "timestep_spacing cannot be set for a flow-matching model" in r.output
+
+
+# --- where inversion evaluates the velocity, and Euler as the one DDIM step -----------------------------------
+
+def test_destination_point_inversion_is_the_closed_form_and_converges():
+    """Flow backends invert at the source by default; at the destination one step back from sigma 0 evaluates
+    v(x, sigma=1) = x - mu, so it lands on x + (x - mu). Both rules converge at first order."""
+    b = gaussian_flow_backend(FlowMatchEulerDiscreteScheduler(shift=3.0))
+    assert b.inversion_point == "source" and "inversion_point" not in b.describe()
+    destination = b.with_inversion_point("destination")
+    assert destination.describe()["inversion_point"] == "destination"
+    noise = sn.noises_from_seeds([3, 4], b.latent_shape).double()
+    cond = b.encode(["x", "x"], 1.0)
+    # float64, one Euler step on terms of size ~1: 1e-12 >= f64(1) = 4e-16
+    assert torch.allclose(destination.invert(noise, cond, 1, 1.0), 2 * noise - FLOW_MU, atol=1e-12)
+    assert torch.allclose(b.invert(noise, cond, 1, 1.0, point="destination"), 2 * noise - FLOW_MU, atol=1e-12)
+    errors = []
+    for steps in (8, 32, 128):
+        z0 = destination.denoise(noise, cond, steps, 1.0)
+        errors.append(float((destination.invert(z0, cond, steps, 1.0) - noise).norm() / noise.norm()))
+    ratios = [a / b_ for a, b_ in zip(errors, errors[1:])]
+    assert all(3.0 < r < 4.5 for r in ratios)  # first order: 4x the steps, a quarter of the error
+
+
+def test_the_one_step_is_euler_on_the_flow():
+    """Denoising and inverting through the DDIM step in (1 - sigma, sigma) coordinates is explicit Euler,
+    x + (sigma' - sigma) v, with v where the rule says (float64: equal to rounding)."""
+    b = gaussian_flow_backend(FlowMatchEulerDiscreteScheduler(shift=3.0))
+    noise = sn.noises_from_seeds([5], b.latent_shape).double()
+    cond = b.encode(["x"], 1.0)
+    sched, v = b.schedule(5), b.denoiser(cond, 1.0).output
+    x = noise
+    for i in range(5):
+        x = x + float(sched.sigmas[i + 1] - sched.sigmas[i]) * v(x, sched.timesteps[i])
+    z0 = b.denoise(noise, cond, 5, 1.0)
+    assert torch.allclose(z0, x, rtol=0, atol=1e-12)  # float64, 5 steps on terms of size ~3: >> f64(10, 3)
+    for point, at in (("source", 1), ("destination", 0)):
+        w = z0
+        for i in reversed(range(5)):
+            w = w - float(sched.sigmas[i + 1] - sched.sigmas[i]) * v(w, sched.timesteps[i + at])
+        assert torch.allclose(b.invert(z0, cond, 5, 1.0, point=point), w, rtol=0, atol=1e-12), point

@@ -1,11 +1,14 @@
-"""Deterministic Euler integration of a flow-matching ODE, both ways, as short pure functions.
+"""Flow matching's noise levels, from diffusers, for the one deterministic integrator (:mod:`stablenoise.ddim`).
 
-A flow-matching model predicts the velocity v = dx/dsigma of x_sigma = (1 - sigma) x_0 + sigma eps.
-Denoising integrates from the noise level sigma_0 (1) to sigma_T (0) with explicit Euler, exactly as
-``FlowMatchEulerDiscreteScheduler.step`` does: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v(x_i, sigma_i).
-Inversion integrates the same ODE back over the same sigmas, again explicit Euler with the velocity at the
-current point: x_i = x_{i+1} - (sigma_{i+1} - sigma_i) v(x_{i+1}, sigma_{i+1}). The two are not inverses
-of each other (each step errs by O(dsigma^2)), which is the flow analogue of DDIM inversion's error.
+A flow-matching model predicts the velocity v = dx/dsigma = eps - x_0 of x_sigma = (1 - sigma) x_0 + sigma eps,
+which is DDIM's x = a x_0 + b eps in (a, b) = (1 - sigma, sigma) coordinates. At a level the velocity gives
+x_0 = x - sigma v and eps = x + (1 - sigma) v, and DDIM's step to sigma', x' = (1 - sigma') x_0 + sigma' eps,
+equals x + (sigma' - sigma) v: explicit Euler, as ``FlowMatchEulerDiscreteScheduler.step`` does it (the same
+number up to the rounding of another order of operations). So denoising is Euler from sigma_0 (1) to sigma_T (0)
+with the velocity at the current point, and inversion integrates the same ODE back over the same sigmas; by default
+(``"source"``) again with the velocity at the current point, x_i = x_{i+1} - (sigma_{i+1} - sigma_i) v(x_{i+1},
+sigma_{i+1}) (``"destination"`` evaluates it at sigma_i instead, as DDIM inversion does). The two directions are
+not inverses of each other (each step errs by O(dsigma^2)), the flow analogue of DDIM inversion's error.
 
 diffusers supplies the sigmas: the scheduler's own ``set_timesteps`` with the pipeline's arguments (shift,
 dynamic shifting by ``mu``, terminal stretch, Karras/exponential/beta spacing, inverted sigmas), so the
@@ -15,22 +18,27 @@ round trip denoises over the very sigmas the pipeline samples with.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import ClassVar, Mapping
 
 import torch
 
+from .ddim import Level
 from .errors import StablenoiseError
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, timestep) -> velocity
 
 
 @dataclass(frozen=True)
 class Schedule:
     sigmas: torch.Tensor  # [T + 1] float64: the noise level before each step, then where the last one lands
     timesteps: torch.Tensor  # [T + 1]: the model's timestep at each of those levels (sigma * num_train_timesteps)
+    prediction_type: ClassVar[str] = "flow"  # the model predicts the velocity eps - x_0
+    clip: ClassVar[None] = None
 
     def __len__(self) -> int:
         return len(self.sigmas) - 1
+
+    def levels(self) -> tuple[Level, ...]:
+        """The T + 1 levels (a, b) = (1 - sigma, sigma); a velocity means the same at every level."""
+        return tuple(Level(1 - s, s, t, 1 - s, s) for s, t in zip(self.sigmas.tolist(), self.timesteps))
 
 
 def schedule(config: Mapping, steps: int, device=None, **set_timesteps_kwargs) -> Schedule:
@@ -43,21 +51,7 @@ def schedule(config: Mapping, steps: int, device=None, **set_timesteps_kwargs) -
     sched = FlowMatchEulerDiscreteScheduler.from_config(dict(config))
     sched.set_timesteps(steps, **set_timesteps_kwargs)
     sigmas = sched.sigmas.to(torch.float32)
-    # The model's timestep at the last level, where only inversion evaluates it, by the scheduler's own rule.
+    # The model's timestep at the last level, where only source-point inversion evaluates it, by the scheduler's rule.
     last = sigmas[-1:] * sched.config.num_train_timesteps
     timesteps = torch.cat([sched.timesteps.to(torch.float32), last])
     return Schedule(sigmas.to(device, torch.float64), timesteps.to(device))
-
-
-def denoise(model: Model, x: torch.Tensor, sched: Schedule) -> torch.Tensor:
-    """Noise at sigma_0 to a sample at sigma_T: T model calls."""
-    for i in range(len(sched)):
-        x = x + float(sched.sigmas[i + 1] - sched.sigmas[i]) * model(x, sched.timesteps[i])
-    return x
-
-
-def invert(model: Model, x: torch.Tensor, sched: Schedule) -> torch.Tensor:
-    """A sample at sigma_T back to noise at sigma_0: explicit Euler backwards over the same sigmas."""
-    for i in reversed(range(len(sched))):
-        x = x - float(sched.sigmas[i + 1] - sched.sigmas[i]) * model(x, sched.timesteps[i + 1])
-    return x

@@ -12,9 +12,11 @@ import torch
 
 from ..errors import StablenoiseError
 from ..loading import from_pretrained
-from .base import Backend, Conditioning, Defaults, DiffusersBackend, uses_cfg
+from .base import DiffusersBackend
+from .denoiser import Conditioning, Denoiser, uses_cfg
 from .flow import FlowBackend
 from .flux import FluxBackend
+from .protocol import Backend, Defaults
 from .registry import Family, families, register_family, shipped_models
 from .sd import StableDiffusionBackend
 from .sd3 import StableDiffusion3Backend
@@ -25,10 +27,11 @@ DEFAULT_MODEL = "shapes"  # the CLI's default: the shapes world's shipped model 
 
 
 def from_pipeline(pipe, name: str | None = None, height: int | None = None, width: int | None = None,
-                  timestep_spacing: str | None = None) -> DiffusersBackend:
+                  timestep_spacing: str | None = None, inversion_point: str | None = None) -> DiffusersBackend:
     """Wrap a loaded diffusers pipeline. The DDIM round trip takes the pipeline scheduler's config
     (see :func:`stablenoise.ddim.settings`); ``timestep_spacing`` overrides its spacing
-    ("leading", "trailing" or "linspace")."""
+    ("leading", "trailing" or "linspace"); ``inversion_point`` where inversion evaluates the network
+    ("destination" or "source"; None: the family's, see :mod:`stablenoise.ddim`)."""
     scheduler_overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
     name = name or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "")
     mro = type(pipe).__mro__
@@ -46,6 +49,8 @@ def from_pipeline(pipe, name: str | None = None, height: int | None = None, widt
     if fam.fixed_size and (height or width):
         raise StablenoiseError(f"the {fam.name} model has a fixed image size")
     kwargs = {} if fam.fixed_size else {"height": height, "width": width}
+    if inversion_point is not None:  # only when asked: a registered family's backend may predate the option
+        kwargs["inversion_point"] = inversion_point
     return fam.backend(pipe=pipe, name=name or fam.name, defaults=defaults,
                        scheduler_overrides=scheduler_overrides, **kwargs)
 
@@ -86,13 +91,15 @@ def _looks_like_path(model: str) -> bool:
 
 def load(model: str | Path | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, *, height: int | None = None, width: int | None = None,
-         variant: str | None = None, timestep_spacing: str | None = None, compile: bool = False) -> DiffusersBackend:
+         variant: str | None = None, timestep_spacing: str | None = None, inversion_point: str | None = None,
+         compile: bool = False) -> DiffusersBackend:
     """Load a backend from a hub id (``stabilityai/sdxl-turbo``) or a local pipeline folder.
 
     ``None`` or ``"shapes"`` is the shapes-world model shipped inside the package (no network); other
     registered families may ship more names (``shapes-cosine``).
     ``variant`` picks weight files as in diffusers (``"fp16"``); ``height``/``width`` set the image size
-    of SD/SDXL (default: the UNet's native size); ``compile`` runs the denoiser through ``torch.compile``.
+    of SD/SDXL (default: the UNet's native size); ``inversion_point`` as in :func:`from_pipeline`; ``compile``
+    runs the network through ``torch.compile``.
     """
     from diffusers import DiffusionPipeline
 
@@ -121,11 +128,12 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
         pipe = from_pretrained(DiffusionPipeline, model, f"model {model!r}", **kwargs)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    backend = from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing)
+    backend = from_pipeline(pipe, name=model, height=height, width=width, timestep_spacing=timestep_spacing,
+                            inversion_point=inversion_point)
     return backend.compile() if compile else backend
 
 
-__all__ = ["Backend", "Conditioning", "Defaults", "DiffusersBackend", "Family", "FlowBackend", "FluxBackend",
+__all__ = ["Backend", "Conditioning", "Defaults", "Denoiser", "DiffusersBackend", "Family", "FlowBackend", "FluxBackend",
            "ShapEBackend", "StableDiffusion3Backend", "StableDiffusionBackend",
            "StableDiffusionXLBackend", "families", "from_pipeline", "load", "register_family", "shipped_models",
            "uses_cfg"]

@@ -1,13 +1,16 @@
-"""The shared round trip of flow-matching pipelines (SD3, FLUX): Euler ODE to data and back (see
-:mod:`stablenoise.flow`), over the sigmas the pipeline's own scheduler sets for the image size.
+"""The shared round trip of flow-matching pipelines (SD3, FLUX): the Euler ODE to data and back, which is the one
+integrator (:mod:`stablenoise.ddim`) over the levels (1 - sigma, sigma) of the sigmas the pipeline's own scheduler
+sets for the image size (:mod:`stablenoise.flow`).
 
-Everything else (encoding, CFG, checkpointing, counting model evaluations, the pipeline's own sampler) is
-:class:`DiffusersBackend`'s; adapters say how the transformer is called and how latents decode.
+Everything else (the loops, encoding, CFG, checkpointing, counting model evaluations, the pipeline's own sampler) is
+:class:`DiffusersBackend`'s; this class says where the schedule comes from, adapters how the transformer is called
+and how latents decode. Inversion evaluates the velocity at the source sigma unless told otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -26,6 +29,8 @@ class FlowBackend(DiffusersBackend):
     height: int | None = None
     width: int | None = None
 
+    default_inversion_point: ClassVar[str] = "source"  # explicit Euler backwards, the velocity where x is
+
     def _setup_round_trip(self) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -36,16 +41,24 @@ class FlowBackend(DiffusersBackend):
         # The pipeline's own scheduler config, read as FlowMatchEuler's whatever the shipped class.
         config = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config).config
         self.flow_config = {**{k: config[k] for k in SIGMA_KEYS if k in config}, **self.scheduler_overrides}
-        self._schedules: dict[int, flow.Schedule] = {}
+
+    def _new_schedule(self, steps: int) -> flow.Schedule:
+        return flow.schedule(self.flow_config, steps, self.device, **self._set_timesteps_kwargs(steps))
+
+    def _parametrization(self):
+        return flow.Schedule.prediction_type, flow.Schedule.clip
+
+    def _check_schedule(self, steps: int) -> None:
+        pass  # flow sigmas start from pure noise, and a velocity's x0 estimate divides by nothing
 
     @property
-    def denoiser(self) -> torch.nn.Module:
+    def network(self) -> torch.nn.Module:
         return self.pipe.transformer
 
     # --- what adapters provide -------------------------------------------------------------
     def _call_model(self, x, t, kwargs, guidance):
         # diffusers' transformers take the scheduler's timestep (sigma * 1000) broadcast to the batch.
-        return self.denoiser(hidden_states=x, timestep=t.expand(x.shape[0]), **kwargs, return_dict=False)[0]
+        return self.network(hidden_states=x, timestep=t.expand(x.shape[0]), **kwargs, return_dict=False)[0]
 
     def _image_seq_len(self) -> int:
         """How many tokens the transformer sees for one image (what dynamic shifting scales with)."""
@@ -66,24 +79,6 @@ class FlowBackend(DiffusersBackend):
 
     def _pipeline_kwargs(self):
         return {"height": self.height, "width": self.width}
-
-    # --- the round trip --------------------------------------------------------------------
-    def schedule(self, steps: int) -> flow.Schedule:
-        if steps not in self._schedules:
-            self._schedules[steps] = flow.schedule(self.flow_config, steps, self.device,
-                                                   **self._set_timesteps_kwargs(steps))
-        return self._schedules[steps]
-
-    def timesteps(self, steps: int) -> torch.Tensor:
-        return self.schedule(steps).timesteps[:-1]
-
-    def denoise(self, noise, cond, steps, guidance, checkpoint=False):
-        x = noise.to(self.device, self.work_dtype)
-        return flow.denoise(self._model(cond, guidance, checkpoint), x, self.schedule(steps))
-
-    def invert(self, latents, cond, steps, guidance, checkpoint=False):
-        x = latents.to(self.device, self.work_dtype)
-        return flow.invert(self._model(cond, guidance, checkpoint), x, self.schedule(steps))
 
     # --- decoding: the VAE of SD3 and FLUX (scaling and shift factors) ------------------------
     def decode_pixels(self, latents):

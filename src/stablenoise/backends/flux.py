@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Conditioning
+from .denoiser import Conditioning
 from .flow import FlowBackend
 
 
@@ -53,8 +53,8 @@ class FluxBackend(FlowBackend):
         b, _, h, w = x.shape
         embeds = kwargs["encoder_hidden_states"]
         guidance_embed = (torch.full([b], guidance, device=x.device, dtype=torch.float32)
-                          if self.denoiser.config.guidance_embeds else None)
-        out = self.denoiser(hidden_states=self.pack(x), timestep=t.expand(b).to(x.dtype) / 1000,
+                          if self.network.config.guidance_embeds else None)
+        out = self.network(hidden_states=self.pack(x), timestep=t.expand(b).to(x.dtype) / 1000,
                             guidance=guidance_embed, pooled_projections=kwargs["pooled_projections"],
                             encoder_hidden_states=embeds,
                             txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=embeds.dtype),

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import StablenoiseError
-from .base import Conditioning, DiffusersBackend, uses_cfg
+from .base import DiffusersBackend
+from .denoiser import Conditioning, uses_cfg
 
 
 @dataclass

@@ -3,7 +3,7 @@ an MMDiT predicting flow-matching velocity over 16-channel VAE latents."""
 
 from __future__ import annotations
 
-from .base import Conditioning, uses_cfg
+from .denoiser import Conditioning, uses_cfg
 from .flow import FlowBackend
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Conditioning, uses_cfg
+from .denoiser import Conditioning, uses_cfg
 from .sd import StableDiffusionBackend
 
 

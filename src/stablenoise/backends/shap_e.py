@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 
 from ..errors import StablenoiseError
-from .base import Conditioning, DiffusersBackend, uses_cfg
+from .base import DiffusersBackend
+from .denoiser import Conditioning, uses_cfg
 
 PAN_CAMERAS = 20  # diffusers' create_pan_cameras: np.linspace(0, 2 pi, 20), so 19 distinct angles
 RAY_BATCH = 4096  # decode_to_image's default rays per batch
@@ -55,7 +56,7 @@ class ShapEBackend(DiffusersBackend):
             raise StablenoiseError(f"views must be an integer in 1..{PAN_CAMERAS - 1}, got {self.views!r}")
 
     @property
-    def denoiser(self):
+    def network(self):
         return self.pipe.prior
 
     def _default_latent_shape(self):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .pipeline import to_pil
-from ..backends.base import Conditioning, DiffusersBackend, Defaults, uses_cfg
+from ..backends.base import DiffusersBackend
+from ..backends.denoiser import Conditioning, uses_cfg
+from ..backends.protocol import Defaults
 
 
 class ShapesBackend(DiffusersBackend):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..backends.base import Conditioning, uses_cfg
+from ..backends.denoiser import Conditioning, uses_cfg
 from ..backends.flow import FlowBackend
 from .pipeline import to_pil
 
 
 class ShapesFlowBackend(FlowBackend):
     @property
-    def denoiser(self):
+    def network(self):
         return self.pipe.unet
 
     def _default_latent_shape(self):
@@ -17,7 +17,7 @@ class ShapesFlowBackend(FlowBackend):
         return (c.in_channels, c.sample_size, c.sample_size)
 
     def _call_model(self, x, t, kwargs, guidance):
-        return self.denoiser(x, t.expand(x.shape[0]), **kwargs).sample
+        return self.network(x, t.expand(x.shape[0]), **kwargs).sample
 
     def _image_seq_len(self):
         _, h, w = self.latent_shape
