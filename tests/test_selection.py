@@ -166,7 +166,7 @@ def test_with_an_accelerator_the_first_seed_measures_memory_and_is_reported_firs
         measure_one()
         return 2
 
-    monkeypatch.setattr("stablenoise.selection.auto_batch_size", measuring)
+    monkeypatch.setattr("stablenoise.batching.auto_batch_size", measuring)  # selection batches there
     b, seen, seeds = ToyBackend(), [], [5, 9, 2, 7, 11]
     r = sn.select(b, "a", seeds=seeds, steps=3, progress=False, callback=seen.append)
     assert asked == [(b.device, 5, 32)]  # the number of seeds, the values per sample (2 * 4 * 4)

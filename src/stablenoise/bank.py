@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from .backends.base import Backend
+from .backends.protocol import Backend
+from .ddim import INVERSION_POINTS
 from .errors import StablenoiseError
 from .noise import NOISE_NORMS, SEED_LIMIT
 from .records import now, versions, write_json_atomic
 from .selection import check_one_prompt, score_seeds
-from .stability import resolve
+from .stability import check_point, resolve
 
 SAMPLES_PER_TENSOR = 1024
 ROUND_TRIP_KEYS = ("ddim", "flow")  # where describe() puts the round trip's schedule (DDIM or flow matching)
@@ -76,6 +77,7 @@ class SeedBank:
     created: str = ""
     versions: dict = field(default_factory=dict)
     noise_norm: str = "keep"  # "shell": the seeds' noises were scored on the sqrt(d) shell
+    inversion_point: str | None = None  # where inversion evaluated the network (None: a bank from before it was kept)
 
     @property
     def scores(self) -> dict[int, float | None]:
@@ -140,6 +142,9 @@ class SeedBank:
         if bank.noise_norm not in NOISE_NORMS:
             raise StablenoiseError(f"{path} is not a seed bank: noise_norm {_short(bank.noise_norm)} is not one of "
                                    f"{', '.join(NOISE_NORMS)}")
+        if bank.inversion_point is not None and bank.inversion_point not in INVERSION_POINTS:
+            raise StablenoiseError(f"{path} is not a seed bank: inversion_point {_short(bank.inversion_point)} is not "
+                                   f"one of {', '.join(INVERSION_POINTS)}")
         return bank
 
 
@@ -161,16 +166,18 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", steps: int | None = None,
                guidance: float | None = None, inversion_guidance: float | None = None, batch_size: int | None = None,
-               progress: bool = True, noise_norm: str = "keep") -> SeedBank:
+               progress: bool = True, noise_norm: str = "keep", inversion_point: str | None = None) -> SeedBank:
     """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt);
-    ``noise_norm`` as in :func:`stablenoise.select`, which then takes the bank only with the same setting."""
+    ``noise_norm`` as in :func:`stablenoise.select`, which then takes the bank only with the same setting;
+    ``inversion_point`` as there too (None: the backend's), and recorded."""
     if n < 1:
         raise StablenoiseError(f"a bank needs n >= 1 seeds, got {n}")
     check_one_prompt(prompt, "build_bank")
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
+    point = check_point(inversion_point) or getattr(backend, "inversion_point", None)
     seeds = list(range(first_seed, first_seed + n))
     scores = score_seeds(backend, prompt, seeds, None, batch_size, steps, guidance, inversion_guidance, progress,
-                         desc="bank", noise_norm=noise_norm)
+                         desc="bank", noise_norm=noise_norm, inversion_point=inversion_point)
     return SeedBank(seeds, [v if v is not None and math.isfinite(v) else None for v in scores], prompt, steps,
                     guidance, inversion_guidance, backend.describe(), identity(backend), now(), versions(),
-                    noise_norm)
+                    noise_norm, point)

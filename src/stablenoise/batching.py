@@ -1,4 +1,5 @@
-"""Batches that fit: a batch size from free accelerator memory, halved and retried on out-of-memory."""
+"""Batches that fit: a batch size from free accelerator memory, halved and retried on out-of-memory
+(:func:`batched` puts the two together)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,33 @@ def map_batches(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], batch_
             on_batch(chunk, result)
         i += len(chunk)
     return out
+
+
+def batched(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], batch_size: int | None, device: torch.device,
+            sample_elements: int = 1, on_batch: Callable[[Sequence[T], list[R]], None] | None = None) -> list[R]:
+    """``fn`` over batches of ``items`` that fit, results in order.
+
+    Args:
+        fn: a chunk of items -> one result per item.
+        items: what to run ``fn`` on.
+        batch_size: items per batch; None picks one (:func:`auto_batch_size`: on an accelerator the first item,
+            run alone, measures the memory of one sample, and its result is kept).
+        device: where ``fn`` runs; sample_elements: values per sample (the CPU batch shrinks with it).
+        on_batch: gets each chunk and its results once they are done (say, to commit them).
+    Returns:
+        ``fn``'s results, concatenated in the order of ``items``; a batch that runs out of memory is retried at half
+        the size (:func:`map_batches`).
+    """
+    first: list[R] = []
+    if batch_size is None:
+        batch_size = auto_batch_size(device, lambda: first.extend(map_batches(fn, items[:1], 1)), len(items),
+                                     sample_elements)
+        if first and on_batch is not None:
+            on_batch(items[:1], first)
+    return first + map_batches(fn, items[len(first):], batch_size, on_batch)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a wall-clock time means the work."""
+    if device.type == "cuda":  # pragma: no cover - GPU only
+        torch.cuda.synchronize(device)

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .backends.base import Backend
-from .batching import auto_batch_size, map_batches
+from .backends.protocol import Backend
 from .errors import StablenoiseError
 from .noise import check_noise_norm, check_seed, noises_from_seeds
-from .stability import conditioning, resolve, score
+from .stability import RoundTrip, check_point, conditioning, finite, resolve, round_trips
 
 if TYPE_CHECKING:
     from .bank import SeedBank
@@ -34,12 +33,13 @@ class Stability:
     name = "stability"
     higher_is_better = True
 
-    def prepare(self, backend: Backend, prompt: str, steps: int, guidance: float,
-                inversion_guidance: float) -> Callable[[torch.Tensor], list[float]]:
-        """Encode the prompt once; return noises [B, ...] -> one score per noise."""
-        with torch.no_grad():
-            cond = conditioning(backend, prompt, 1, max(guidance, inversion_guidance))
-        return lambda noise: score(backend, cond, noise, steps, guidance, inversion_guidance).tolist()
+    def inversions(self, inversion_guidance: float) -> tuple[float, ...]:
+        """The inversion guidances whose round trips the score needs (one)."""
+        return (inversion_guidance,)
+
+    def read(self, backend: Backend, prompts: list[str], trip: RoundTrip) -> list[float]:
+        """One score per noise of a batch's round trip."""
+        return trip.stability[0].tolist()
 
 
 class RewardScorer:
@@ -51,18 +51,13 @@ class RewardScorer:
         self.name = reward.name
         self.higher_is_better = reward.higher_is_better
 
-    def prepare(self, backend: Backend, prompt: str, steps: int, guidance: float,
-                inversion_guidance: float) -> Callable[[torch.Tensor], list[float]]:
+    def inversions(self, inversion_guidance: float) -> tuple[float, ...]:
+        return ()  # the denoising half alone: the image
+
+    def read(self, backend: Backend, prompts: list[str], trip: RoundTrip) -> list[float]:
         with torch.no_grad():
-            cond = conditioning(backend, prompt, 1, guidance)
-
-        def run(noise: torch.Tensor) -> list[float]:
-            with torch.no_grad():
-                z0 = backend.denoise(noise.to(backend.device, torch.float32), cond.expand(len(noise)), steps, guidance)
-                images = backend.decode(z0)
-            return self.reward(images, [prompt] * len(images)).detach().float().cpu().tolist()
-
-        return run
+            images = backend.decode(trip.z0)
+        return self.reward(images, prompts).detach().float().cpu().tolist()
 
 
 Scorer = Stability | RewardScorer
@@ -105,6 +100,7 @@ class SelectionResult:
     scorer: str = "stability"
     higher_is_better: bool = True
     noise_norm: str = "keep"  # "shell": every seed's noise was scored (and is returned) on the sqrt(d) shell
+    inversion_point: str | None = None  # where inversion evaluated the network (None: the backend's own)
 
     def ranked(self) -> list[tuple[int, float]]:
         """(seed, score) of the scored seeds, best first."""
@@ -117,12 +113,13 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
            inversion_guidance: float | None = None, proxy: Proxy | Mapping[int, float] | SeedBank | None = None,
            keep: int | None = None, progress: bool = True,
            callback: Callable[[dict], None] | None = None, scorer: Scorer | Reward | None = None,
-           noise_norm: str = "keep") -> SelectionResult:
+           noise_norm: str = "keep", inversion_point: str | None = None) -> SelectionResult:
     """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
     with the best and worst seed. ``scorer``: None ranks by inversion stability (most stable wins); a
     :class:`stablenoise.rewards.Reward` (or a :class:`RewardScorer`) ranks by that reward of each noise's image.
     A non-finite score is recorded as None and never wins. ``noise_norm="shell"`` scores (and returns) each
     seed's noise rescaled to norm sqrt(d), so that the noise's length cannot decide the ranking.
+    ``inversion_point``: where inversion evaluates the network, "destination" or "source" (None: the backend's).
     The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: up to 16, fewer
     for large latents), and a batch that runs out of memory is retried at half the size.
     With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
@@ -134,39 +131,27 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     check_one_prompt(prompt, "select")
     scorer = as_scorer(scorer)
     check_noise_norm(noise_norm)
+    check_point(inversion_point)
     if isinstance(proxy, SeedBank):
         proxy.check(backend)
         if proxy.noise_norm != noise_norm:
             raise StablenoiseError(f"the seed bank scored its noises with noise_norm={proxy.noise_norm!r}, this "
                                    f"selection uses {noise_norm!r}: rebuild the bank with the same noise_norm")
         proxy = proxy.scores
-    if seeds is None:
-        if k < 1:
-            raise StablenoiseError(f"k must be >= 1, got {k}")
-        seeds = range(k)
-    seeds = [check_seed(s) for s in seeds]
-    if not seeds:
-        raise StablenoiseError("seeds is empty: give at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise StablenoiseError("seeds must be distinct")
+    seeds = _check_seeds(k, seeds)
     if batch_size is not None and batch_size < 1:
         raise StablenoiseError(f"batch size must be >= 1, got {batch_size}")
     if (proxy is None) != (keep is None):
         raise StablenoiseError("two-stage selection needs both proxy and keep")
-    proxy_scores = None
-    candidates = seeds
+    settings = dict(steps=steps, guidance=guidance, inversion_guidance=inversion_guidance, noise_norm=noise_norm,
+                    inversion_point=inversion_point)
+    proxy_scores, candidates = None, seeds
     if proxy is not None:
         check_keep(keep, len(seeds))
-        proxy_scores = _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
-                                     progress, scorer, noise_norm)
-        sign = -1 if scorer.higher_is_better else 1
-        finite = [i for i, v in enumerate(proxy_scores) if v is not None]
-        top = sorted(finite, key=lambda i: (sign * proxy_scores[i], i))[:keep]
-        candidates = [seeds[i] for i in sorted(top)]
-        if not candidates:
-            raise StablenoiseError(f"the proxy scored every one of the {len(seeds)} seeds NaN or inf")
-    full = dict(zip(candidates, score_seeds(backend, prompt, candidates, scorer, batch_size, steps, guidance,
-                                            inversion_guidance, progress, callback, noise_norm=noise_norm)))
+        proxy_scores = _proxy_scores(backend, prompt, seeds, proxy, batch_size, progress, scorer, settings)
+        candidates = _top(seeds, proxy_scores, keep, scorer.higher_is_better)
+    full = dict(zip(candidates, score_seeds(backend, prompt, candidates, scorer, batch_size, progress=progress,
+                                            callback=callback, **settings)))
     scores = [full.get(seed) for seed in seeds]
     scored = [i for i, v in enumerate(scores) if v is not None]
     if not scored:
@@ -178,7 +163,30 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
     return SelectionResult(prompt, seeds, scores, seeds[best], seeds[worst],
                            noises_from_seeds([seeds[best]], backend.latent_shape, noise_norm),
                            noises_from_seeds([seeds[worst]], backend.latent_shape, noise_norm), proxy_scores,
-                           scorer.name, scorer.higher_is_better, noise_norm)
+                           scorer.name, scorer.higher_is_better, noise_norm, inversion_point)
+
+
+def _check_seeds(k: int, seeds: Sequence[int] | None) -> list[int]:
+    if seeds is None:
+        if k < 1:
+            raise StablenoiseError(f"k must be >= 1, got {k}")
+        seeds = range(k)
+    seeds = [check_seed(s) for s in seeds]
+    if not seeds:
+        raise StablenoiseError("seeds is empty: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise StablenoiseError("seeds must be distinct")
+    return seeds
+
+
+def _top(seeds: list[int], proxy_scores: list[float | None], keep: int, higher_is_better: bool) -> list[int]:
+    """The ``keep`` seeds the proxy ranks best (ties: the earlier seed), in the order of ``seeds``."""
+    sign = -1 if higher_is_better else 1
+    scored = [i for i, v in enumerate(proxy_scores) if v is not None]
+    top = sorted(scored, key=lambda i: (sign * proxy_scores[i], i))[:keep]
+    if not top:
+        raise StablenoiseError(f"the proxy scored every one of the {len(seeds)} seeds NaN or inf")
+    return [seeds[i] for i in sorted(top)]
 
 
 def check_one_prompt(prompt, who: str) -> None:
@@ -202,7 +210,7 @@ def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Sco
                 batch_size: int | None = None, steps: int | None = None, guidance: float | None = None,
                 inversion_guidance: float | None = None, progress: bool = True,
                 callback: Callable[[dict], None] | None = None, desc: str = "select",
-                noise_norm: str = "keep") -> list[float | None]:
+                noise_norm: str = "keep", inversion_point: str | None = None) -> list[float | None]:
     """Each seed's score by ``scorer`` (None: stability), the prompt encoded once, in batches that fit.
 
     Args:
@@ -211,43 +219,39 @@ def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Sco
         steps, guidance, inversion_guidance: the round trip (None: the model family's).
         callback: gets ``{"seeds", "scores"}`` after each batch.
         noise_norm: "keep" (each seed's noise as drawn) or "shell" (rescaled to norm sqrt(d)).
+        inversion_point: where inversion evaluates the network, "destination" or "source" (None: the backend's).
     Returns:
         One score per seed, in order; None where the score is not finite.
     """
     scorer = as_scorer(scorer)
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
-    measure = scorer.prepare(backend, prompt, steps, guidance, inversion_guidance)
+    check_point(inversion_point)
+    inversions = scorer.inversions(inversion_guidance)
+    with torch.no_grad():
+        cond = conditioning(backend, prompt, 1, max((guidance, *inversions)))
     bar = tqdm(total=len(seeds), desc=desc, unit="seed", disable=not progress)
 
-    def run(chunk):
-        noise = noises_from_seeds(chunk, backend.latent_shape, noise_norm)
-        return [v if math.isfinite(v) else None for v in measure(noise)]
-
-    def done(chunk, s):
+    def done(chunk, scores):
         bar.update(len(chunk))
         if callback is not None:
-            callback({"seeds": list(chunk), "scores": s})
+            callback({"seeds": list(chunk), "scores": scores})
 
-    first: list[float | None] = []
-    if batch_size is None:  # the first seed's score measures the memory one sample needs
-        batch_size = auto_batch_size(backend.device, lambda: first.extend(run(seeds[:1])), len(seeds),
-                                     math.prod(backend.latent_shape))
-        if first:
-            done(seeds[:1], first)
     try:
-        return first + map_batches(run, seeds[len(first):], batch_size, done)
+        return round_trips(backend, seeds, lambda chunk: (cond.expand(len(chunk)), noises_from_seeds(
+                               chunk, backend.latent_shape, noise_norm)), steps, guidance, inversions,
+                           read=lambda chunk, trip: finite(scorer.read(backend, [prompt] * len(chunk), trip)),
+                           batch_size=batch_size, on_batch=done, inversion_point=inversion_point)
     finally:
         bar.close()
 
 
-def _proxy_scores(backend, prompt, seeds, proxy, batch_size, steps, guidance, inversion_guidance,
-                  progress, scorer, noise_norm) -> list[float | None]:
+def _proxy_scores(backend, prompt, seeds, proxy, batch_size, progress, scorer, settings) -> list[float | None]:
     if isinstance(proxy, Proxy):
+        changed = {k: getattr(proxy, k) for k in ("steps", "guidance", "inversion_guidance")
+                   if getattr(proxy, k) is not None}
+        cheap = {**settings, **changed}
         return score_seeds(backend, prompt if proxy.prompt is None else proxy.prompt, seeds, scorer, batch_size,
-                           proxy.steps if proxy.steps is not None else steps,
-                           proxy.guidance if proxy.guidance is not None else guidance,
-                           proxy.inversion_guidance if proxy.inversion_guidance is not None else inversion_guidance,
-                           progress, desc="proxy", noise_norm=noise_norm)
+                           progress=progress, desc="proxy", **cheap)
     missing = [s for s in seeds if s not in proxy]
     if missing:
         raise StablenoiseError(f"the proxy scores have no score for {len(missing)} of the seeds (first: {missing[0]})")
