@@ -111,11 +111,12 @@ def test_perf_bad_input(tmp_path, args, message):
 def test_bench_reference_matches_prompts_by_position_when_captions_repeat(tmp_path):
     import sqlite3
 
-    from stablenoise.bench.schema import DDL
+    from stablenoise.bench.schema import DDL, SCHEMA_VERSION
 
     db_path = tmp_path / "bench.sqlite"
     db = sqlite3.connect(db_path)
     db.executescript(DDL)
+    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))  # read through the Store
     db.execute("INSERT INTO configs (id, digest, prompt_set, model, steps, guidance, inversion_guidance, k, first_seed,"
                " json, versions, created) VALUES (1, 'd', 's', 'm', 5, 2.0, 1.0, 2, 0, '{}', '{}', 'now')")
     texts = ["a triangle", "a circle", "a triangle"]  # a repeated caption, as held-out sets have

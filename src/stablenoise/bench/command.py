@@ -77,12 +77,15 @@ def _names(value: str) -> list[str]:
 @click.option("--dtype", default=None)
 @click.option("--variant", default=None)
 @click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None)
+@click.option("--inversion-point", type=click.Choice(["destination", "source"]), default=None,
+              help="Where inversion evaluates the model: the timestep x moves to (destination: DDIM's default) or "
+                   "the level x is at (source: flow models' default); a config records it only when not the default.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("stablenoise-out/bench"), show_default=True)
 @click.option("--report/--no-report", default=True, show_default=True, help="Write RUN/report.html at the end.")
 @guarded
 def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guidance_list, inversion_guidance,
           first_seed, noise_norm, batch_size, optimize_batch_size, optimize_prompts, device, dtype, variant,
-          timestep_spacing, out, report):
+          timestep_spacing, inversion_point, out, report):
     """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
     resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
     from ..backends import load
@@ -105,7 +108,8 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     check_run_folder(out)  # a user's folder or a broken store is refused now, before any model loads
     prompt_set = load_prompts(prompts_spec, limit=limit)
     check_seed_range(first_seed, len(prompt_set.prompts) * k)
-    backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing)
+    backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing,
+                   inversion_point=inversion_point)
     rewards = {name: load_reward(name, device=backend.device) for name in reward_names}
     optimizing = {}
     for m in method_list:

@@ -33,15 +33,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
 from .. import stats
-from ..backends import base as backend_base
+from ..backends.denoiser import Conditioning
 from ..bank import build_bank
-from ..batching import CPU_BATCH, auto_batch_size, is_out_of_memory
+from ..batching import CPU_BATCH, auto_batch_size, is_out_of_memory, synchronize
 from ..errors import StablenoiseError
 from ..noise import noises_from_seeds
 from ..records import now, versions, write_json_atomic
 from ..selection import Proxy, select
-from ..stability import conditioning, cosine, resolve, round_trip, score, stability
+from ..stability import conditioning, cosine, evaluations, resolve, round_trip, round_trips, score, stability
+from .store import Store
 
 PARTS = ("overhead", "batching", "memory", "proxies", "bank")
 MEMORY_STEPS = (1, 2, 4, 8)
@@ -70,16 +73,11 @@ def machine() -> dict:
     return info
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t
 
 
@@ -112,14 +110,14 @@ def recorded_calls(module: torch.nn.Module):
 def overhead(backend, prompt: str, steps: int, guidance: float, inversion_guidance: float, batch: int,
              repeats: int) -> dict:
     noise = noises_from_seeds(range(batch), backend.latent_shape)
-    with recorded_calls(backend.denoiser) as calls, torch.no_grad():
+    with recorded_calls(backend.network) as calls, torch.no_grad():
         reference = score(backend, conditioning(backend, prompt, 1, max(guidance, inversion_guidance)), noise,
                           steps, guidance, inversion_guidance)
 
     def raw():
         with torch.no_grad():
             for args, kwargs in calls:
-                backend.denoiser(*args, **kwargs)
+                backend.network(*args, **kwargs)
 
     def full():
         s = stability(backend, prompt, noise, steps, guidance, inversion_guidance)
@@ -163,7 +161,7 @@ def _storages(tree, out: dict, skip: set) -> None:
     elif isinstance(tree, dict):
         for x in tree.values():
             _storages(x, out, skip)
-    elif isinstance(tree, backend_base.Conditioning):
+    elif isinstance(tree, Conditioning):
         _storages(tree.cond, out, skip)
         _storages(tree.uncond, out, skip)
 
@@ -178,25 +176,20 @@ def _weights(backend) -> set:
 def held_for_backward(skip: set):
     """Count the bytes autograd keeps for the backward pass: every saved tensor outside checkpointed regions
     (saved-tensor hooks) plus the inputs a non-reentrant checkpoint keeps to recompute its region (inside a
-    checkpoint, torch's own hooks replace ours, so what it recomputes is rightly not counted)."""
+    checkpoint, torch's own hooks replace ours, so what it recomputes is rightly not counted). Yields the count
+    and the checkpoint function that adds those inputs, to give the round trip as its ``checkpoint``."""
     held: dict[int, int] = {}
 
     def pack(t):
         _storages(t, held, skip)
         return t
 
-    real = backend_base._checkpoint
-
     def counting_checkpoint(fn, *args, **kwargs):
         _storages(args, held, skip)
-        return real(fn, *args, **kwargs)
+        return torch_checkpoint(fn, *args, **kwargs)
 
-    backend_base._checkpoint = counting_checkpoint
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield held
-    finally:
-        backend_base._checkpoint = real
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield held, counting_checkpoint
 
 
 def _iteration(backend, cond, noise, steps, guidance, inversion_guidance, checkpoint):
@@ -205,49 +198,42 @@ def _iteration(backend, cond, noise, steps, guidance, inversion_guidance, checkp
     return x, (1 - cosine(x, inverted)).sum()
 
 
-def memory(backend, prompt: str, steps: int, guidance: float, inversion_guidance: float, batch: int,
-           repeats: int) -> dict:
-    noise = noises_from_seeds(range(batch), backend.latent_shape).to(backend.device)
-    with torch.no_grad():
-        cond = conditioning(backend, prompt, batch, max(guidance, inversion_guidance))
-    skip = _weights(backend)
-    # The largest single recomputed call: one denoiser evaluation (with CFG) with everything saved.
-    with held_for_backward(skip) as one:
-        x = noise.clone().requires_grad_(True)
-        backend.eps(x, backend.timesteps(steps)[0], cond, guidance).sum()
-    one_call = sum(one.values())
-    rows = []
-    for t_steps in MEMORY_STEPS:
-        row = {"steps": t_steps}
-        for checkpoint in (False, True):
-            key = "checkpoint" if checkpoint else "plain"
-            if backend.device.type == "cuda":  # pragma: no cover - GPU only
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(backend.device)
-                base = torch.cuda.memory_allocated(backend.device)
-            try:
-                with held_for_backward(skip) as held:
-                    x, loss = _iteration(backend, cond, noise, t_steps, guidance, inversion_guidance, checkpoint)
-                grad, = torch.autograd.grad(loss, x)
-            except Exception as error:  # noqa: BLE001 - a GPU may not hold T = 8 without checkpointing
-                if not is_out_of_memory(error):
-                    raise
-                row[f"{key}_out_of_memory"] = True
-                x = loss = grad = held = None
-                continue
-            row[f"{key}_held_bytes"] = sum(held.values())
-            row[f"{key}_peak_bytes_cpu_estimate"] = sum(held.values()) + (one_call if checkpoint else 0)
-            if backend.device.type == "cuda":  # pragma: no cover - GPU only
-                row[f"{key}_peak_bytes_cuda"] = torch.cuda.max_memory_allocated(backend.device) - base
-            assert torch.isfinite(grad).all()
-            del x, loss, grad, held
-        if "plain_held_bytes" in row and "checkpoint_held_bytes" in row:
-            row["held_ratio"] = row["checkpoint_held_bytes"] / row["plain_held_bytes"]
-        rows.append(row)
-    first, last = rows[0], rows[-1]
-    peak_key = "checkpoint_peak_bytes_cuda" if backend.device.type == "cuda" else "checkpoint_peak_bytes_cpu_estimate"
+def _memory_row(backend, cond, noise, t_steps: int, guidance: float, inversion_guidance: float, skip: set,
+                one_call: int) -> dict:
+    """Bytes held for backward by one optimization step of ``t_steps`` steps, plain and checkpointed."""
+    row = {"steps": t_steps}
+    for checkpointed in (False, True):
+        key = "checkpoint" if checkpointed else "plain"
+        if backend.device.type == "cuda":  # pragma: no cover - GPU only
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(backend.device)
+            base = torch.cuda.memory_allocated(backend.device)
+        try:
+            with held_for_backward(skip) as (held, counted):
+                x, loss = _iteration(backend, cond, noise, t_steps, guidance, inversion_guidance,
+                                     counted if checkpointed else False)
+            grad, = torch.autograd.grad(loss, x)
+        except Exception as error:  # noqa: BLE001 - a GPU may not hold T = 8 without checkpointing
+            if not is_out_of_memory(error):
+                raise
+            row[f"{key}_out_of_memory"] = True
+            x = loss = grad = held = None
+            continue
+        row[f"{key}_held_bytes"] = sum(held.values())
+        row[f"{key}_peak_bytes_cpu_estimate"] = sum(held.values()) + (one_call if checkpointed else 0)
+        if backend.device.type == "cuda":  # pragma: no cover - GPU only
+            row[f"{key}_peak_bytes_cuda"] = torch.cuda.max_memory_allocated(backend.device) - base
+        assert torch.isfinite(grad).all()
+        del x, loss, grad, held
+    if "plain_held_bytes" in row and "checkpoint_held_bytes" in row:
+        row["held_ratio"] = row["checkpoint_held_bytes"] / row["plain_held_bytes"]
+    return row
 
-    # Time: an optimization iteration (forward + backward) against a score of the same batch and steps.
+
+def _iteration_times(backend, cond, noise, steps: int, guidance: float, inversion_guidance: float,
+                     repeats: int) -> dict:
+    """Median seconds of an optimization iteration (forward + backward), plain and checkpointed, and of a score
+    of the same batch and steps."""
     def score_fn():
         with torch.no_grad():
             round_trip(backend, cond, noise, steps, guidance, inversion_guidance)
@@ -259,13 +245,29 @@ def memory(backend, prompt: str, steps: int, guidance: float, inversion_guidance
         return fn
     fns = {"score": score_fn, "iteration_plain": iteration_fn(False), "iteration_checkpoint": iteration_fn(True)}
     try:
-        t = interleaved_medians(fns, repeats, backend.device)
+        return interleaved_medians(fns, repeats, backend.device)
     except Exception as error:  # noqa: BLE001
         if not is_out_of_memory(error):
             raise
         del fns["iteration_plain"]
-        t = interleaved_medians(fns, repeats, backend.device)
-        t["iteration_plain"] = math.nan
+        return {**interleaved_medians(fns, repeats, backend.device), "iteration_plain": math.nan}
+
+
+def memory(backend, prompt: str, steps: int, guidance: float, inversion_guidance: float, batch: int,
+           repeats: int) -> dict:
+    noise = noises_from_seeds(range(batch), backend.latent_shape).to(backend.device)
+    with torch.no_grad():
+        cond = conditioning(backend, prompt, batch, max(guidance, inversion_guidance))
+    skip = _weights(backend)
+    # The largest single recomputed call: one network evaluation (with CFG) with everything saved.
+    with held_for_backward(skip) as (one, _):
+        x = noise.clone().requires_grad_(True)
+        backend.denoiser(cond, guidance).output(x, backend.timesteps(steps)[0]).sum()
+    one_call = sum(one.values())
+    rows = [_memory_row(backend, cond, noise, t, guidance, inversion_guidance, skip, one_call) for t in MEMORY_STEPS]
+    first, last = rows[0], rows[-1]
+    peak_key = "checkpoint_peak_bytes_cuda" if backend.device.type == "cuda" else "checkpoint_peak_bytes_cpu_estimate"
+    t = _iteration_times(backend, cond, noise, steps, guidance, inversion_guidance, repeats)
     return {"batch": batch, "one_call_bytes": one_call, "rows": rows,
             "peak_ratio_checkpoint_T8_over_T1": last[peak_key] / first[peak_key],
             "held_ratio_checkpoint_over_plain_T8": last.get("held_ratio"),
@@ -296,23 +298,20 @@ def _score_setting(backend, prompt: str, seeds: list[int], s: Setting, batch: in
     with torch.no_grad():
         cond = conditioning(backend, s.prompt if s.prompt is not None else prompt, 1,
                             max(s.guidance, s.inversion_guidance))
-    out = {"stability": [], "z0_cosine": [], "denoise_evals": 0, "invert_evals": 0, "denoise_seconds": 0.0,
-           "invert_seconds": 0.0}
-    for i in range(0, len(seeds), batch):
-        noise = noises_from_seeds(seeds[i:i + batch], backend.latent_shape).to(backend.device)
-        c = cond.expand(noise.shape[0])
-        with torch.no_grad():
-            for half in ("denoise", "invert"):
-                before, t = backend.model_evaluations, time.perf_counter()
-                if half == "denoise":
-                    z0 = backend.denoise(noise, c, s.steps, s.guidance)
-                else:
-                    inverted = backend.invert(z0, c, s.steps, s.inversion_guidance)
-                _sync(backend.device)
-                out[f"{half}_seconds"] += time.perf_counter() - t
-                out[f"{half}_evals"] += backend.model_evaluations - before
-        out["stability"] += cosine(noise, inverted).cpu().tolist()
-        out["z0_cosine"] += cosine(noise, z0).cpu().tolist()
+    costs = []
+
+    def read(chunk, trip):
+        values = list(zip(trip.stability[0].tolist(), cosine(trip.noise, trip.z0).cpu().tolist()))
+        costs.append((trip.evaluations, trip.seconds))
+        return values
+
+    values = round_trips(backend, seeds, lambda chunk: (cond.expand(len(chunk)), noises_from_seeds(
+                             chunk, backend.latent_shape)), s.steps, s.guidance, (s.inversion_guidance,),
+                         read=read, batch_size=batch)
+    out = {"stability": [v for v, _ in values], "z0_cosine": [z for _, z in values]}
+    for i, half in enumerate(("denoise", "invert")):
+        out[f"{half}_evals"] = sum(e[i] for e, _ in costs)
+        out[f"{half}_seconds"] = sum(sec[i] for _, sec in costs)
     return out
 
 
@@ -387,11 +386,11 @@ def check_two_stage(backend, state: dict, setting: Setting, keep: int, full: Set
         p = state["prompts"][str(i)]
         proxy = (dict(zip(p["seeds"], p[setting.name]["stability"])) if setting.prompt_independent else
                  Proxy(setting.steps, setting.guidance, setting.inversion_guidance, setting.prompt))
-        before, t = backend.model_evaluations, time.perf_counter()
+        before, t = evaluations(backend), time.perf_counter()
         r = select(backend, p["prompt"], seeds=p["seeds"], proxy=proxy, keep=keep, steps=full.steps,
                    guidance=full.guidance, inversion_guidance=full.inversion_guidance, progress=False)
         seconds.append(time.perf_counter() - t)
-        evals.append(backend.model_evaluations - before)
+        evals.append(evaluations(backend) - before)
         order = np.argsort(-np.array(p[setting.name]["stability"]), kind="stable")[:keep]
         predicted = max(order, key=lambda j: p["full"]["stability"][j])
         agree.append(r.best_seed == p["seeds"][predicted])
@@ -405,19 +404,19 @@ def bank(backend, prompts: list[str], n: int, keep: int, full: Setting, judge, b
          progress: bool = True) -> dict:
     """Build a bank of ``n`` seeds under the empty prompt, then per prompt fully score its ``keep`` most stable
     and judge the winner's image."""
-    before, t = backend.model_evaluations, time.perf_counter()
+    before, t = evaluations(backend), time.perf_counter()
     b = build_bank(backend, n, 0, "", full.steps, 1.0, 1.0, batch, progress=progress)
-    build = {"seeds": n, "evals": backend.model_evaluations - before, "seconds": time.perf_counter() - t}
+    build = {"seeds": n, "evals": evaluations(backend) - before, "seconds": time.perf_counter() - t}
     picks, passes, evals = [], [], []
     for prompt in tqdm(prompts, desc="bank", unit="prompt", disable=not progress):
-        before = backend.model_evaluations
+        before = evaluations(backend)
         r = select(backend, prompt, seeds=b.seeds, proxy=b.scores, keep=keep, steps=full.steps,
                    guidance=full.guidance, inversion_guidance=full.inversion_guidance, progress=False)
-        evals.append(backend.model_evaluations - before)
-        with torch.no_grad():
-            cond = conditioning(backend, prompt, 1, full.guidance)
-            image = backend.decode(backend.denoise(r.best_noise.to(backend.device), cond, full.steps, full.guidance))
-        passes.append(float(judge(image, [prompt])[0]))
+        evals.append(evaluations(backend) - before)
+        passes += round_trips(backend, [prompt], lambda chunk: (conditioning(backend, prompt, 1, full.guidance),
+                                                                r.best_noise), full.steps, full.guidance,
+                              read=lambda chunk, trip: [float(judge(backend.decode(trip.z0), [prompt])[0])],
+                              batch_size=1)
         picks.append(r.best_seed)
     return {"bank": build, "keep": keep, "prompts": len(prompts), "top": b.top(keep),
             "distinct_winners": len(set(picks)), "evals_per_prompt": statistics.mean(evals),
@@ -425,58 +424,43 @@ def bank(backend, prompts: list[str], n: int, keep: int, full: Setting, judge, b
             "per_prompt": passes, "winners": picks}
 
 
-def _bench_config(db, bench_db: Path, full: Setting) -> tuple[int, int]:
-    row = db.execute("SELECT id, k FROM configs WHERE steps=? AND guidance=? AND inversion_guidance=?",
-                     (full.steps, full.guidance, full.inversion_guidance)).fetchone()
+def _bench_config(store: Store, full: Setting) -> tuple[int, int]:
+    row = store.config_with(full.steps, full.guidance, full.inversion_guidance)
     if row is None:
-        raise StablenoiseError(f"{bench_db} has no run with steps={full.steps}, guidance={full.guidance}, "
+        raise StablenoiseError(f"{store.path} has no run with steps={full.steps}, guidance={full.guidance}, "
                                f"inversion guidance={full.inversion_guidance}")
     return row
 
 
-def _open_bench(bench_db: Path):
-    import sqlite3
-
-    try:
-        db = sqlite3.connect(f"file:{bench_db}?mode=ro", uri=True)
-        db.execute("SELECT id FROM configs LIMIT 1")
-    except sqlite3.Error:
-        raise StablenoiseError(f"{bench_db} is not a bench database") from None
-    return db
-
-
 def check_bench(bench_db: Path, full: Setting) -> None:
     """Fail before any work when the bench run cannot serve as the reference."""
-    db = _open_bench(bench_db)
+    store = Store.reference(bench_db)
     try:
-        _bench_config(db, bench_db, full)
+        _bench_config(store, full)
     finally:
-        db.close()
+        store.close()
 
 
 def compare_with_bench(bank_result: dict, prompts: list[str], bench_db: Path, full: Setting) -> dict:
     """Full per-prompt selection and a random seed on the same prompts, from a bench run of the same settings."""
-    db = _open_bench(bench_db)
+    store = Store.reference(bench_db)
     try:
-        cid, k = _bench_config(db, bench_db, full)
+        cid, k = _bench_config(store, full)
         # Matched by position: a prompt set may repeat a caption, so the same index must hold the same text.
-        texts = dict(db.execute("SELECT idx, text FROM prompts WHERE config_id=?", (cid,)).fetchall())
-        judge = bank_result["judge"]
+        texts = store.prompt_texts(cid)
         most, rnd, bank_pass = [], [], []
         for i, (prompt, passed) in enumerate(zip(prompts, bank_result["per_prompt"])):
             if texts.get(i) != prompt:
                 continue
-            seeds = db.execute("SELECT s.stability, c.value FROM samples s JOIN scores c ON c.sample_id=s.id "
-                               "WHERE s.config_id=? AND s.prompt_idx=? AND s.method='seed' AND c.name=?",
-                               (cid, i, judge)).fetchall()
-            scored = [(st, v) for st, v in seeds if st is not None and v is not None]
+            scored = [(st, v) for st, v in store.seed_scores(cid, i, bank_result["judge"])
+                      if st is not None and v is not None]
             if not scored:
                 continue
             most.append(max(scored)[1])
             rnd.append(statistics.mean(v for _, v in scored))
             bank_pass.append(passed)
     finally:
-        db.close()
+        store.close()
     return {"bench": str(bench_db), "k": k, "prompts": len(most), "full_selection": stats.mean_ci(most),
             "random": stats.mean_ci(rnd), "bank": stats.mean_ci(bank_pass),
             "bank_minus_full_selection": stats.paired_diff_ci(bank_pass, most),

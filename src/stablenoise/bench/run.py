@@ -13,7 +13,6 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -21,13 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backends.base import Backend, uses_cfg
-from ..batching import auto_batch_size, map_batches
 from ..errors import StablenoiseError
 from ..noise import check_noise_norm, check_seed_range, noises_from_seeds
 from ..optimization import optimize
 from ..records import atomic_write
 from ..rewards import Reward
-from ..stability import conditioning, cosine, resolve
+from ..stability import conditioning, evaluations as _evaluations, resolve, round_trips
 from .methods import Method
 from .schema import SEED_METHOD, STABILITY_PREFIX, start_method
 from .store import Store
@@ -55,11 +53,6 @@ def prompt_seeds(n_prompts: int, k: int, first_seed: int = 0) -> list[list[int]]
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
-
-
-def _evaluations(backend) -> int:
-    """UNet evaluations the backend has made so far (0 for backends that do not count)."""
-    return int(getattr(backend, "model_evaluations", 0))
 
 
 def ablation_inversion_guidance(guidance: float, inversion_guidance: float) -> float | None:
@@ -134,36 +127,28 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
     todo = [(i, r) for i in range(len(prompts)) for r in range(len(seeds[i])) if (i, seeds[i][r]) not in done]
     if not todo:
         return
-    count = partial(_evaluations, backend)
+    inversions = (inv,) if extra_inv is None else (inv, extra_inv)
 
-    def score(chunk) -> list[tuple[dict, object]]:
-        t0 = time.perf_counter()
+    def batch(chunk):
         texts = [prompts[i].text for i, _ in chunk]
         noise = noises_from_seeds([seeds[i][r] for i, r in chunk], backend.latent_shape, noise_norm)
-        n = len(chunk)
-        with torch.no_grad():
-            cond = conditioning(backend, texts, n, max(guidance, inv, extra_inv or 0.0))
-            c0 = count()
-            z0 = backend.denoise(noise, cond, steps, guidance)
-            c1 = count()
-            s = cosine(noise.to(z0.device), backend.invert(z0, cond, steps, inv)).cpu().tolist()
-            c2 = count()
-            s_extra = None
-            if extra_inv is not None:
-                s_extra = cosine(noise.to(z0.device), backend.invert(z0, cond, steps, extra_inv)).cpu().tolist()
-            c3 = count()
-        images = backend.decode(z0)
+        return conditioning(backend, texts, len(chunk), max(guidance, *inversions)), noise
+
+    def read(chunk, trip) -> list[tuple[dict, object]]:
+        texts, n = [prompts[i].text for i, _ in chunk], len(chunk)
+        images = backend.decode(trip.z0)
         scores = _judge(rewards, images, texts)
-        seconds = (time.perf_counter() - t0) / n
-        rows = []
+        seconds = (time.perf_counter() - trip.started) / n
+        s, rows = [x.tolist() for x in trip.stability], []
         for j, (i, r) in enumerate(chunk):
-            if s_extra is not None:
-                scores[j][f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"] = s_extra[j]
+            if extra_inv is not None:
+                scores[j][f"{STABILITY_PREFIX}inversion_guidance={extra_inv:g}"] = s[1][j]
             rows.append(({"prompt_idx": i, "method": SEED_METHOD, "seed": seeds[i][r], "seed_rank": r,
-                          "stability": s[j], "image_path": _image_path(cid, i, SEED_METHOD, seeds[i][r]),
-                          "unet_calls": (c2 - c0) // n, "image_calls": (c1 - c0) // n, "seconds": seconds,
-                          "scores": scores[j], "extra": {"variant_calls": (c3 - c2) // n} if s_extra is not None
-                          else {}}, images[j]))
+                          "stability": s[0][j], "image_path": _image_path(cid, i, SEED_METHOD, seeds[i][r]),
+                          "unet_calls": sum(trip.evaluations[:2]) // n, "image_calls": trip.evaluations[0] // n,
+                          "seconds": seconds, "scores": scores[j],
+                          "extra": {"variant_calls": trip.evaluations[2] // n} if extra_inv is not None else {}},
+                         images[j]))
         return rows
 
     bar = tqdm(total=len(todo), desc=f"score config {cid}", unit="seed", disable=not progress)
@@ -174,11 +159,9 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
         store.add(cid, [row for row, _ in rows])
         bar.update(len(chunk))
 
-    if batch_size is None:
-        batch_size = auto_batch_size(backend.device, lambda: score(todo[:1]), len(todo),
-                                     math.prod(backend.latent_shape))
     try:
-        map_batches(score, todo, batch_size, commit)
+        round_trips(backend, todo, batch, steps, guidance, inversions, read=read, batch_size=batch_size,
+                    on_batch=commit)
     finally:
         bar.close()
 
@@ -189,27 +172,22 @@ def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch
     missing = store.missing_scores(cid, [name], method=SEED_METHOD).get(name, [])
     if not missing:
         return
-    count = partial(_evaluations, backend)
 
-    def score(chunk) -> list[tuple[int, float, int]]:
+    def batch(chunk):
         texts = [prompts[p].text for _, p, _, _ in chunk]
         noise = noises_from_seeds([seed for _, _, _, seed in chunk], backend.latent_shape, noise_norm)
-        with torch.no_grad():
-            cond = conditioning(backend, texts, len(chunk), max(guidance, extra_inv))
-            z0 = backend.denoise(noise, cond, steps, guidance)
-            c0 = count()
-            s = cosine(noise.to(z0.device), backend.invert(z0, cond, steps, extra_inv)).cpu().tolist()
-            calls = (count() - c0) // len(chunk)
-        return [(sid, v, calls) for (sid, _, _, _), v in zip(chunk, s)]
+        return conditioning(backend, texts, len(chunk), max(guidance, extra_inv)), noise
+
+    def read(chunk, trip) -> list[tuple[int, float, int]]:
+        calls = trip.evaluations[1] // len(chunk)
+        return [(sid, v, calls) for (sid, _, _, _), v in zip(chunk, trip.stability[0].tolist())]
 
     def commit(chunk, values) -> None:
         store.add_scores([(sid, name, v) for sid, v, _ in values],
                          extra={sid: {"variant_calls": calls} for sid, _, calls in values})
 
-    if batch_size is None:
-        batch_size = auto_batch_size(backend.device, lambda: score(missing[:1]), len(missing),
-                                     math.prod(backend.latent_shape))
-    map_batches(score, missing, batch_size, commit)
+    round_trips(backend, missing, batch, steps, guidance, (extra_inv,), read=read, batch_size=batch_size,
+                on_batch=commit)
 
 
 def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv, batch_size,
@@ -273,33 +251,37 @@ def _run_method(backend, texts, noise, method, steps, guidance, inv, optimizing_
 def _noise_rows(store, cid, backend, chunk, seeds, texts, noises, label, rewards, steps, guidance, inv, c0, t0,
                 reward_calls, extras) -> list[dict]:
     """Rows of given noises, one per prompt of ``chunk``: the image, its scores, the noise itself and the
-    stability of the noise (a measurement, not part of the method's cost)."""
+    stability of the noise (a measurement, not part of the method's cost: ``unet_calls`` counts the method's
+    evaluations since ``c0`` and the image's)."""
     from safetensors.torch import save_file
 
-    n = len(chunk)
-    with torch.no_grad():
-        cond = conditioning(backend, texts, n, max(guidance, inv))
-        c1 = _evaluations(backend)
-        z0 = backend.denoise(noises, cond, steps, guidance)
-        c2 = _evaluations(backend)
-        stab = cosine(noises.to(z0.device), backend.invert(z0, cond, steps, inv)).cpu().tolist()
-    images = backend.decode(z0)
-    scores = _judge(rewards, images, texts)
-    seconds = (time.perf_counter() - t0) / n
+    n, method_calls = len(chunk), _evaluations(backend) - c0
     norms = (noises.flatten(1).norm(dim=1) / noises[0].numel() ** 0.5).tolist()
-    rows = []
-    for j, (i, image) in enumerate(zip(chunk, images)):
-        seed = seeds[i][0]
-        rel = _image_path(cid, i, label, seed)
-        _save_image(store, rel, image)
-        noise_rel = _image_path(cid, i, label, seed, "noises", ".safetensors")
-        atomic_write(store.file(noise_rel),
-                     lambda tmp, x=noises[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
-        rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab[j],
-                     "image_path": rel, "noise_path": noise_rel, "unet_calls": (c2 - c0) // n,
-                     "image_calls": (c2 - c1) // n, "reward_calls": reward_calls, "seconds": seconds,
-                     "scores": scores[j], "extra": {**extras[j], "norm_ratio": norms[j]}})
-    return rows
+
+    def batch(positions):
+        cond = conditioning(backend, [texts[j] for j in positions], len(positions), max(guidance, inv))
+        return cond, noises[positions]
+
+    def read(positions, trip) -> list[dict]:
+        images = backend.decode(trip.z0)
+        scores = _judge(rewards, images, [texts[j] for j in positions])
+        seconds = (time.perf_counter() - t0) / n
+        image_calls = trip.evaluations[0] // len(positions)
+        rows = []
+        for k, (j, image, stab) in enumerate(zip(positions, images, trip.stability[0].tolist())):
+            i, seed = chunk[j], seeds[chunk[j]][0]
+            rel, noise_rel = _image_path(cid, i, label, seed), _image_path(cid, i, label, seed, "noises",
+                                                                           ".safetensors")
+            _save_image(store, rel, image)
+            atomic_write(store.file(noise_rel),
+                         lambda tmp, x=noises[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
+            rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab,
+                         "image_path": rel, "noise_path": noise_rel, "unet_calls": method_calls // n + image_calls,
+                         "image_calls": image_calls, "reward_calls": reward_calls, "seconds": seconds,
+                         "scores": scores[k], "extra": {**extras[j], "norm_ratio": norms[j]}})
+        return rows
+
+    return round_trips(backend, list(range(n)), batch, steps, guidance, (inv,), read=read, batch_size=n)
 
 
 def _backfill(store: Store, cid: int, prompts, rewards: Mapping[str, Reward]) -> None:

@@ -287,3 +287,32 @@ class Store:
             commands.append(command)
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('commands', ?)", (json.dumps(commands),))
+
+    # --- a finished run read as a reference (perf compares its seed bank with a bench run's selection) -------------
+    @classmethod
+    def reference(cls, path: str | Path) -> "Store":
+        """A store file opened read-only by its own path (any name), checked first (:func:`check_store`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise StablenoiseError(f"bench database not found: {path}")
+        check_store(path)
+        store = cls.__new__(cls)
+        store.root, store.path, store._lock = path.parent, path, None
+        store.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        return store
+
+    def config_with(self, steps: int, guidance: float, inversion_guidance: float) -> tuple[int, int] | None:
+        """(id, K) of the first config run with these round-trip settings, or None."""
+        return self.db.execute("SELECT id, k FROM configs WHERE steps=? AND guidance=? AND inversion_guidance=? "
+                               "ORDER BY id", (steps, guidance, inversion_guidance)).fetchone()
+
+    def prompt_texts(self, config_id: int) -> dict[int, str]:
+        """Each prompt index of a config and its text."""
+        return dict(self.db.execute("SELECT idx, text FROM prompts WHERE config_id=?", (config_id,)).fetchall())
+
+    def seed_scores(self, config_id: int, prompt_idx: int, name: str, method: str = "seed"
+                    ) -> list[tuple[float | None, float | None]]:
+        """(stability, score ``name``) of each row of ``method`` (the seed rows) of a prompt that has that score."""
+        return self.db.execute("SELECT s.stability, c.value FROM samples s JOIN scores c ON c.sample_id=s.id "
+                               "WHERE s.config_id=? AND s.prompt_idx=? AND s.method=? AND c.name=? ORDER BY s.id",
+                               (config_id, prompt_idx, method, name)).fetchall()
