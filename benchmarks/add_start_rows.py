@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 import stablenoise as sn
-from stablenoise.bench.methods import parse_methods
-from stablenoise.bench.results import derive_methods, load_results
+from stablenoise.bench.methods import derive_methods, grid_methods, parse_methods
+from stablenoise.bench.results import load_results
 from stablenoise.bench.run import _optimize, prompt_seeds
 from stablenoise.bench.schema import SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
 from stablenoise.bench.store import Store
@@ -40,8 +40,7 @@ def restore_tiles(run: Path, tiles: Path) -> int:
     restored = 0
     for table in load_results(run).tables:
         methods = derive_methods(table)
-        columns = ["random", "most stable", "least stable", *(f"best of K by {r}" for r in table.rewards),
-                   *table.optimized]
+        columns = grid_methods(methods)  # the report's grid columns
         position = {idx: i for i, idx in enumerate(table.prompt_idx)}
         for tile in tiles.glob(f"config-{table.config.id}-grid-*-*.png"):
             p, j = map(int, re.fullmatch(r"config-\d+-grid-(\d+)-(\d+)\.png", tile.name).groups())
@@ -92,7 +91,7 @@ def main() -> None:
             n_prompts = db.execute("SELECT MAX(prompt_idx) + 1 FROM samples WHERE config_id=? AND method=?",
                                    (cid, method.label)).fetchone()[0]
             optimizing = {name: rewards.get(name) or load_reward(name)
-                          for name, _ in (method.settings.reward_weights if method.kind == "reno" else ())}
+                          for name in method.entry.looks_at(method)}
             _optimize(store, cid, backend, prompts[:n_prompts], seeds, rewards, method, config["steps"],
                       config["guidance"], config["inversion_guidance"], args.batch_size, optimizing, False, print)
     store.close()

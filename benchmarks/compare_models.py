@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stablenoise.bench.results import derive_methods, load_results
+from stablenoise.bench.methods import derive_methods
+from stablenoise.bench.results import load_results
 from stablenoise.records import write_json_atomic
 from stablenoise.stats import mean_ci, paired_diff_ci, within_prompt_spearman
 
-METHODS = ("random", "most stable", "least stable", "most stable of 4")
+METHODS = ("random", "most-stable", "least-stable", "most-stable-of:4")  # method ids
 
 
 def _table(run: Path, config_id: int):
@@ -55,7 +56,7 @@ def compare(run_a: Path, run_b: Path, config_a: int = 1, config_b: int = 1) -> d
                       "a_vs_random": paired_diff_ci(va, ra, rng=0), "b_vs_random": paired_diff_ci(vb, rb, rng=0),
                       "b_minus_a": paired_diff_ci(vb, va, rng=0)}
         row["stability"] = {"a": float(np.nanmean(ma[name].stability)), "b": float(np.nanmean(mb[name].stability))}
-        out["methods"][name] = row
+        out["methods"][ma[name].method.title] = row
     for r in rewards:
         out["spearman"][r] = {"a": within_prompt_spearman(a.seeds.stability, a.seeds.scores[r], rng=0),
                               "b": within_prompt_spearman(b.seeds.stability, b.seeds.scores[r], rng=0)}

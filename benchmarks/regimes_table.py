@@ -1,11 +1,14 @@
 """The verdict per regime: for every config of the given bench runs, the most stable, the least stable and the best
 of K by a learned reward against a random seed of the same config, judged by the verifier, with 95% intervals
-from a bootstrap over distinct captions (the held-out prompts repeat captions).
+from a bootstrap over distinct captions (the held-out prompts repeat captions). The numbers are the report's
+(``stablenoise.bench.report.analyze``): with the same --bootstrap, this table and ``stablenoise report`` on the same
+store say the same, digit for digit.
 
     python benchmarks/regimes_table.py docs/bench-shapes docs/regimes/ddim5 ... \
         --json docs/regimes/verdict.json --plot docs/regimes/verdict.png
 
-Prompts where every seed passes (or every seed fails) are counted, not skipped: they are ties, differences of 0.
+Prompts where every seed passes (or every seed fails) are counted, not skipped: they are ties, differences of 0;
+the JSON says how many of each.
 """
 
 from __future__ import annotations
@@ -14,38 +17,33 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from stablenoise import stats
-from stablenoise.bench.results import derive_methods, load_results, seed_norms
+from stablenoise.bench.methods import BASELINE, parse_methods
+from stablenoise.bench.report import ALL, analyze
+from stablenoise.bench.results import load_results
 from stablenoise.records import write_json_atomic
 
+COLUMNS = (("most-stable", "most_stable"), ("least-stable", "least_stable"), ("best:{reward}", "best_by_reward"))
 
 
-def rows_of(run: Path, judge: str, reward: str, n_boot: int) -> list[dict]:
+def rows_of(run: Path, judge: str, reward: str, n_boot: int, seed: int = 0) -> list[dict]:
     out = []
+    methods = parse_methods([m.format(reward=reward) for m, _ in COLUMNS])
     for table in load_results(run).tables:
         c = table.config
         if judge not in table.rewards:
             continue
-        methods = derive_methods(table)
-        random = methods["random"].values[judge]
-        clusters = np.array(table.texts, dtype=object)
-        rng = np.random.default_rng([c.id, c.steps])
+        a = analyze(table, n_boot, seed, methods, judge)
+        u = a.unanimous.get(judge, {}).get(ALL, {})
         row = {"run": str(run), "config": c.id, "model": c.model, "steps": c.steps, "guidance": c.guidance,
-               "noise_norm": c.noise_norm,
-               "k": c.k, "prompts": table.n_prompts, "captions": len(set(table.texts)),
-               "random": stats.mean_ci(random, n_boot, rng, clusters)}
-        for name, key in [("most stable", "most_stable"), ("least stable", "least_stable"),
-                          (f"best of K by {reward}", "best_by_reward")]:
-            if name in methods:
-                row[key] = stats.paired_diff_ci(methods[name].values[judge], random, n_boot, rng, clusters)
-        s = table.seeds
-        all_same = np.isfinite(s.scores[judge]).all(axis=1) & (np.nanstd(s.scores[judge], axis=1) == 0)
-        row["prompts_all_seeds_agree"] = int(all_same.sum())  # counted in every mean: their differences are 0
-        norms = seed_norms(table)
-        if norms is not None and c.noise_norm == "keep":
-            row["rho_stability_norm"] = stats.within_prompt_spearman(s.stability, norms, n_boot, rng)
+               "noise_norm": c.noise_norm, "k": c.k, "prompts": table.n_prompts, "captions": len(set(table.texts)),
+               "random": a.level[BASELINE][judge],
+               # counted in every mean: their differences are 0
+               "prompts_every_seed_passes": u.get("pass"), "prompts_every_seed_fails": u.get("fail")}
+        for m, (_, key) in zip(methods, COLUMNS):
+            if m.id in a.vs_random:
+                row[key] = a.vs_random[m.id][judge]
+        if a.norm_spearman is not None and c.noise_norm == "keep":
+            row["rho_stability_norm"] = a.norm_spearman
         out.append(row)
     return out
 
@@ -59,14 +57,16 @@ def pct(ci: dict | None) -> str:
 
 def markdown(rows: list[dict], reward: str) -> str:
     lines = ["| model | steps | guidance | noise | K | prompts (captions) | random passes | most stable − random | "
-             f"least stable − random | best of K by {reward} − random | ρ(stability, ‖ε‖) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"least stable − random | best of K by {reward} − random | ρ(stability, ‖ε‖) "
+             "| all pass / all fail |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rho = r.get("rho_stability_norm")
         rho_text = f"{rho['mean']:+.2f}" if rho else "–"
         lines.append(f"| {r['model']} | {r['steps']} | {r['guidance']:g} | {r['noise_norm']} | {r['k']} | {r['prompts']} ({r['captions']}) "
                      f"| {100 * r['random']['mean']:.1f}% | {pct(r.get('most_stable'))} | {pct(r.get('least_stable'))} "
-                     f"| {pct(r.get('best_by_reward'))} | {rho_text} |")
+                     f"| {pct(r.get('best_by_reward'))} | {rho_text} "
+                     f"| {r['prompts_every_seed_passes']} / {r['prompts_every_seed_fails']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--judge", default="shapes-verifier")
     ap.add_argument("--reward", default="shapes-clip")
-    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples per interval (the report's default)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()

@@ -205,9 +205,9 @@ def test_paper_equivalent_lr_matches_the_relative_step_across_latent_sizes():
 def test_paper_defaults():
     import inspect
 
-    p = inspect.signature(sn.optimize).parameters
-    assert (p["iterations"].default, p["lr"].default, p["momentum"].default) == (100, 100.0, 0.5)
-    assert p["preserve_norm"].default is False and p["checkpoint"].default is True
+    p = sn.OptimizerSettings.paper()  # optimize's defaults (the interface moved: settings, not keywords)
+    assert (p.iterations, p.lr, p.momentum) == (100, 100.0, 0.5)
+    assert p.preserve_norm is False and inspect.signature(sn.optimize).parameters["checkpoint"].default is True
 
 
 def test_preserve_norm_on_a_toy_backend():

@@ -1,4 +1,3 @@
-import inspect
 import math
 from pathlib import Path
 
@@ -57,9 +56,9 @@ def _run(backend, prompt, noise, rewards, seen=None, **kwargs):
 
 
 def test_renos_defaults():
-    p = inspect.signature(sn.reward_optimize).parameters
-    assert (p["iterations"].default, p["lr"].default, p["momentum"].default, p["nesterov"].default,
-            p["grad_clip"].default, p["reg_weight"].default) == (50, 5.0, 0.9, True, 0.1, 0.01)
+    p = sn.OptimizerSettings.reno()  # reward_optimize's defaults (the interface moved: settings, not keywords)
+    # 49 updates: ReNO's n_iters 50 scores 50 images (docs/reno.md); iterations counts updates everywhere
+    assert (p.iterations, p.lr, p.momentum, p.nesterov, p.grad_clip, p.reg_weight) == (49, 5.0, 0.9, True, 0.1, 0.01)
 
 
 def test_the_reward_rises_on_the_ddim_image():

@@ -137,6 +137,53 @@ def test_clustered_bootstrap_resamples_whole_captions():
     assert with_nan["n"] == 198 and with_nan["clusters"] == 66
 
 
+def test_every_statistic_can_resample_captions():
+    """Three prompts per caption that agree exactly: each statistic's clustered interval is as wide as over the
+    captions alone, wider than the one that treats the prompts as independent; without clusters nothing changes."""
+    rng = np.random.default_rng(2)
+    n, k = 40, 6
+    stability = np.repeat(rng.normal(size=(n, k)), 3, axis=0)
+    reward = np.repeat(rng.normal(size=(n, k)), 3, axis=0) + stability
+    control = np.repeat(rng.normal(size=(n, k)), 3, axis=0)
+    captions = np.repeat(np.arange(n), 3)
+
+    def width(ci):
+        return ci["hi"] - ci["lo"]
+
+    cases = {
+        "win_rate": lambda c: stats.win_rate(reward[:, 0], reward[:, 1], 2000, 0, clusters=c),
+        "within": lambda c: stats.within_prompt_spearman(stability, reward, 2000, 0, clusters=c),
+        "partial": lambda c: stats.within_prompt_partial_spearman(stability, reward, control, 2000, 0, clusters=c),
+        "pooled": lambda c: stats.pooled_spearman(stability, reward, 300, 0, clusters=c),
+        "decile": lambda c: stats.by_decile(stability, reward, 2000, 0, bins=2, clusters=c)[1],
+    }
+    alone = {
+        "win_rate": stats.win_rate(reward[::3, 0], reward[::3, 1], 2000, 0),
+        "within": stats.within_prompt_spearman(stability[::3], reward[::3], 2000, 0),
+        "pooled": stats.pooled_spearman(stability[::3], reward[::3], 300, 0),
+    }
+    for name, statistic in cases.items():
+        naive, clustered = statistic(None), statistic(captions)
+        assert clustered["mean"] == pytest.approx(naive["mean"]) and clustered["clusters"] == n, name
+        assert width(naive) < 0.75 * width(clustered), name  # ~ 1/sqrt(3) as wide
+        if name in alone:
+            assert width(clustered) == pytest.approx(width(alone[name]), rel=0.25), name
+    assert stats.pooled_spearman(stability, reward, 50, 3) == stats.pooled_spearman(stability, reward, 50, 3, None)
+    # A caption's prompts differ: its first rises with stability, the other two fall. A resample holds whole
+    # captions, so every resample keeps that mix and the interval stays around the estimate.
+    seeds = np.tile(np.arange(5.0), (3 * n, 1)) + np.repeat(rng.normal(size=(n, 1)), 3, axis=0)
+    mixed = np.where((np.arange(3 * n) % 3 == 0)[:, None], seeds, -seeds)
+    pooled = stats.pooled_spearman(seeds, mixed, 300, 0, clusters=captions)
+    assert pooled["lo"] - 0.01 <= pooled["mean"] <= pooled["hi"] + 0.01 and width(pooled) < 0.3
+
+
+def test_unanimous_prompts():
+    outcomes = np.array([[1, 1, 1.0], [0, 0, NAN], [1, 0, 1.0], [NAN, NAN, NAN], [0, 0, 0.0], [NAN, 1, 1.0]])
+    passes, fails = stats.unanimous(outcomes)
+    assert passes.tolist() == [True, False, False, False, False, True]  # unknown seeds do not break agreement
+    assert fails.tolist() == [False, True, False, False, True, False]
+
+
 # ----------------------------------------------------------------------------- human preference votes
 
 def test_vote_win_rate_counts_ties_half_and_resamples_prompts_and_raters():

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
-from tqdm.auto import trange
 
 from .backends.base import Backend
 from .errors import StablenoiseError
 from .noise import check_noise, check_prompts
-from .optimization import still_active
+from .optimization import chi_nll, descend, relabel  # noqa: F401  (chi_nll: ReNO's regularizer, public here too)
 from .rewards.base import Reward
+from .settings import OptimizerSettings
 from .stability import conditioning, resolve
 
 
@@ -25,7 +25,7 @@ from .stability import conditioning, resolve
 class RewardOptimizationResult:
     noise: torch.Tensor  # [B, ...] the iterate of each sample with the highest weighted reward (CPU)
     initial_noise: torch.Tensor  # [B, ...] the noise as given
-    start_noise: torch.Tensor  # [B, ...] the first iterate, which history[0] scores (the noise as given)
+    start_noise: torch.Tensor  # [B, ...] the first iterate, which history[0] scores (on the shell with preserve_norm)
     history: list[list[float]]  # history[j]: weighted reward sum of sample j at each iteration it was evaluated
     best_iteration: list[int | None]  # None: the sample never had a finite reward
     best_reward: list[float | None]  # the weighted sum at best_iteration
@@ -37,17 +37,6 @@ class RewardOptimizationResult:
     @property
     def initial_reward(self) -> list[float | None]:
         return [h[0] if h else None for h in self.history]
-
-
-def chi_nll(noise: torch.Tensor) -> torch.Tensor:
-    """Per sample, -log of the chi(d) density of |eps| up to a constant: |eps|^2 / 2 - (d - 1) log |eps|.
-
-    The norm of d-dimensional standard Gaussian noise is chi-distributed with d degrees of freedom; this
-    is ReNO's norm regularizer (smallest at |eps| = sqrt(d - 1)). Computed in float32 at least.
-    """
-    x = noise.flatten(1)
-    norm = x.to(torch.promote_types(x.dtype, torch.float32)).norm(dim=1)
-    return 0.5 * norm ** 2 - (x.shape[1] - 1) * norm.log()
 
 
 def _check_rewards(rewards: Mapping[str, tuple[Reward, float]]) -> dict[str, tuple[Reward, float]]:
@@ -71,112 +60,56 @@ def _check_rewards(rewards: Mapping[str, tuple[Reward, float]]) -> dict[str, tup
 
 
 def reward_optimize(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
-                    rewards: Mapping[str, tuple[Reward, float]], iterations: int = 50, lr: float = 5.0,
-                    momentum: float = 0.9, nesterov: bool = True, grad_clip: float | None = 0.1,
-                    reg_weight: float = 0.01, steps: int | None = None, guidance: float | None = None,
-                    checkpoint: bool = True, progress: bool = True,
-                    callback: Callable[[dict], None] | None = None) -> RewardOptimizationResult:
+                    rewards: Mapping[str, tuple[Reward, float]], settings: OptimizerSettings | None = None, *,
+                    steps: int | None = None, guidance: float | None = None, checkpoint: bool = True,
+                    progress: bool = True, callback: Callable[[dict], None] | None = None,
+                    **overrides) -> RewardOptimizationResult:
     """Maximize a weighted sum of differentiable rewards of each noise's image (ReNO's defaults).
 
-    ``rewards`` maps a name to ``(reward, weight)``. The image is the deterministic DDIM image of the noise,
-    ``backend.decode_pixels(backend.denoise(...))``, as ``generate(..., sampler="ddim")`` shows it.
-    Each sample j minimizes its own loss  -sum_k w_k r_k(image_j) + reg_weight * chi_nll(eps_j); its gradient
-    is clipped to norm ``grad_clip`` (``torch.nn.utils.clip_grad_norm_`` per sample; None: no clipping) and
-    the step is ``torch.optim.SGD``'s: v <- momentum * v + g, eps <- eps - lr * (g + momentum * v) with
-    ``nesterov``, else eps - lr * v. ``iterations`` counts updates: iterations + 1 images are scored.
+    :func:`~stablenoise.optimization.descend` on sum_k w_k r_k(image), where the image is the deterministic
+    DDIM image of the noise, ``backend.decode_pixels(backend.denoise(...))``, as ``generate(..., sampler="ddim")``
+    shows it. ReNO's defaults (:meth:`OptimizerSettings.reno`): Nesterov SGD, lr 5, 49 updates (50 images
+    scored), per-sample gradient-norm clip 0.1, chi-norm regularizer 0.01 (left out of the value that picks
+    the best iterate).
 
-    The iterate with the highest weighted reward sum (the regularizer left out) is returned, the earliest on
-    ties. A sample whose reward, gradient or noise turns NaN/inf stops alone. ``callback`` gets, after each
-    evaluation, ``{"iteration", "noise" (a CPU copy), "reward" (weighted sum per sample, None for stopped
-    samples), "rewards" ({name: per-sample list})}``.
+    Args:
+        backend: the model.
+        prompt: one prompt, or one per noise.
+        noise: [B, ...] or [...] starting noises.
+        rewards: name -> (differentiable reward, weight).
+        settings: the optimizer's settings (default: ReNO's); their ``reward_weights`` are not used here.
+        steps, guidance: the DDIM denoising's (default: the model family's).
+        checkpoint: recompute each UNet call in the backward pass.
+        progress: show a progress bar.
+        callback: gets, after each evaluation, ``{"iteration", "noise" (a CPU copy), "reward" (weighted sum per
+            sample, None for stopped samples), "rewards" ({name: per-sample list})}``.
+        **overrides: settings by name (``iterations=10, lr=2.0``), over ``settings``.
+
+    Returns:
+        A :class:`RewardOptimizationResult` holding the iterate with the highest weighted reward of each sample.
     """
-    if iterations < 0:
-        raise StablenoiseError(f"iterations must be >= 0, got {iterations}")
-    if not (lr > 0 and math.isfinite(lr)) or not 0 <= momentum < 1:
-        raise StablenoiseError("need lr > 0 and 0 <= momentum < 1")
-    if grad_clip is not None and not (grad_clip > 0 and math.isfinite(grad_clip)):
-        raise StablenoiseError(f"grad_clip must be > 0 (or None for no clipping), got {grad_clip}")
-    if not (reg_weight >= 0 and math.isfinite(reg_weight)):
-        raise StablenoiseError(f"reg_weight must be >= 0, got {reg_weight}")
+    settings = (OptimizerSettings.reno() if settings is None else settings).override(**overrides)
     rewards = _check_rewards(rewards)
     steps, guidance, _ = resolve(backend, steps, guidance, None)
-    start = check_noise(noise, backend.latent_shape).cpu()
-    start = start.to(torch.promote_types(start.dtype, torch.float32))
-    n = start.shape[0]
-    prompts = check_prompts(prompt, n)
+    start = check_noise(noise, backend.latent_shape)
+    prompts = check_prompts(prompt, start.shape[0])
     with torch.no_grad():
-        cond = conditioning(backend, prompts, n, guidance)
+        cond = conditioning(backend, prompts, start.shape[0], guidance)
 
-    eps = start.clone().to(backend.device)
-    velocity = torch.zeros_like(eps)
-    best = eps.detach().cpu().clone()
-    best_r: list[float | None] = [None] * n
-    best_it: list[int | None] = [None] * n
-    best_parts: dict[str, list[float | None]] = {k: [None] * n for k in rewards}
-    initial: dict[str, list[float | None]] = {k: [None] * n for k in rewards}
-    history: list[list[float]] = [[] for _ in range(n)]
-    stopped: list[str | None] = [None] * n
-    evaluations = 0
-    active = list(range(n))
-    for i in trange(iterations + 1, desc="reward optimize", disable=not progress):
-        index = torch.tensor(active, device=eps.device)
-        x = eps[index].detach().requires_grad_(True)
+    def weighted(x: torch.Tensor, active: list[int]):
         pixels = backend.decode_pixels(backend.denoise(x, cond.select(active), steps, guidance, checkpoint=checkpoint))
-        batch_prompts = [prompts[j] for j in active]
-        parts = {}
-        for name, (reward, _) in rewards.items():
-            r = reward(pixels, batch_prompts).reshape(-1)
-            if r.shape[0] != len(active):
-                raise StablenoiseError(f"reward {name!r} gave {r.shape[0]} scores for {len(active)} images")
-            parts[name] = r.to(x.device, torch.float32)
-        total = sum(weight * parts[name] for name, (_, weight) in rewards.items())
-        evaluations += len(active)
-        total_cpu = total.detach().cpu()
-        parts_cpu = {k: v.detach().cpu().tolist() for k, v in parts.items()}
-        finite = torch.isfinite(total_cpu)
-        for pos, j in enumerate(active):
-            if not finite[pos]:
-                stopped[j] = f"non-finite reward at iteration {i}"
-                continue
-            value = float(total_cpu[pos])
-            history[j].append(value)
-            if i == 0:
-                for k in rewards:
-                    initial[k][j] = parts_cpu[k][pos]
-            if best_r[j] is None or value > best_r[j]:
-                best_r[j], best_it[j] = value, i
-                best[j] = x[pos].detach().cpu()
-                for k in rewards:
-                    best_parts[k][j] = parts_cpu[k][pos]
-        if callback is not None:
-            live = [stopped[j] is None for j in active]
-            per_sample = {j: pos for pos, j in enumerate(active)}
+        parts = {name: _scores(name, reward, pixels, [prompts[j] for j in active]).to(x.device, torch.float32)
+                 for name, (reward, _) in rewards.items()}
+        return sum(weight * parts[name] for name, (_, weight) in rewards.items()), parts
 
-            def pick(values):
-                return [values[per_sample[j]] if j in per_sample and live[per_sample[j]] else None for j in range(n)]
+    d = descend(weighted, start.to(backend.device), settings, relabel(callback, "reward", "rewards"), name="reward",
+                desc="reward optimize", progress=progress)
+    return RewardOptimizationResult(d.noise, d.initial_noise, d.start_noise, d.history, d.best_iteration,
+                                    d.best_value, d.best_parts, d.initial_parts, d.stopped, d.evaluations)
 
-            callback({"iteration": i, "noise": eps.detach().cpu().clone(), "reward": pick(total_cpu.tolist()),
-                      "rewards": {k: pick(v) for k, v in parts_cpu.items()}})
-        if not finite.any():
-            break
-        if i == iterations:  # the last iterate is judged, not updated (continue: the progress bar reaches 100%)
-            continue
-        keep = finite.to(total.device)
-        loss = -total[keep]
-        if reg_weight:
-            loss = loss + reg_weight * chi_nll(x)[keep]
-        loss = loss.sum()
-        grad = torch.autograd.grad(loss, x)[0] if loss.requires_grad else torch.zeros_like(x)  # all weights 0
-        with torch.no_grad():
-            g = grad
-            if grad_clip is not None:
-                norm = g.flatten(1).norm(dim=1)
-                g = g * (grad_clip / (norm + 1e-6)).clamp(max=1.0).view(-1, *[1] * (g.ndim - 1))
-            v = momentum * velocity[index] + g
-            velocity[index] = v
-            eps[index] = eps[index] - lr * (g + momentum * v if nesterov else v)
-        active = still_active(active, stopped, grad, eps, i)
-        if not active:
-            break
-    return RewardOptimizationResult(best, start, start.clone(), history, best_it, best_r, best_parts, initial, stopped,
-                                    evaluations)
+
+def _scores(name: str, reward: Reward, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    r = reward(pixels, prompts).reshape(-1)
+    if r.shape[0] != len(prompts):
+        raise StablenoiseError(f"reward {name!r} gave {r.shape[0]} scores for {len(prompts)} images")
+    return r

@@ -2,7 +2,8 @@
 correlations and stability deciles. Pure numpy/scipy.
 
 Prompts are the independent units: a prompt's K seeds share the prompt, so resampling seeds instead of
-prompts would give intervals that are too narrow. Every resampling draws from a seeded numpy Generator
+prompts would give intervals that are too narrow. Where prompts repeat a caption, they are not independent
+either: every interval can resample whole clusters instead (``clusters``: a label per prompt, e.g. its caption). Every resampling draws from a seeded numpy Generator
 (``rng``: a Generator, an int seed, or None for seed 0), so a report is reproducible to the digit.
 
 Every interval is a dict ``{"mean", "lo", "hi", "n"}``: ``mean`` is the estimate (for the pooled Spearman,
@@ -30,10 +31,21 @@ def _interval(estimate: float, replicates: np.ndarray, n: int) -> dict:
     return {"mean": float(estimate), "lo": float(lo), "hi": float(hi), "n": int(n)}
 
 
-def _bootstrap(statistic, n: int, n_boot: int, rng) -> np.ndarray:
-    """``statistic(indices)`` on n_boot resamples (with replacement) of the n prompts."""
+def _bootstrap(statistic, n: int, n_boot: int, rng, clusters=None) -> np.ndarray:
+    """``statistic(indices)`` on n_boot resamples (with replacement) of the n prompts, or of whole clusters
+    (a label per prompt) when given."""
     rng = _rng(rng)
-    return np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
+    if clusters is None:
+        return np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
+    ids = _cluster_ids(clusters)
+    members = [np.flatnonzero(ids == c) for c in range(ids.max() + 1)]
+    return np.array([statistic(np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))]))
+                     for _ in range(n_boot)], dtype=float)
+
+
+def _cluster_ids(clusters) -> np.ndarray:
+    """0..C-1 per value, one per distinct label."""
+    return np.unique(np.asarray(clusters, dtype=object).ravel().astype(str), return_inverse=True)[1].ravel()
 
 
 def mean_ci(values, n_boot: int = 1000, rng=None, clusters=None) -> dict | None:
@@ -51,7 +63,7 @@ def mean_ci(values, n_boot: int = 1000, rng=None, clusters=None) -> dict | None:
         # All resamples at once: an (n_boot, n) index matrix is small next to the reports' prompt counts.
         replicates = v[_rng(rng).integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
         return _interval(v.mean(), replicates, len(v))
-    _, ids = np.unique(np.asarray(clusters, dtype=object).ravel()[known].astype(str), return_inverse=True)
+    ids = _cluster_ids(np.asarray(clusters, dtype=object).ravel()[known])
     sums, counts = np.bincount(ids, weights=v), np.bincount(ids)
     picks = _rng(rng).integers(0, len(sums), (n_boot, len(sums)))
     replicates = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
@@ -64,12 +76,13 @@ def paired_diff_ci(a, b, n_boot: int = 1000, rng=None, clusters=None) -> dict | 
     return mean_ci(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), n_boot, rng, clusters)
 
 
-def win_rate(a, b, n_boot: int = 1000, rng=None) -> dict | None:
-    """Share of prompts where a beats b, a tie counting half (so identical methods score exactly 0.5)."""
+def win_rate(a, b, n_boot: int = 1000, rng=None, clusters=None) -> dict | None:
+    """Share of prompts where a beats b, a tie counting half (so identical methods score exactly 0.5).
+    ``clusters``: as in :func:`mean_ci`."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     wins = np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
     wins[np.isnan(a) | np.isnan(b)] = np.nan
-    return mean_ci(wins, n_boot, rng)
+    return mean_ci(wins, n_boot, rng, clusters)
 
 
 def spearman(x, y) -> float:
@@ -83,14 +96,15 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def within_prompt_spearman(stability, reward, n_boot: int = 1000, rng=None) -> dict | None:
+def within_prompt_spearman(stability, reward, n_boot: int = 1000, rng=None, clusters=None) -> dict | None:
     """Mean over prompts of each prompt's Spearman between its seeds' stability and reward (arrays of
     shape (prompts, K)), with a bootstrap interval over prompts. Within a prompt, because prompts differ in
     both stability and reward level, and a pooled correlation mixes that in. Prompts whose stability or
-    reward is constant have no rho and are skipped (counted in ``skipped``)."""
+    reward is constant have no rho and are skipped (counted in ``skipped``). ``clusters``: a label per prompt,
+    as in :func:`mean_ci`."""
     s, r = np.atleast_2d(np.asarray(stability, dtype=float)), np.atleast_2d(np.asarray(reward, dtype=float))
     rhos = np.array([spearman(si, ri) for si, ri in zip(s, r)])
-    out = mean_ci(rhos, n_boot, rng)
+    out = mean_ci(rhos, n_boot, rng, clusters)
     return None if out is None else {**out, "skipped": int(np.isnan(rhos).sum())}
 
 
@@ -111,23 +125,26 @@ def partial_spearman(x, y, z) -> float:
     return float((rxy - rxz * ryz) / np.sqrt(denominator))
 
 
-def within_prompt_partial_spearman(stability, reward, control, n_boot: int = 1000, rng=None) -> dict | None:
+def within_prompt_partial_spearman(stability, reward, control, n_boot: int = 1000, rng=None,
+                                   clusters=None) -> dict | None:
     """As :func:`within_prompt_spearman`, with ``control`` (e.g. each seed's noise norm) partialled out within
     each prompt."""
     s, r, c = (np.atleast_2d(np.asarray(v, dtype=float)) for v in (stability, reward, control))
     rhos = np.array([partial_spearman(si, ri, ci) for si, ri, ci in zip(s, r, c)])
-    out = mean_ci(rhos, n_boot, rng)
+    out = mean_ci(rhos, n_boot, rng, clusters)
     return None if out is None else {**out, "skipped": int(np.isnan(rhos).sum())}
 
 
-def pooled_spearman(stability, reward, n_boot: int = 1000, rng=None) -> dict | None:
-    """Spearman over all (prompt, seed) pairs pooled; the interval resamples whole prompts."""
+def pooled_spearman(stability, reward, n_boot: int = 1000, rng=None, clusters=None) -> dict | None:
+    """Spearman over all (prompt, seed) pairs pooled; the interval resamples whole prompts (whole clusters of
+    prompts, a label per prompt, when given)."""
     s, r = np.atleast_2d(np.asarray(stability, dtype=float)), np.atleast_2d(np.asarray(reward, dtype=float))
     rho = spearman(s, r)
     if np.isnan(rho):
         return None
-    replicates = _bootstrap(lambda idx: spearman(s[idx], r[idx]), len(s), n_boot, rng)
-    return _interval(rho, replicates, len(s))
+    replicates = _bootstrap(lambda idx: spearman(s[idx], r[idx]), len(s), n_boot, rng, clusters)
+    out = _interval(rho, replicates, len(s))
+    return out if clusters is None else {**out, "clusters": int(_cluster_ids(clusters).max() + 1)}
 
 
 def stability_deciles(stability, bins: int = DECILES) -> np.ndarray:
@@ -146,9 +163,11 @@ def stability_deciles(stability, bins: int = DECILES) -> np.ndarray:
     return out
 
 
-def by_decile(stability, reward, n_boot: int = 1000, rng=None, bins: int = DECILES) -> list[dict | None]:
+def by_decile(stability, reward, n_boot: int = 1000, rng=None, bins: int = DECILES,
+              clusters=None) -> list[dict | None]:
     """Mean reward per within-prompt stability decile (index 0 = decile 1, the least stable), each with a
-    bootstrap interval over prompts: a prompt contributes the mean reward of its seeds in that decile."""
+    bootstrap interval over prompts (over clusters of prompts, as in :func:`mean_ci`, when given): a prompt
+    contributes the mean reward of its seeds in that decile."""
     rng = _rng(rng)
     decile = stability_deciles(stability, bins)
     r = np.atleast_2d(np.asarray(reward, dtype=float))
@@ -157,8 +176,18 @@ def by_decile(stability, reward, n_boot: int = 1000, rng=None, bins: int = DECIL
         in_d = (decile == d) & np.isfinite(r)
         counts = in_d.sum(axis=1)
         per_prompt = np.where(in_d, r, 0.0).sum(axis=1) / np.maximum(counts, 1)
-        out.append(mean_ci(np.where(counts > 0, per_prompt, np.nan), n_boot, rng))
+        out.append(mean_ci(np.where(counts > 0, per_prompt, np.nan), n_boot, rng, clusters))
     return out
+
+
+def unanimous(outcomes) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt (a row of a (prompts, K) array of 0/1 outcomes, NaN where unknown): do all its known seeds
+    pass, do all fail; both False for a prompt without a known seed. Such prompts belong in every mean, not
+    skipped: choosing among seeds that agree changes nothing, a difference of exactly 0."""
+    v = np.atleast_2d(np.asarray(outcomes, dtype=float))
+    known = np.isfinite(v)
+    some = known.any(axis=1)
+    return some & np.where(known, v == 1, True).all(axis=1), some & np.where(known, v == 0, True).all(axis=1)
 
 
 # ----------------------------------------------------------------------------- human preference votes

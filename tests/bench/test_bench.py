@@ -124,7 +124,8 @@ def test_a_method_is_compared_with_the_noise_it_started_from(tmp_path):
     """With preserve_norm the optimizer starts from the seed's noise moved onto the sqrt(d) shell: the start row
     holds that noise, its image and scores, and the report's "vs its start" reads it, not the seed row. A store
     without start rows (made before them) gets them on the next run, without optimizing again."""
-    from stablenoise.bench.results import derive_methods, load_results
+    from stablenoise.bench.methods import derive_methods
+    from stablenoise.bench.results import load_results
 
     out = tmp_path / "run"
     args = ["--prompts", "shapes-heldout", "--limit", "2", "-k", "2", "--steps", "2", "--rewards", "shapes-verifier",

@@ -3,6 +3,7 @@
 import json
 import re
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,27 +136,31 @@ def test_load_results_reads_every_config_into_arrays(store):
 def test_selection_methods_by_construction(store):
     table, m, t = _methods(store, 1)
     known = np.isfinite(t["stab"])
-    assert list(m)[:6] == ["random", "most stable", "least stable", "most stable (inversion_guidance=1)",
-                           "most stable of 1", "most stable of 4"]
+    assert list(m)[:6] == ["random", "most-stable", "least-stable", "inversion-ablation:inversion_guidance=1",
+                           "most-stable-of:1", "most-stable-of:4"]
+    assert [m[i].method.title for i in list(m)[:6]] == [
+        "random", "most stable", "least stable", "most stable (inversion_guidance=1)", "most stable of 1",
+        "most stable of 4"]
     # float64 means and maxima over K stored values: assert_allclose's rtol 1e-7 >> f64(K) rounding
     np.testing.assert_allclose(m["random"].values["toy"], t["toy"].mean(axis=1))
     np.testing.assert_allclose(m["random"].values["shapes-verifier"], t["verifier"].mean(axis=1))
     # most stable = the highest toy among seeds with a stability: the NULL-stability seed never wins
-    np.testing.assert_allclose(m["most stable"].values["toy"], _masked_max(t["toy"], known))
-    np.testing.assert_allclose(m["least stable"].values["toy"], -_masked_max(-t["toy"], known))
-    np.testing.assert_allclose(m["most stable"].stability, np.nanmax(t["stab"], axis=1))
+    np.testing.assert_allclose(m["most-stable"].values["toy"], _masked_max(t["toy"], known))
+    np.testing.assert_allclose(m["least-stable"].values["toy"], -_masked_max(-t["toy"], known))
+    np.testing.assert_allclose(m["most-stable"].stability, np.nanmax(t["stab"], axis=1))
     # the variant ranks in reverse: its most stable is the least stable
-    np.testing.assert_allclose(m["most stable (inversion_guidance=1)"].values["toy"], m["least stable"].values["toy"])
+    np.testing.assert_allclose(m["inversion-ablation:inversion_guidance=1"].values["toy"],
+                               m["least-stable"].values["toy"])
     # the K ablation looks at the first k seeds only
-    np.testing.assert_allclose(m["most stable of 1"].values["toy"], t["toy"][:, 0])
-    np.testing.assert_allclose(m["most stable of 4"].values["toy"], _masked_max(t["toy"][:, :4], known[:, :4]))
+    np.testing.assert_allclose(m["most-stable-of:1"].values["toy"], t["toy"][:, 0])
+    np.testing.assert_allclose(m["most-stable-of:4"].values["toy"], _masked_max(t["toy"][:, :4], known[:, :4]))
     # best of K by a reward: argmax of that reward, and its values on every reward
     best = t["toy"].argmax(axis=1)
     assert best[0] == 5
-    np.testing.assert_allclose(m["best of K by toy"].values["toy"], t["toy"].max(axis=1))
-    np.testing.assert_allclose(m["best of K by toy"].values["shapes-verifier"],
+    np.testing.assert_allclose(m["best:toy"].values["toy"], t["toy"].max(axis=1))
+    np.testing.assert_allclose(m["best:toy"].values["shapes-verifier"],
                                t["verifier"][np.arange(PROMPTS), best])
-    np.testing.assert_allclose(m["best of K by shapes-verifier"].values["shapes-verifier"], t["verifier"].max(axis=1))
+    np.testing.assert_allclose(m["best:shapes-verifier"].values["shapes-verifier"], t["verifier"].max(axis=1))
     # grids show the first seed for random
     assert m["random"].image[3] == "images/c1/p3-s0.png"
     np.testing.assert_allclose(m["random"].shown_values["toy"], t["toy"][:, 0])
@@ -164,7 +169,7 @@ def test_selection_methods_by_construction(store):
 def test_optimizing_methods_keep_their_rows_and_start_seed(store):
     _, m, t = _methods(store, 1)
     opt = m["optimize"]
-    assert opt.kind == "optimizing" and list(m)[-1] == "optimize"
+    assert opt.method.optimizing and list(m)[-1] == "optimize"
     np.testing.assert_allclose(opt.values["toy"], t["toy"][:, 0] + 1)
     np.testing.assert_allclose(opt.start["toy"], t["toy"][:, 0])
     np.testing.assert_allclose(opt.stability, 0.99)
@@ -178,19 +183,19 @@ def test_costs_per_method(store):
         return {k: float(np.mean(v)) for k, v in m[name].cost.items()}
 
     assert cost("random") == {"unet_calls": image, "reward_calls": 0, "seconds": 1.0 * image / unet}
-    assert cost("most stable") == {"unet_calls": K * unet, "reward_calls": 0, "seconds": K * 1.0}
-    assert cost("least stable") == cost("most stable")
-    assert cost("most stable (inversion_guidance=1)")["unet_calls"] == K * (unet + VARIANT_CALLS)
-    assert cost("most stable of 4")["unet_calls"] == 4 * unet
-    assert cost("most stable of 1")["unet_calls"] == image  # nothing to choose from: no scoring
-    assert cost("best of K by toy") == {"unet_calls": K * image, "reward_calls": K, "seconds": K * image / unet}
+    assert cost("most-stable") == {"unet_calls": K * unet, "reward_calls": 0, "seconds": K * 1.0}
+    assert cost("least-stable") == cost("most-stable")
+    assert cost("inversion-ablation:inversion_guidance=1")["unet_calls"] == K * (unet + VARIANT_CALLS)
+    assert cost("most-stable-of:4")["unet_calls"] == 4 * unet
+    assert cost("most-stable-of:1")["unet_calls"] == image  # nothing to choose from: no scoring
+    assert cost("best:toy") == {"unet_calls": K * image, "reward_calls": K, "seconds": K * image / unet}
     assert cost("optimize") == {"unet_calls": OPT_UNET, "reward_calls": 0, "seconds": OPT_SECONDS}
 
 
 def test_a_run_in_progress_leaves_gaps_not_errors(store):
     _, m, t = _methods(store, 2)
     last = PROMPTS - 1
-    assert m["most stable"].cost["unet_calls"][last] == (K - 1) * t["unet"]
+    assert m["most-stable"].cost["unet_calls"][last] == (K - 1) * t["unet"]
     assert m["random"].values["toy"][last] == pytest.approx(t["toy"][last, :K - 1].mean())
     assert np.isnan(m["optimize"].values["toy"][last])
 
@@ -295,16 +300,133 @@ def test_the_report_opens_with_the_verdict(written, store):
     assert "report_files/verdict.png" in md and html.index("Verdict") < html.index("Run folder")
     table, _, _ = _methods(store, 1)
     a = analyze(table, n_boot=N_BOOT)
-    for name in ("most stable", "least stable"):
-        d = a.vs_random[name]["shapes-verifier"]
+    for i, name in (("most-stable", "most stable"), ("least-stable", "least stable")):
+        d = a.vs_random[i]["shapes-verifier"]
         word = "helps" if d["lo"] > 0 else "hurts" if d["hi"] < 0 else "makes no clear difference"
         assert f"{name} {word} ({100 * d['mean']:+.1f} points [{100 * d['lo']:.1f}, {100 * d['hi']:.1f}])" in md
     assert "best of K by toy" in md.split("Run folder")[0]  # a learned reward's best of K, judged by the verifier
     # Intervals that exclude 0 are said as such, in the direction of the difference.
     from stablenoise.bench.report import _verdict
 
-    a.vs_random["most stable"]["shapes-verifier"] = {"mean": 0.2, "lo": 0.1, "hi": 0.3, "n": 5}
-    a.vs_random["least stable"]["shapes-verifier"] = {"mean": -0.2, "lo": -0.3, "hi": -0.1, "n": 5}
+    a.vs_random["most-stable"]["shapes-verifier"] = {"mean": 0.2, "lo": 0.1, "hi": 0.3, "n": 5}
+    a.vs_random["least-stable"]["shapes-verifier"] = {"mean": -0.2, "lo": -0.3, "hi": -0.1, "n": 5}
     text = _verdict([a])[1].text
     assert "most stable helps (+20.0 points [10.0, 30.0])" in text
     assert "least stable hurts (-20.0 points [-30.0, -10.0])" in text
+
+
+# ----------------------------------------------------------------------------- statistics that match the data
+
+def _regimes_table():
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "benchmarks" / "regimes_table.py"
+    spec = importlib.util.spec_from_file_location("regimes_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _agreeing_store(run):
+    """The toy store with the seeds of prompts 1 and 3 all passing the verifier and prompt 4's all failing, and
+    prompts 0-2 sharing one caption (4 distinct captions)."""
+    truth = make_store(run, configs=(("toyset", 10, 1.0),))
+    with sqlite3.connect(run / "bench.sqlite") as db:
+        for p, value in ((1, 1.0), (3, 1.0), (4, 0.0)):
+            db.execute("UPDATE scores SET value = ? WHERE name = 'shapes-verifier' AND sample_id IN "
+                       "(SELECT id FROM samples WHERE method = 'seed' AND prompt_idx = ?)", (value, p))
+            truth[1]["verifier"][p] = value
+        db.execute("UPDATE prompts SET text = 'one caption' WHERE idx < 3")
+    return truth[1]
+
+
+def test_every_seed_passes_or_fails_is_counted_and_said(tmp_path):
+    from stablenoise.bench.report import _verdict, analyze
+
+    t = _agreeing_store(tmp_path)
+    a = analyze(load_results(tmp_path).tables[0], n_boot=N_BOOT)
+    v = t["verifier"]
+    passes = [p for p in range(PROMPTS) if (v[p] == 1).all()]
+    fails = [p for p in range(PROMPTS) if (v[p] == 0).all()]
+    assert (passes, fails) == ([1, 3], [4])
+    u = a.unanimous["shapes-verifier"]
+    assert u["all"] == {"prompts": PROMPTS, "captions": 4, "pass": 2, "fail": 1}
+    assert u["circles"] == {"prompts": 2, "captions": 1, "pass": 1, "fail": 0}
+    assert u["squares"] == {"prompts": 2, "captions": 2, "pass": 1, "fail": 0}
+    assert u["counts"] == {"prompts": 2, "captions": 2, "pass": 0, "fail": 1}
+    # counted, not skipped: every prompt is in the difference, those two at exactly 0
+    d = a.vs_random["most-stable"]["shapes-verifier"]
+    assert d["n"] == PROMPTS and d["clusters"] == 4
+    diffs = a.methods["most-stable"].values["shapes-verifier"] - a.methods["random"].values["shapes-verifier"]
+    assert diffs[1] == diffs[3] == diffs[4] == 0 and d["mean"] == pytest.approx(diffs.mean())
+    text = _verdict([a])[1].text
+    assert ("Intervals resample its 4 distinct captions; the 2 prompts where every seed passes and the 1 where "
+            "every seed fails (of 6) count as ties") in text
+
+
+def test_per_tag_differences_by_construction(written, store):
+    from stablenoise.bench.report import analyze
+
+    run, truth, html, md = written
+    t = truth[1]
+    table, m, _ = _methods(store, 1)
+    a = analyze(table, n_boot=N_BOOT)
+    most = _masked_max(t["toy"], np.isfinite(t["stab"]))
+    for tag in ("circles", "squares", "counts"):
+        rows = [p for p in range(PROMPTS) if TAGS[p] == tag]
+        assert a.by_tag["toy"]["random"][tag]["mean"] == pytest.approx(t["toy"][rows].mean())
+        d = a.by_tag["toy"]["most-stable"][tag]
+        assert d["mean"] == pytest.approx((most[rows] - t["toy"][rows].mean(axis=1)).mean()) and d["n"] == 2
+        assert d["clusters"] == 2  # two captions per tag
+    assert set(a.by_tag["toy"]) == set(m)  # every method, per tag
+    for text in (md, html):
+        assert "By tag, toy" in text and "circles (2 prompts, 2 captions)" in text
+        assert "every seed passes" in text
+
+
+def test_intervals_resample_captions_and_one_caption_resamples_its_prompts(tmp_path):
+    from stablenoise.bench.report import analyze
+
+    _agreeing_store(tmp_path)
+    a = analyze(load_results(tmp_path).tables[0], n_boot=N_BOOT)
+    assert all(a.level[i]["toy"]["clusters"] == 4 for i in a.methods)
+    assert a.spearman["toy"][0]["clusters"] == a.spearman["toy"][1]["clusters"] == 4
+    assert a.wins["toy"]["most-stable"]["random"]["clusters"] == 4
+    circles = a.by_tag["toy"]["least-stable"]["circles"]  # one caption: its two prompts are resampled
+    assert "clusters" not in circles and circles["lo"] < circles["hi"]
+    with sqlite3.connect(tmp_path / "bench.sqlite") as db:
+        db.execute("UPDATE prompts SET text = 'one caption'")
+    a = analyze(load_results(tmp_path).tables[0], n_boot=N_BOOT)
+    d = a.vs_random["least-stable"]["toy"]
+    assert "clusters" not in d and d["lo"] < d["hi"] and d["n"] == PROMPTS
+
+
+def test_an_interval_does_not_depend_on_the_other_methods_shown(store):
+    from stablenoise.bench.methods import parse_methods
+    from stablenoise.bench.report import analyze
+
+    table = load_results(store[0]).tables[0]
+    every, few = analyze(table, n_boot=N_BOOT), analyze(table, n_boot=N_BOOT, methods=parse_methods("least-stable"))
+    assert list(few.methods) == ["random", "least-stable"]
+    for r in ("toy", "shapes-verifier"):
+        assert few.vs_random["least-stable"][r] == every.vs_random["least-stable"][r]
+        assert few.level["random"][r] == every.level["random"][r]
+    assert analyze(table, n_boot=N_BOOT, seed=1).level["random"]["toy"] != every.level["random"]["toy"]  # seeded
+
+
+def test_the_regimes_table_says_what_the_report_says(tmp_path):
+    from stablenoise.bench.report import write_report
+
+    _agreeing_store(tmp_path)
+    _, md = write_report(tmp_path, n_boot=N_BOOT, grid_prompts=0)
+    verdict = md.read_text().split("Run folder")[0]
+    (row,) = _regimes_table().rows_of(tmp_path, "shapes-verifier", "toy", N_BOOT)
+    assert (row["prompts"], row["captions"], row["prompts_every_seed_passes"], row["prompts_every_seed_fails"]) == (
+        PROMPTS, 4, 2, 1)
+    for key, name in (("most_stable", "most stable"), ("least_stable", "least stable"),
+                      ("best_by_reward", "best of K by toy")):
+        d = row[key]
+        assert f"{name} " in verdict and f"({100 * d['mean']:+.1f} points [{100 * d['lo']:.1f}, {100 * d['hi']:.1f}])" \
+            in verdict.split(f"{name} ")[1].split(";")[0]
+    random = row["random"]
+    assert f"{100 * random['mean']:.1f}% [{100 * random['lo']:.1f}, {100 * random['hi']:.1f}]" in md.read_text()

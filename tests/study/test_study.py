@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stablenoise.bench.report import write_report
-from stablenoise.bench.results import derive_methods, load_results
+from stablenoise.bench.methods import derive_methods
+from stablenoise.bench.results import load_results
 from stablenoise.study.pairs import method_ids, parse_pair
 from stablenoise.study.server import MAX_BODY, serve_in_thread, study_server, url
 from stablenoise.study.store import Study

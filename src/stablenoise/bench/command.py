@@ -50,9 +50,10 @@ def _names(value: str) -> list[str]:
                    ".txt/.csv/.tsv/.jsonl file.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N prompts only.")
 @click.option("--methods", default=None,
-              help="Comma-separated: random, most-stable, least-stable, best[:REWARD], inversion-ablation, "
-                   "optimize[:KEY=VALUE;...], reno[:REWARD=WEIGHT;KEY=VALUE;...] "
-                   "(default: random,most-stable,least-stable,best,optimize,reno).")
+              help="Comma-separated: random, most-stable, least-stable, most-stable-of[:N], best[:REWARD], "
+                   "inversion-ablation, optimize[:KEY=VALUE;...], reno[:REWARD=WEIGHT;KEY=VALUE;...] "
+                   "(default: random,most-stable,least-stable,most-stable-of,best,optimize,reno); the report at the "
+                   "end shows these.")
 @click.option("--rewards", "rewards_spec", required=True,
               help="Comma-separated rewards that judge every image (hpsv2, pickscore, imagereward, aesthetic, "
                    "clipscore, shapes-verifier, shapes-clip, or NAME:PATH).")
@@ -100,9 +101,10 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     reward_names = _names(rewards_spec)
     if not reward_names:
         raise StablenoiseError("no reward given: use --rewards NAME[,NAME...]")
-    for m in method_list:
-        if m.kind == "best" and m.reward and m.reward not in reward_names:
-            raise StablenoiseError(f"method best:{m.reward} needs {m.reward} among --rewards")
+    for m in method_list:  # a selection method chooses by rewards the bench judges with
+        for name in () if m.optimizing else m.entry.looks_at(m):
+            if name not in reward_names:
+                raise StablenoiseError(f"method {m.id} needs {name} among --rewards")
     if inversion_guidance is not None and not math.isfinite(inversion_guidance):  # FloatRange lets nan through
         raise StablenoiseError(f"--inversion-guidance must be a finite number, got {inversion_guidance}")
     check_run_folder(out)  # a user's folder or a broken store is refused now, before any model loads
@@ -113,7 +115,7 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     rewards = {name: load_reward(name, device=backend.device) for name in reward_names}
     optimizing = {}
     for m in method_list:
-        for name, _ in (m.settings.reward_weights if m.kind == "reno" else ()):
+        for name in m.entry.looks_at(m) if m.optimizing else ():  # what it optimizes, loaded differentiable
             reward = rewards.get(name) or optimizing.get(name) or load_reward(name, device=backend.device)
             if not reward.differentiable:
                 raise StablenoiseError(f"method {m.label}: reward {name} is not differentiable")
@@ -131,7 +133,7 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     if report:
         from .report import write_report
 
-        html, md = write_report(out)
+        html, md = write_report(out, methods=method_list, strict=False)  # e.g. inversion-ablation without CFG
         click.echo(f"wrote {html} and {md}")
 
 
@@ -145,14 +147,19 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
 @click.option("--grid-prompts", type=click.IntRange(min=0), default=8, show_default=True,
               help="Prompts in each config's image grid (spread over tags; 0: no grid).")
 @click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True,
-              help="Bootstrap resamples of the prompts per interval.")
+              help="Bootstrap resamples of the captions per interval.")
+@click.option("--methods", default=None,
+              help="Comma-separated methods to show, as bench --methods (random always; default: every method "
+                   "the run has).")
 @guarded
-def report(run_dir, html_path, md_path, grid_prompts, bootstrap):
+def report(run_dir, html_path, md_path, grid_prompts, bootstrap, methods):
     """Report a bench run: every method against a random seed, with 95% bootstrap intervals over prompts.
     An existing output is replaced only if a report wrote it; the results store never."""
+    from .methods import parse_methods
     from .report import write_report
 
-    html, md = write_report(run_dir, html_path, md_path, grid_prompts=grid_prompts, n_boot=bootstrap)
+    html, md = write_report(run_dir, html_path, md_path, grid_prompts=grid_prompts, n_boot=bootstrap,
+                            methods=parse_methods(methods) if methods is not None else None)
     click.echo(f"wrote {html} and {md}")
 
 

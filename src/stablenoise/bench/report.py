@@ -2,12 +2,19 @@
 (RUN/report.html) and as Markdown with its plots in RUN/report_files/.
 
 Numbers first (``analyze``: every interval of one config, computed once so the same comparison reads the
-same everywhere, sweeps included), then sections of blocks (``document``) that both renderers share.
-All intervals are 95% bootstrap intervals over prompts (``stablenoise.stats``), seeded per config.
+same everywhere, sweeps, the verdict and benchmarks/regimes_table.py included), then sections of blocks
+(``document``) that both renderers share. Methods are keyed by their ids (``methods.Method.id``); which reward
+judges is ``judge`` (default: the first pass/fail reward, else the first reward), and a method that looks
+at it (best of K by the judge) is an oracle, kept out of the verdict.
+
+All intervals are 95% bootstrap intervals over distinct captions (``stablenoise.stats``; prompts that repeat a
+caption are resampled together), each from its own random stream seeded by the config and what it measures,
+so an interval does not depend on which other methods a report shows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,17 +29,17 @@ from ..errors import StablenoiseError
 from ..records import atomic_write
 from .document import HTML_MARK, MD_MARK, Code, Heading, Image, Table, Text, render_html, render_markdown
 from .figures import plot_deciles, plot_forest, plot_sweep, thumbnail
-from .results import COSTS, ConfigTable, Method, Results, derive_methods, load_results, seed_norms
+from .methods import BASELINE, COSTS, Method, Outcome, derive_methods, expand, grid_methods
+from .results import ConfigTable, Results, load_results, seed_norms
 from .store import STORE_NAME, inside
 
 __all__ = ["load_results", "derive_methods", "analyze", "write_report"]
 
 MISSING = "–"  # what a report shows instead of NaN
 STABILITY = "stability"
-COMPARATORS = ("random", "most stable", "least stable")
+COMPARATORS = (BASELINE, "most-stable", "least-stable")  # the win rates' columns (method ids)
 SETTING_FIELDS = ("model", "steps", "guidance", "inversion_guidance", "k", "first_seed")
 SWEEP_AXES = ("steps", "guidance")
-ABLATION_PREFIX = "most stable of "
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -44,15 +51,12 @@ def is_binary(values) -> bool:
     return len(v) > 0 and bool(np.isin(v, (0.0, 1.0)).all())
 
 
-def _verifiers(a: "ConfigAnalysis") -> list[str]:
-    return [r for r in a.table.rewards if "verifier" in r.lower() and a.binary[r]]
-
-
 @dataclass
 class ConfigAnalysis:
     table: ConfigTable
-    methods: dict[str, Method]
-    binary: dict[str, bool]
+    methods: dict[str, Outcome]  # method id -> outcome
+    binary: dict[str, bool]  # reward -> pass/fail (a verifier)
+    judge: str | None = None  # the reward the verdict judges by
     level: dict = field(default_factory=dict)  # method -> measure -> interval (measure: STABILITY or a reward)
     vs_random: dict = field(default_factory=dict)  # method -> measure -> paired difference
     vs_start: dict = field(default_factory=dict)  # optimizing method -> measure -> paired difference
@@ -62,9 +66,12 @@ class ConfigAnalysis:
     partial: dict = field(default_factory=dict)  # reward -> within-prompt Spearman with |eps| partialled out
     deciles: dict = field(default_factory=dict)  # reward -> [interval per decile]
     cost: dict = field(default_factory=dict)  # method -> cost -> mean per prompt (None if unknown)
-    # (method, learned reward, verifier, compared with, {"up"/"fails"/"fooled": interval}); per verifier a last
+    # (method id, learned reward, verifier, compared with, {"up"/"fails"/"fooled": interval}); per verifier a last
     # row "first seed" with only "fails"
     fooled: list = field(default_factory=list)
+    by_tag: dict = field(default_factory=dict)  # reward -> method -> tag -> level (random) or difference
+    # verifier -> tag (and ALL) -> {"prompts", "captions", "pass", "fail"}: prompts whose every seed passes / fails
+    unanimous: dict = field(default_factory=dict)
 
     @property
     def config(self):
@@ -74,8 +81,18 @@ class ConfigAnalysis:
     def measures(self) -> list[str]:
         return [STABILITY, *self.table.rewards]
 
+    @property
+    def verifiers(self) -> list[str]:
+        return [r for r in self.table.rewards if self.binary[r]]
 
-def _measure(m: Method, name: str) -> np.ndarray:
+    def title(self, method_id: str) -> str:
+        return self.methods[method_id].method.title
+
+
+ALL = "all"  # the row of every tag together
+
+
+def _measure(m: Outcome, name: str) -> np.ndarray:
     return m.stability if name == STABILITY else m.values[name]
 
 
@@ -85,63 +102,142 @@ def _mean(x) -> float | None:
     return float(x.mean()) if len(x) else None
 
 
-def _fooled_rates(values: dict, base: dict, reward: str, verifier: str, n_boot: int, rng) -> dict:
+def captions(table: ConfigTable) -> np.ndarray:
+    """Each prompt's caption (a prompt without text is its own)."""
+    return np.array([t or f"#{i}" for t, i in zip(table.texts, table.prompt_idx)], dtype=object)
+
+
+def _clusters(labels: np.ndarray) -> np.ndarray | None:
+    """The bootstrap's clusters: the captions, when there are two or more. Resampling one caption would give an
+    interval of width 0; its prompts (independent seeds of that caption) are resampled instead."""
+    return labels if len(set(labels)) > 1 else None
+
+
+def _streams(seed: int, config_id: int):
+    """A random stream per interval, named by what it measures: the same comparison gets the same interval
+    whichever other numbers are computed."""
+    def stream(*key) -> np.random.Generator:
+        digest = hashlib.sha256("\0".join(map(str, key)).encode()).digest()
+        return np.random.default_rng([seed, config_id, int.from_bytes(digest[:8], "little")])
+    return stream
+
+
+def default_judge(table: ConfigTable, binary: dict[str, bool]) -> str | None:
+    """The first pass/fail reward (a verifier), else the first reward; None without rewards."""
+    return next((r for r in table.rewards if binary[r]), table.rewards[0] if table.rewards else None)
+
+
+def analyze(table: ConfigTable, n_boot: int = 1000, seed: int = 0, methods: list[Method] | None = None,
+            judge: str | None = None) -> ConfigAnalysis:
+    """Every number the report shows for one config.
+
+    Args:
+        table: the config's rows; n_boot: bootstrap resamples per interval; seed: the streams' seed.
+        methods: the methods to show (None: every method the config has; random always).
+        judge: the reward the verdict judges by (None: ``default_judge``; a reward the config lacks: no verdict).
+    Returns:
+        A ``ConfigAnalysis``: intervals keyed by method id, resampling distinct captions.
+    """
+    outcomes = derive_methods(table, methods)
+    binary = {r: is_binary([table.seeds.scores[r], *(o.scores[r] for o in table.optimized.values())])
+              for r in table.rewards}
+    a = ConfigAnalysis(table, outcomes, binary, judge if judge is not None else default_judge(table, binary))
+    stream, clusters = _streams(seed, table.config.id), _clusters(captions(table))
+    _levels(a, n_boot, stream, clusters)
+    _relations(a, n_boot, stream, clusters)
+    _fooled_all(a, n_boot, stream, clusters)
+    _tags(a, n_boot, stream)
+    return a
+
+
+def _levels(a: ConfigAnalysis, n_boot: int, stream, clusters) -> None:
+    """Each method's level, its difference from random and from its start, its win rates and cost."""
+    random = a.methods[BASELINE]
+    for i, m in a.methods.items():
+        a.level[i] = {x: stats.mean_ci(_measure(m, x), n_boot, stream("level", i, x), clusters) for x in a.measures}
+        a.cost[i] = {c: _mean(m.cost[c]) for c in COSTS}
+        if i != BASELINE:
+            a.vs_random[i] = {x: stats.paired_diff_ci(_measure(m, x), _measure(random, x), n_boot,
+                                                      stream("vs random", i, x), clusters) for x in a.measures}
+        if m.start is not None:
+            a.vs_start[i] = {x: stats.paired_diff_ci(_measure(m, x), m.start[x], n_boot, stream("vs start", i, x),
+                                                     clusters) for x in a.measures}
+    for r in a.table.rewards:
+        a.wins[r] = {}
+        for i, m in a.methods.items():
+            if i == BASELINE:
+                continue
+            row = {c: stats.win_rate(m.values[r], a.methods[c].values[r], n_boot, stream("win", r, i, c), clusters)
+                   for c in COMPARATORS if c != i and c in a.methods}
+            if m.start is not None:
+                row["its start"] = stats.win_rate(m.values[r], m.start[r], n_boot, stream("win", r, i, "start"),
+                                                  clusters)
+            a.wins[r][i] = row
+
+
+def _relations(a: ConfigAnalysis, n_boot: int, stream, clusters) -> None:
+    """Stability against each reward (and the noise's norm) over each prompt's seeds."""
+    s = a.table.seeds
+    for r in a.table.rewards:
+        a.spearman[r] = (stats.within_prompt_spearman(s.stability, s.scores[r], n_boot, stream("within", r), clusters),
+                         stats.pooled_spearman(s.stability, s.scores[r], n_boot, stream("pooled", r), clusters))
+        a.deciles[r] = stats.by_decile(s.stability, s.scores[r], n_boot, stream("deciles", r), clusters=clusters)
+    norms = seed_norms(a.table)
+    if norms is not None:
+        a.norm_spearman = stats.within_prompt_spearman(s.stability, norms, n_boot, stream("norm"), clusters)
+        a.partial = {r: stats.within_prompt_partial_spearman(s.stability, s.scores[r], norms, n_boot,
+                                                             stream("partial", r), clusters)
+                     for r in a.table.rewards}
+
+
+def _fooled_rates(values: dict, base: dict, reward: str, verifier: str, n_boot: int, stream, clusters) -> dict:
     """Per prompt: did the learned reward rise over the base seed, does the verifier fail, and both."""
     up, fails = values[reward] > base[reward], values[verifier] == 0
     known = np.isfinite(values[reward]) & np.isfinite(base[reward]) & np.isfinite(values[verifier])
-    return {k: stats.mean_ci(np.where(known, x, np.nan), n_boot, rng)
+    return {k: stats.mean_ci(np.where(known, x, np.nan), n_boot, stream(k), clusters)
             for k, x in (("up", up), ("fails", fails), ("fooled", up & fails))}
 
 
-def analyze(table: ConfigTable, n_boot: int = 1000, seed: int = 0) -> ConfigAnalysis:
-    """Every number the report shows for one config."""
-    rng = np.random.default_rng([seed, table.config.id])  # a config's numbers do not depend on the others
-    methods = derive_methods(table)
-    s = table.seeds
-    a = ConfigAnalysis(table, methods, {r: is_binary([s.scores[r], *(o.scores[r] for o in table.optimized.values())])
-                                        for r in table.rewards})
-    random, first = methods["random"], methods["random"].shown_values
-    for name, m in methods.items():
-        a.level[name] = {x: stats.mean_ci(_measure(m, x), n_boot, rng) for x in a.measures}
-        a.cost[name] = {c: _mean(m.cost[c]) for c in COSTS}
-        if name != "random":
-            a.vs_random[name] = {x: stats.paired_diff_ci(_measure(m, x), _measure(random, x), n_boot, rng)
-                                 for x in a.measures}
-        if m.start is not None:
-            a.vs_start[name] = {x: stats.paired_diff_ci(_measure(m, x), m.start[x], n_boot, rng) for x in a.measures}
-    for r in table.rewards:
-        a.wins[r] = {}
-        for name, m in methods.items():
-            if name == "random":
-                continue
-            row = {c: stats.win_rate(m.values[r], methods[c].values[r], n_boot, rng)
-                   for c in COMPARATORS if c != name}
-            if m.start is not None:
-                row["its start"] = stats.win_rate(m.values[r], m.start[r], n_boot, rng)
-            a.wins[r][name] = row
-        a.spearman[r] = (stats.within_prompt_spearman(s.stability, s.scores[r], n_boot, rng),
-                         stats.pooled_spearman(s.stability, s.scores[r], n_boot, rng))
-        a.deciles[r] = stats.by_decile(s.stability, s.scores[r], n_boot, rng)
-    norms = seed_norms(table)
-    if norms is not None:  # its own random stream: every other number keeps its value
-        norm_rng = np.random.default_rng([seed, table.config.id, 1])
-        a.norm_spearman = stats.within_prompt_spearman(s.stability, norms, n_boot, norm_rng)
-        a.partial = {r: stats.within_prompt_partial_spearman(s.stability, s.scores[r], norms, n_boot, norm_rng)
-                     for r in table.rewards}
-    learned = [r for r in table.rewards if r not in _verifiers(a) and not a.binary[r]]
-    for verifier in _verifiers(a) if learned else []:
+def _fooled_all(a: ConfigAnalysis, n_boot: int, stream, clusters) -> None:
+    """Each candidate against the seed it replaces: best of K by a learned reward against a random draw (the
+    first seed), an optimizing method against the noise it started from (its start rows)."""
+    learned = [r for r in a.table.rewards if not a.binary[r]]
+    first = a.methods[BASELINE].shown_values
+    for verifier in a.verifiers if learned else []:
         for reward in learned:
-            # Each candidate against the seed it replaces: best of K against a random draw (the first seed),
-            # an optimizing method against the noise it started from (its start rows).
-            candidates = [(f"best of K by {reward}", first)] + [(n, m.start) for n, m in methods.items()
-                                                               if m.start is not None]
-            for name, base in candidates:
-                a.fooled.append((name, reward, verifier, "first seed" if base is first else "its start",
-                                 _fooled_rates(methods[name].values, base, reward, verifier, n_boot, rng)))
+            best = Method("best", reward).id
+            candidates = [(best, first)] if best in a.methods else []
+            candidates += [(i, m.start) for i, m in a.methods.items() if m.start is not None]
+            for i, base in candidates:
+                a.fooled.append((i, reward, verifier, "first seed" if base is first else "its start",
+                                 _fooled_rates(a.methods[i].values, base, reward, verifier, n_boot,
+                                               lambda k: stream("fooled", i, reward, verifier, k), clusters)))
         v = first[verifier]  # for reference: how often a random draw fails
         a.fooled.append(("first seed", MISSING, verifier, MISSING,
-                         {"fails": stats.mean_ci(np.where(np.isfinite(v), v == 0, np.nan), n_boot, rng)}))
-    return a
+                         {"fails": stats.mean_ci(np.where(np.isfinite(v), v == 0, np.nan), n_boot,
+                                                 stream("first seed fails", verifier), clusters)}))
+
+
+def _tags(a: ConfigAnalysis, n_boot: int, stream) -> None:
+    """Per tag of the prompt set: random's level and each method's difference from it, by each reward; and, per
+    verifier, the prompts whose every seed passes or fails (counted in every mean: their differences are 0)."""
+    t, labels = a.table, captions(a.table)
+    tags = np.array(t.tags, dtype=object)
+    groups = {**({tag: tags == tag for tag in dict.fromkeys(t.tags)} if len(set(t.tags)) > 1 else {}),
+              ALL: np.ones(t.n_prompts, dtype=bool)}
+    random = a.methods[BASELINE]
+    for r in t.rewards:
+        a.by_tag[r] = {i: {tag: stats.mean_ci(m.values[r][g], n_boot, stream("tag level", r, i, tag),
+                                              _clusters(labels[g])) if i == BASELINE else
+                           stats.paired_diff_ci(m.values[r][g], random.values[r][g], n_boot,
+                                                stream("tag", r, i, tag), _clusters(labels[g]))
+                           for tag, g in groups.items() if tag != ALL}
+                       for i, m in a.methods.items()}
+    for v in a.verifiers:
+        passes, fails = stats.unanimous(t.seeds.scores[v])
+        a.unanimous[v] = {tag: {"prompts": int(g.sum()), "captions": len(set(labels[g])),
+                                "pass": int(passes[g].sum()), "fail": int(fails[g].sum())}
+                          for tag, g in groups.items()}
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -182,42 +278,52 @@ def _prompts(n: int) -> str:
     return f"{n} prompt" + ("" if n == 1 else "s")
 
 
+def _captions(n: int) -> str:
+    return f"{n} caption" + ("" if n == 1 else "s")
+
+
+def _said(d: dict, percent: bool) -> str:
+    scale, unit = (100, " points") if percent else (1, "")
+    word = "helps" if d["lo"] > 0 else "hurts" if d["hi"] < 0 else "makes no clear difference"
+    return f"{word} ({scale * d['mean']:+.1f}{unit} [{scale * d['lo']:.1f}, {scale * d['hi']:.1f}])"
+
+
+def _ties(a: ConfigAnalysis) -> str:
+    """What the intervals resample, and how many prompts cannot differ (every seed passes, or every seed fails,
+    the judge): they count as ties."""
+    n = len(set(captions(a.table)))
+    text = " Intervals resample " + (f"its {n} distinct captions" if n > 1 else "its prompts (one caption)")
+    u = a.unanimous.get(a.judge, {}).get(ALL)
+    if u is not None:
+        text += (f"; the {u['pass']} prompts where every seed passes and the {u['fail']} where every seed fails "
+                 f"(of {u['prompts']}) count as ties, a difference of 0")
+    return text + "."
+
+
 def _verdict(analyses: list[ConfigAnalysis]) -> list:
-    """What a reader needs first: per config, does choosing by stability beat a random seed, by the judge (the
-    first verifier, else the first reward), with the forest plot of every method's difference."""
+    """What a reader needs first: per config, does choosing by stability beat a random seed, by the judge, with
+    the forest plot of every method's difference (oracles, which look at the judge, left out)."""
     lines, forest = [], []
     for a in analyses:
-        judges = _verifiers(a) or a.table.rewards
-        if not judges:
+        if a.judge not in a.binary:
             continue
-        judge = judges[0]
-        unit = " points" if a.binary[judge] else ""
-        scale = 100 if a.binary[judge] else 1
-
-        def said(name):
-            d = a.vs_random.get(name, {}).get(judge)
-            if d is None:
-                return None
-            word = "helps" if d["lo"] > 0 else "hurts" if d["hi"] < 0 else "makes no clear difference"
-            return (f"{word} ({scale * d['mean']:+.1f}{unit} [{scale * d['lo']:.1f}, {scale * d['hi']:.1f}])")
-
-        parts = [f"{name} {said(name)}" for name in ("most stable", "least stable") if said(name)]
-        parts += [f"{name} {said(name)}" for name in a.methods if name.startswith("best of K by ")
-                  and name != f"best of K by {judge}" and said(name)]
+        shown = {i: d[a.judge] for i, d in a.vs_random.items() if d.get(a.judge) is not None
+                 and not a.methods[i].method.oracle(a.judge)}
+        parts = [f"{a.title(i)} {_said(d, a.binary[a.judge])}" for i, d in shown.items()
+                 if a.methods[i].method.entry.verdict]
         if parts:
-            lines.append(f"Config {a.config.id} ({a.config.label()}), judged by {judge} against a random seed: "
-                         + "; ".join(parts) + ".")
-        forest += [(f"{a.config.id}: {name}", a.vs_random[name][judge]) for name in a.methods
-                   if name != "random" and a.vs_random.get(name, {}).get(judge) is not None
-                   and not name.startswith("most stable of") and name != f"best of K by {judge}"]
+            lines.append(f"Config {a.config.id} ({a.config.label()}), judged by {a.judge} against a random seed: "
+                         + "; ".join(parts) + "." + _ties(a))
+        forest += [(f"{a.config.id}: {a.title(i)}", d) for i, d in shown.items()
+                   if not a.methods[i].method.entry.ablation]
     if not lines:
         return []
-    percent = all(a.binary.get((_verifiers(a) or a.table.rewards or [None])[0], False) for a in analyses)
+    percent = all(a.binary.get(a.judge, False) for a in analyses)
     blocks = [Heading("Verdict"), *[Text(line) for line in lines]]
     if forest:
         blocks.append(Image(plot_forest(forest, "difference from a random seed" + (" (points)" if percent else ""),
                                         100 if percent else 1), "verdict.png",
-                            "Each method minus a random seed (same prompts), 95% intervals over prompts; green: "
+                            "Each method minus a random seed (same prompts), 95% intervals over captions; green: "
                             "better, red: worse, grey: no clear difference"))
     return blocks
 
@@ -251,18 +357,20 @@ def _header(results: Results, analyses: list[ConfigAnalysis]) -> list:
         "Methods: random = the mean over a prompt's K seeds (what a random seed gives on average); most / least "
         "stable = the seed of highest / lowest inversion stability; most stable (VARIANT) = chosen by a stability "
         "variant; most stable of k = among the first k seeds only; best of K by R = the seed with the highest "
-        "reward R (an oracle when R is a verifier); other rows are optimizing methods. Intervals are 95% bootstrap "
-        "intervals over prompts; 0/1 rewards are shown as percentages; – = no value."))
+        "reward R (an oracle when R is the judge); other rows are optimizing methods. Intervals are 95% bootstrap "
+        "intervals over distinct captions (prompts that repeat a caption are resampled together); 0/1 rewards are "
+        "shown as percentages; – = no value."))
     return blocks
 
 
-def _rows_union(analyses: list[ConfigAnalysis]) -> list[str]:
-    return list(dict.fromkeys(n for a in analyses for n in a.methods))
+def _rows_union(analyses: list[ConfigAnalysis]) -> dict[str, str]:
+    """Every method id of the configs, in order -> its title."""
+    return {i: m.method.title for a in analyses for i, m in a.methods.items()}
 
 
 def _table1(analyses: list[ConfigAnalysis]) -> list:
     """The paper's Table 1 per setting: methods x rewards, the prompt sets of one setting side by side."""
-    blocks = [Heading("Results per method (mean [95% CI] over prompts)")]
+    blocks = [Heading("Results per method (mean over prompts [95% CI over captions])")]
     settings: dict[tuple, list[ConfigAnalysis]] = {}
     for a in analyses:
         settings.setdefault(tuple(getattr(a.config, f) for f in SETTING_FIELDS), []).append(a)
@@ -279,10 +387,10 @@ def _table1(analyses: list[ConfigAnalysis]) -> list:
         if len(group) == 1:  # one prompt set: named in the caption, no column groups needed
             caption, groups = f"{groups[0][0]} · {caption}", None
         rows = []
-        for name in _rows_union(group):
-            row = [name]
+        for i, title in _rows_union(group).items():
+            row = [title]
             for a in group:
-                row += [fmt_ci(a.level.get(name, {}).get(x), percent=a.binary.get(x, False)) for x in a.measures]
+                row += [fmt_ci(a.level.get(i, {}).get(x), percent=a.binary.get(x, False)) for x in a.measures]
             rows.append(row)
         blocks.append(Table(headers, rows, caption, groups))
     return blocks
@@ -291,14 +399,14 @@ def _table1(analyses: list[ConfigAnalysis]) -> list:
 def _differences(a: ConfigAnalysis) -> list:
     pct = a.binary
     blocks = [Table(["method", *a.measures],
-                    [[n, *(fmt_ci(d[x], pct.get(x, False), signed=True, mark=True) for x in a.measures)]
-                     for n, d in a.vs_random.items()],
+                    [[a.title(i), *(fmt_ci(d[x], pct.get(x, False), signed=True, mark=True) for x in a.measures)]
+                     for i, d in a.vs_random.items()],
                     "Paired difference vs random (same prompts); * = the 95% interval excludes 0")]
     if a.vs_start:
         blocks.append(Table(["method", *a.measures],
-                            [[f"{n} − its start",
+                            [[f"{a.title(i)} − its start",
                               *(fmt_ci(d[x], pct.get(x, False), signed=True, mark=True) for x in a.measures)]
-                             for n, d in a.vs_start.items()],
+                             for i, d in a.vs_start.items()],
                             "Optimizing methods vs the noise they started from (same prompt and seed; with preserve_norm "
                             "the seed's noise on the shell)"))
     return blocks
@@ -307,10 +415,10 @@ def _differences(a: ConfigAnalysis) -> list:
 def _win_rates(a: ConfigAnalysis) -> list:
     blocks = []
     for r, rows in a.wins.items():
-        columns = list(COMPARATORS) + (["its start"] if a.vs_start else [])
-        blocks.append(Table(["method", *(f"vs {c}" for c in columns)],
-                            [[n, *(fmt_ci(row[c], percent=True) if c in row else MISSING for c in columns)]
-                             for n, row in rows.items()],
+        columns = [c for c in COMPARATORS if c in a.methods] + (["its start"] if a.vs_start else [])
+        blocks.append(Table(["method", *(f"vs {a.title(c) if c in a.methods else c}" for c in columns)],
+                            [[a.title(i), *(fmt_ci(row[c], percent=True) if c in row else MISSING for c in columns)]
+                             for i, row in rows.items()],
                             f"Win rate by {r}: share of prompts where the method scores higher (ties count half)"))
     return blocks
 
@@ -349,12 +457,12 @@ def _decile_section(a: ConfigAnalysis, name: str) -> list:
                   "Reward by within-prompt stability decile (1 = the least stable tenth of each prompt's seeds; "
                   "with fewer than 10 seeds per prompt some deciles hold few prompts)"),
             Image(plot_deciles(a.deciles, a.binary, a.config.label()), f"{name}-deciles.png",
-                  "Reward by within-prompt stability decile, with 95% intervals over prompts")]
+                  "Reward by within-prompt stability decile, with 95% intervals over captions")]
 
 
 def _costs(a: ConfigAnalysis) -> list:
     return [Table(["method", "UNet calls", "reward calls", "seconds"],
-                  [[n, *(fmt_count(c[k]) for k in COSTS)] for n, c in a.cost.items()],
+                  [[a.title(i), *(fmt_count(c[k]) for k in COSTS)] for i, c in a.cost.items()],
                   "Cost per prompt (mean over prompts). Image-only seconds are the image's share of a seed row's "
                   "time; best of K by a reward counts K reward calls")]
 
@@ -362,12 +470,38 @@ def _costs(a: ConfigAnalysis) -> list:
 def _fooled(a: ConfigAnalysis) -> list:
     if not a.fooled:
         return []
-    rows = [[name, learned, verifier, base, *(fmt_ci(c.get(k), percent=True) for k in ("up", "fails", "fooled"))]
-            for name, learned, verifier, base, c in a.fooled]
+    rows = [[a.title(i) if i in a.methods else i, learned, verifier, base,
+             *(fmt_ci(c.get(k), percent=True) for k in ("up", "fails", "fooled"))]
+            for i, learned, verifier, base, c in a.fooled]
     return [Table(["method", "learned reward", "verifier", "compared with", "learned reward up", "verifier fails",
                    "fooled: up and fails"], rows,
                   "Fooled: how often the learned reward rose over the seed the method replaced while the verifier "
                   "fails the image (last row: how often a random seed fails)")]
+
+
+def _tag_sections(a: ConfigAnalysis) -> list:
+    """Per tag of the prompt set, by each reward: random's level and each method's difference from it; and the
+    prompts whose every seed passes or fails the verifier."""
+    blocks = []
+    tags = list(next(iter(a.by_tag.values()), {}).get(BASELINE, {}))
+    counts = next(iter(a.unanimous.values()), None)
+    headers = ["method", *(f"{tag} ({_prompts(counts[tag]['prompts'])}, {_captions(counts[tag]['captions'])})"
+                           if counts else tag for tag in tags)]
+    for r, rows in a.by_tag.items() if tags else ():
+        pct = a.binary[r]
+        blocks.append(Table(headers, [[a.title(i) + ("" if i == BASELINE else " − random"),
+                                       *(fmt_ci(row[tag], pct, signed=i != BASELINE, mark=i != BASELINE)
+                                         for tag in tags)] for i, row in rows.items()],
+                            f"By tag, {r}: random's level, then each method minus random (same prompts), 95% "
+                            "intervals over the tag's captions (over its prompts where it has one caption); * = the "
+                            "interval excludes 0"))
+    for v, by in a.unanimous.items():
+        blocks.append(Table(["tag", "prompts", "captions", "every seed passes", "every seed fails"],
+                            [[tag, *(str(c[k]) for k in ("prompts", "captions", "pass", "fail"))]
+                             for tag, c in by.items()],
+                            f"Prompts whose seeds all agree by {v}: they stay in every mean (choosing among them "
+                            "changes nothing, a difference of 0)"))
+    return blocks
 
 
 def _pick_prompts(table: ConfigTable, n: int) -> list[int]:
@@ -396,7 +530,7 @@ def inside_run(run_dir: Path, image_path) -> Path | None:
 
 def _grid(a: ConfigAnalysis, run_dir: Path, n: int, name: str) -> list:
     t = a.table
-    columns = ["random", "most stable", "least stable", *(f"best of K by {r}" for r in t.rewards), *t.optimized]
+    columns = grid_methods(a.methods)
     first = t.rewards[0] if t.rewards else None
     rows = []
     for p in _pick_prompts(t, n):
@@ -412,7 +546,7 @@ def _grid(a: ConfigAnalysis, run_dir: Path, n: int, name: str) -> list:
         rows.append(row)
     if not rows:
         return []
-    headers = ["prompt", "random (first seed)", *columns[1:]]
+    headers = ["prompt", *(a.title(i) + (" (first seed)" if i == BASELINE else "") for i in columns)]
     return [Table(headers, rows, f"Images of {_prompts(len(rows))} (each tile: stability · {first or 'no reward'})")]
 
 
@@ -429,9 +563,11 @@ def _sweeps(analyses: list[ConfigAnalysis]) -> list:
                 continue
             xs = sorted(by_x)
             members = [by_x[x] for x in xs]
-            methods = [n for n in _rows_union(members) if n != "random" and not n.startswith(ABLATION_PREFIX)]
+            methods = {i: title for i, title in _rows_union(members).items() if i != BASELINE and not any(
+                a.methods[i].method.entry.ablation for a in members if i in a.methods)}
             rewards = list(dict.fromkeys(r for a in members for r in a.table.rewards))
-            series = {r: {n: [a.vs_random.get(n, {}).get(r) for a in members] for n in methods} for r in rewards}
+            series = {r: {title: [a.vs_random.get(i, {}).get(r) for a in members] for i, title in methods.items()}
+                      for r in rewards}
             c = members[0].config
             title = (f"{c.prompt_set} · {c.model}" + ("" if axis == "steps" else f" · {c.steps} steps")
                      + ("" if axis == "guidance" else f" · guidance {c.guidance:g}"))
@@ -439,23 +575,35 @@ def _sweeps(analyses: list[ConfigAnalysis]) -> list:
             for r in rewards:
                 pct = any(a.binary.get(r, False) for a in members)
                 blocks.append(Table([f"method \\ {axis}", *(f"{x:g}" for x in xs)],
-                                    [[n, *(fmt_ci(ci, pct, signed=True, mark=True) for ci in series[r][n])]
-                                     for n in methods], f"{r}: gain over random; * = the interval excludes 0"))
+                                    [[title, *(fmt_ci(ci, pct, signed=True, mark=True) for ci in series[r][title])]
+                                     for title in methods.values()],
+                                    f"{r}: gain over random; * = the interval excludes 0"))
             name = f"sweep-{axis}-{'-'.join(str(a.config.id) for a in members)}"
             percent = {r: any(a.binary.get(r, False) for a in members) for r in rewards}
             blocks.append(Image(plot_sweep(axis, xs, series, percent, title), f"{name}.png",
-                                f"Gain over random vs {axis}, with 95% intervals over prompts"))
+                                f"Gain over random vs {axis}, with 95% intervals over captions"))
     return [Heading("Sweeps"), *blocks] if blocks else []
 
 
-def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int = 0) -> list:
-    """The report's blocks."""
-    analyses = [analyze(t, n_boot, seed) for t in results.tables]
+def check_methods(results: Results, methods: list[Method] | None) -> None:
+    """Refuse a requested method that no config of the run can show (a reward it did not score, an optimizing
+    method it did not run)."""
+    for m in methods or ():
+        if not any(expand(t, m) for t in results.tables):
+            raise StablenoiseError(f"method {m.id} has nothing to show in {results.run_dir}: no config has "
+                                   f"what it needs")
+
+
+def build(results: Results, grid_prompts: int = 8, n_boot: int = 1000, seed: int = 0,
+          methods: list[Method] | None = None, judge: str | None = None) -> list:
+    """The report's blocks: ``methods`` (None: every method each config has) judged by ``judge`` (see
+    :func:`analyze`)."""
+    analyses = [analyze(t, n_boot, seed, methods, judge) for t in results.tables]
     blocks = _verdict(analyses) + _header(results, analyses) + _table1(analyses) + _sweeps(analyses)
     for a in analyses:
         name = f"config-{a.config.id}"
         blocks += [Heading(f"Config {a.config.id}: {a.config.label()} ({_prompts(a.table.n_prompts)})"),
-                   Heading("Differences", 3), *_differences(a),
+                   Heading("Differences", 3), *_differences(a), *_tag_sections(a),
                    Heading("Win rates", 3), *_win_rates(a),
                    Heading("Stability and reward", 3), *_correlation(a), *_decile_section(a, name),
                    Heading("Cost", 3), *_costs(a)]
@@ -519,9 +667,20 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def write_report(run_dir, out_html=None, out_md=None, grid_prompts: int = 8, n_boot: int = 1000,
-                 seed: int = 0) -> tuple[Path, Path]:
+                 seed: int = 0, methods: list[Method] | None = None, judge: str | None = None,
+                 strict: bool = True) -> tuple[Path, Path]:
     """Write RUN/report.html (self-contained) and RUN/report.md (plots in report_files/ next to it),
-    overwriting only a report's own earlier outputs (``check_outputs``)."""
+    overwriting only a report's own earlier outputs (``check_outputs``).
+
+    Args:
+        run_dir: the bench's run folder; out_html, out_md: other places for the two files.
+        grid_prompts: prompts per image grid (0: none); n_boot, seed: the bootstrap.
+        methods, judge: see :func:`analyze`.
+        strict: refuse a requested method that no config can show (``check_methods``); the bench's own report
+            at the end of a run is not strict.
+    Returns:
+        The paths of the HTML and the Markdown report.
+    """
     run_dir = Path(run_dir)
     html_path = Path(out_html) if out_html else run_dir / "report.html"
     md_path = Path(out_md) if out_md else run_dir / "report.md"
@@ -529,7 +688,9 @@ def write_report(run_dir, out_html=None, out_md=None, grid_prompts: int = 8, n_b
     # First: a refused report does not even open the store (opening a WAL store adds its -shm file).
     check_outputs(run_dir, {"HTML report": html_path, "Markdown report": md_path, "plot folder": files})
     results = load_results(run_dir)
-    blocks = build(results, grid_prompts, n_boot, seed)
+    if strict:
+        check_methods(results, methods)
+    blocks = build(results, grid_prompts, n_boot, seed, methods, judge)
     title = f"stablenoise bench report: {results.run_dir.resolve().name}"
     markdown, images = render_markdown(title, blocks, files.name)
     for name, png in images.items():

@@ -1,15 +1,15 @@
-"""Reading a bench results store into arrays, and deriving the compared methods from them.
+"""Reading a bench results store into arrays.
 
 Each run config becomes a ``ConfigTable``: its seed rows as (prompt, seed rank) arrays and its optimizing
 methods' rows as per-prompt arrays, NaN wherever a row or score is missing (a run still in progress, a
-NULL stability). The selection methods are read off the seed rows here, so they need no rows of their own.
+NULL stability). The compared methods are derived from these arrays by ``methods.derive_methods``.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,6 @@ from ..loading import first_line
 from .schema import SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
 from .store import STORE_NAME, check_db
 
-ABLATION_KS = (1, 4, 16, 100)  # "most stable of k": the first k seeds only
-COSTS = ("unet_calls", "reward_calls", "seconds")
 
 
 @dataclass(frozen=True)
@@ -88,21 +86,6 @@ class Results:
     run_dir: Path
     meta: dict
     tables: list[ConfigTable]
-
-
-@dataclass
-class Method:
-    """One compared method's per-prompt outcome (arrays of shape (prompts,), NaN where unknown)."""
-    name: str
-    kind: str  # "random", "selection" or "optimizing"
-    values: dict[str, np.ndarray]  # reward -> value
-    stability: np.ndarray
-    cost: dict[str, np.ndarray]  # COSTS -> per prompt
-    # What an image grid shows: for "random" the first seed (its values are a mean over seeds).
-    image: np.ndarray
-    shown_stability: np.ndarray
-    shown_values: dict[str, np.ndarray]
-    start: dict[str, np.ndarray] | None = field(default=None)  # optimizing: its start's values (stability too)
 
 
 def _json(text) -> dict:
@@ -202,126 +185,6 @@ def _table(config: Config, prompts: dict, samples: list, scores: dict) -> Config
         seeds=seeds, optimized=optimized, starts=starts,
         rewards=sorted(n for n in names if not n.startswith(STABILITY_PREFIX)),
         variants=sorted(n for n in names if n.startswith(STABILITY_PREFIX)))
-
-
-# ----------------------------------------------------------------------------- methods
-
-def _pick(values: np.ndarray, largest: bool = True) -> np.ndarray:
-    """Per row, the column of the largest (smallest) finite value; -1 where none is finite (so a NULL
-    stability or reward never wins)."""
-    known = np.isfinite(values)
-    filled = np.where(known, values if largest else -values, -np.inf)
-    idx = filled.argmax(axis=1)
-    idx[~known.any(axis=1)] = -1
-    return idx
-
-
-def _take(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    out = values[np.arange(len(idx)), np.maximum(idx, 0)]
-    if out.dtype == object:
-        out[idx < 0] = None
-    else:
-        out = np.where(idx < 0, np.nan, out)
-    return out
-
-
-def _sum(values: np.ndarray) -> np.ndarray:
-    """Per-prompt sum over the seeds present; NaN for a prompt without seeds."""
-    return np.where(np.isfinite(values).any(axis=1), np.nansum(values, axis=1), np.nan)
-
-
-def _mean(values: np.ndarray) -> np.ndarray:
-    """Per-prompt mean over the seeds present; NaN (without numpy's empty-slice warning) when none is."""
-    known = np.isfinite(values)
-    return np.where(known.any(axis=1), np.where(known, values, 0).sum(axis=1) / np.maximum(known.sum(axis=1), 1),
-                    np.nan)
-
-
-def _image_seconds(seeds: Rows) -> np.ndarray:
-    """The share of a seed row's seconds its image alone took (the row's time covers the whole round trip)."""
-    return seeds.seconds * seeds.image_calls / np.where(seeds.unet_calls > 0, seeds.unet_calls, np.nan)
-
-
-def _selected(name: str, t: ConfigTable, idx: np.ndarray, cost: dict) -> Method:
-    s = t.seeds
-    values = {r: _take(s.scores[r], idx) for r in t.rewards}
-    stability = _take(s.stability, idx)
-    return Method(name, "selection", values, stability, cost, _take(s.image, idx), stability, values)
-
-
-def derive_methods(table: ConfigTable, ks=ABLATION_KS) -> dict[str, Method]:
-    """The compared methods of one config, in report order: random, most/least stable, the stability
-    variants, the K ablation, best of K by each reward, then the optimizing methods as stored.
-
-    Costs per prompt: random = one image (the mean image_calls of the seed rows); a stability selection =
-    the UNet calls of every seed it scored (plus the variant's extra inversions); best of K by a reward =
-    K images and K reward calls. Seconds of image-only costs are the image's share of the seed rows' time."""
-    s = table.seeds
-    k = s.stability.shape[1]
-    scored = {"unet_calls": _sum(s.unet_calls), "reward_calls": _sum(s.reward_calls), "seconds": _sum(s.seconds)}
-    first = np.zeros(table.n_prompts, dtype=int)
-    first[~np.isfinite(s.unet_calls[:, 0])] = -1
-    one_image = {"unet_calls": _mean(s.image_calls), "reward_calls": np.zeros(table.n_prompts),
-                 "seconds": _mean(_image_seconds(s))}
-    methods = {"random": Method(
-        "random", "random", {r: _mean(s.scores[r]) for r in table.rewards}, _mean(s.stability), one_image,
-        _take(s.image, first), _take(s.stability, first), {r: _take(s.scores[r], first) for r in table.rewards})}
-    methods["most stable"] = _selected("most stable", table, _pick(s.stability), scored)
-    methods["least stable"] = _selected("least stable", table, _pick(s.stability, largest=False), scored)
-    for variant in table.variants:
-        name = f"most stable ({variant[len(STABILITY_PREFIX):]})"
-        cost = {**scored, "unet_calls": _sum(s.unet_calls + s.variant_calls)}
-        methods[name] = _selected(name, table, _pick(s.scores[variant]), cost)
-    for n in ks:
-        if n < k:
-            head = slice(0, n)
-            if n == 1:  # the first seed: nothing to choose (even if its stability is NULL), nothing to score
-                idx = first
-                cost = {"unet_calls": s.image_calls[:, 0], "reward_calls": np.zeros(table.n_prompts),
-                        "seconds": _image_seconds(s)[:, 0]}
-            else:
-                idx = _pick(s.stability[:, head])
-                cost = {"unet_calls": _sum(s.unet_calls[:, head]), "reward_calls": _sum(s.reward_calls[:, head]),
-                        "seconds": _sum(s.seconds[:, head])}
-            methods[f"most stable of {n}"] = _selected(f"most stable of {n}", table, idx, cost)
-    for reward in table.rewards:
-        images = np.isfinite(s.image_calls)
-        cost = {"unet_calls": _sum(s.image_calls), "reward_calls": _sum(s.reward_calls) + images.sum(axis=1),
-                "seconds": _sum(_image_seconds(s))}
-        methods[f"best of K by {reward}"] = _selected(f"best of K by {reward}", table, _pick(s.scores[reward]), cost)
-    for label, rows in table.optimized.items():
-        values = {r: rows.scores[r] for r in table.rewards}
-        methods[label] = Method(label, "optimizing", values, rows.stability,
-                                {"unet_calls": rows.unet_calls, "reward_calls": rows.reward_calls,
-                                 "seconds": rows.seconds},
-                                rows.image, rows.stability, values, start=_start(table, label, rows))
-    return methods
-
-
-def _start(table: ConfigTable, label: str, rows: Rows) -> dict[str, np.ndarray] | None:
-    """An optimizing method's start: its start rows, NaN where one is missing. A store from before start rows
-    falls back to the seed row of the seed it started from, which is the start only without preserve_norm
-    (with it, the optimizer started from that noise moved onto the shell: no start is known)."""
-    from .methods import parse_methods
-
-    if label in table.starts:
-        start = table.starts[label]
-        return {"stability": start.stability, **{r: start.scores[r] for r in table.rewards}}
-    try:
-        settings = parse_methods([label])[0].settings
-    except StablenoiseError:
-        return None
-    if settings is None or settings.preserve_norm:
-        return None
-    s = table.seeds
-    rank = np.array([_rank_of(s.seed[p], seed) for p, seed in enumerate(rows.seed)], dtype=int)
-    return {"stability": _take(s.stability, rank), **{r: _take(s.scores[r], rank) for r in table.rewards}}
-
-
-def _rank_of(prompt_seeds: np.ndarray, seed: int) -> int:
-    """The seed rank of ``seed`` among a prompt's seed rows; -1 if it is not one of them."""
-    hits = np.flatnonzero(prompt_seeds == seed) if seed >= 0 else []
-    return int(hits[0]) if len(hits) else -1
 
 
 def seed_norms(table: ConfigTable) -> np.ndarray | None:

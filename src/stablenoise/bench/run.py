@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from ..backends.base import Backend, uses_cfg
 from ..errors import StablenoiseError
 from ..noise import check_noise_norm, check_seed_range, noises_from_seeds
-from ..optimization import optimize
 from ..records import atomic_write
 from ..rewards import Reward
 from ..stability import conditioning, evaluations as _evaluations, resolve, round_trips
@@ -79,7 +78,7 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
     store = Store(out)
     if command:
         store.note_command(command)
-    ablation = any(m.kind == "inversion-ablation" for m in methods)
+    ablation = any(m.entry.needs_variant for m in methods)
     for steps, guidance, inv, norm in configs:
         config = {"prompt_set": prompt_set.name, "prompt_set_digest": prompt_set.digest(),
                   "model": backend.name, "backend": backend.describe(), "steps": steps, "guidance": guidance,
@@ -210,8 +209,8 @@ def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guida
         texts = [prompts[i].text for i in chunk]
         noise = noises_from_seeds([seeds[i][0] for i in chunk], backend.latent_shape, noise_norm)
         c0 = _evaluations(backend)
-        res, extras, reward_calls = _run_method(backend, texts, noise, method, steps, guidance, inv, optimizing_rewards,
-                                                progress and iterations is None, iterations)
+        res, extras, reward_calls = method.run(backend, texts, noise, steps, guidance, inv, optimizing_rewards,
+                                               progress and iterations is None, iterations)
         rows = []
         if iterations is None:
             rows += _noise_rows(store, cid, backend, chunk, seeds, texts, res.noise, label, rewards, steps, guidance,
@@ -220,32 +219,6 @@ def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guida
         rows += _noise_rows(store, cid, backend, chunk, seeds, texts, res.start_noise, start_label, rewards, steps,
                             guidance, inv, _evaluations(backend), t1, 0, [{} for _ in chunk])
         store.add(cid, rows)
-
-
-def _run_method(backend, texts, noise, method, steps, guidance, inv, optimizing_rewards, progress, iterations=None):
-    """Run an optimizing method on a batch (``iterations``: the method's own unless given); returns the result,
-    each sample's details and the reward calls per sample."""
-    settings = method.settings
-    iterations = settings.iterations if iterations is None else iterations
-    checkpoint = backend.device.type != "cpu"  # trades compute for memory; only worth it on an accelerator
-    if method.kind == "optimize":
-        res = optimize(backend, texts, noise, iterations=iterations, lr=settings.lr, momentum=settings.momentum,
-                       steps=steps, guidance=guidance, inversion_guidance=inv, checkpoint=checkpoint,
-                       preserve_norm=settings.preserve_norm, progress=progress)
-        return res, [{"start_stability": h[0] if h else None, "best_iteration": b, "stopped": st}
-                     for h, b, st in zip(res.history, res.best_iteration, res.stopped)], 0
-    from ..reward_optimization import reward_optimize
-
-    weighted = {name: (optimizing_rewards[name], w) for name, w in settings.reward_weights}
-    res = reward_optimize(backend, texts, noise, weighted, iterations=iterations, lr=settings.lr,
-                          momentum=settings.momentum, nesterov=settings.nesterov, grad_clip=settings.grad_clip,
-                          reg_weight=settings.reg_weight, steps=steps, guidance=guidance, checkpoint=checkpoint,
-                          progress=progress)
-    # start_reward and best_reward are the optimizer's objective, on the decoded float pixels; the stored scores
-    # judge the saved 8-bit PNG, which can differ by a fraction of a point (docs/bench.md).
-    return res, [{"start_reward": h[0] if h else None, "best_reward": b, "best_iteration": it, "stopped": st}
-                 for h, b, it, st in zip(res.history, res.best_reward, res.best_iteration, res.stopped)], \
-        res.reward_evaluations // len(texts)
 
 
 def _noise_rows(store, cid, backend, chunk, seeds, texts, noises, label, rewards, steps, guidance, inv, c0, t0,

@@ -8,19 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from ..bench.report import inside_run
-from ..bench.results import Method, derive_methods, load_results
+from ..bench.methods import Outcome, derive_methods, grid_methods
+from ..bench.results import load_results
 from ..errors import StablenoiseError
 
-NAMED = {"random": "random", "most-stable": "most stable", "least-stable": "least stable"}
 
-
-def method_ids(methods: dict[str, Method]) -> dict[str, str]:
-    """The ids a --pair may use -> derived method names: random, most-stable, least-stable, best:REWARD, and
-    each optimizing method's label as stored."""
-    ids = {i: name for i, name in NAMED.items() if name in methods}
-    ids.update({f"best:{n[len('best of K by '):]}": n for n in methods if n.startswith("best of K by ")})
-    ids.update({n: n for n, m in methods.items() if m.kind == "optimizing"})
-    return ids
+def method_ids(methods: dict[str, Outcome]) -> dict[str, str]:
+    """The ids a --pair may use -> derived method ids: those an image grid shows (random, most-stable,
+    least-stable, best:REWARD, each optimizing method as stored)."""
+    return {i: i for i in grid_methods(methods)}
 
 
 def parse_pair(spec: str, ids: dict[str, str]) -> tuple[str, str]:
@@ -36,7 +32,7 @@ def parse_pair(spec: str, ids: dict[str, str]) -> tuple[str, str]:
     return a, b
 
 
-def _scores(m: Method, p: int) -> dict:
+def _scores(m: Outcome, p: int) -> dict:
     values = {"stability": m.shown_stability[p], **{r: v[p] for r, v in m.shown_values.items()}}
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
