@@ -6,13 +6,13 @@
 # The "keep" arms of the 5-step configs are docs/bench-shapes and docs/bench-shapes-flow (same captions, seeds).
 set -euo pipefail
 ROOT=${1:-runs/regimes}
-STAGES=${2:-"ddim5 flow5 ddim10 flow10 ddim20 ddim50"}
+STAGES=${2:-"ddim5 flow5 ddim10 flow10 ddim20 ddim50 turbo1 turbo2 turbo4"}
 COMMON=(--prompts shapes-heldout --rewards shapes-verifier,shapes-clip --batch-size 64 --no-report
-        --guidance 2 --methods random,most-stable,least-stable,best)
-run() {  # NAME MODEL STEPS K LIMIT NORMS
+        --methods random,most-stable,least-stable,best)
+run() {  # NAME MODEL STEPS K LIMIT NORMS [GUIDANCE, default 2]
     [[ " $STAGES " == *" $1 "* ]] || return 0
     stablenoise bench "${COMMON[@]}" --model "$2" --steps "$3" -k "$4" ${5:+--limit "$5"} --noise-norm "$6" \
-        --out "$ROOT/$1"
+        --guidance "${7:-2}" --out "$ROOT/$1"
 }
 run ddim5 shapes 5 16 "" shell            # 200 captions x 16 seeds
 run flow5 shapes-flow 5 16 "" shell

@@ -30,7 +30,8 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 def family():
     """The shapes world's model families, registered through the ``stablenoise.backends`` entry point:
     ``--model shapes`` (SD/SDXL-style scaled-linear betas, trailing spacing) and ``--model shapes-cosine``
-    (the first shipped model: cosine betas, leading spacing), and the flow-matching ``shapes-flow``."""
+    (the first shipped model: cosine betas, leading spacing), the flow-matching ``shapes-flow`` and the
+    few-step ``shapes-turbo`` (distilled from ``shapes``; 4 steps, no CFG by default)."""
     from ..backends.registry import Family
     from .flow_backend import ShapesFlowBackend
     from .flow_pipeline import ShapesFlowPipeline
@@ -38,8 +39,12 @@ def family():
 
     # ``--model shapes-flow`` once trained weights are shipped (stablenoise train-shapes --objective flow).
     flow_models = {"shapes-flow": WEIGHTS / "shapes-flow"} if (WEIGHTS / "shapes-flow").is_dir() else {}
+    # ``--model shapes-turbo``: distilled from ``shapes`` for 1-4 steps without CFG (stablenoise distill-shapes);
+    # the name says "turbo", so it takes turbo_defaults.
+    turbo = {"shapes-turbo": WEIGHTS / "shapes-turbo"} if (WEIGHTS / "shapes-turbo").is_dir() else {}
     return [Family("shapes-flow", ShapesFlowPipeline, ShapesFlowBackend, Defaults(steps=10, guidance=2.0),
                    models=flow_models, fixed_size=True),
             Family("shapes", ShapesPipeline, ShapesBackend, Defaults(steps=10, guidance=2.0),
-                   models={"shapes": WEIGHTS / "shapes", "shapes-cosine": WEIGHTS / "shapes-cosine"},
+                   turbo_defaults=Defaults(steps=4, guidance=1.0),
+                   models={"shapes": WEIGHTS / "shapes", "shapes-cosine": WEIGHTS / "shapes-cosine", **turbo},
                    fixed_size=True)]

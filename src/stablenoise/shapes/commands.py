@@ -171,3 +171,33 @@ def train_shapes(out, steps, batch_size, seed, schedule, threads, init, objectiv
                                      device=str(parse_device(device)), workers=workers))
     name = "shapes-flow" if objective == "flow" else "shapes"
     click.echo(f"wrote {final}; copy it to src/stablenoise/weights/{name} to ship it")
+
+
+@click.command("distill-shapes")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/shapes-turbo"),
+              show_default=True)
+@click.option("--teacher", default="shapes", show_default=True,
+              help="The DDIM shapes model to distil (a shipped name or a pipeline folder).")
+@click.option("--pairs", type=click.IntRange(min=1), default=None,
+              help="Teacher (noise, image) training pairs, in whole shards of 64; more pairs extend the set.")
+@click.option("--val-pairs", type=click.IntRange(min=1), default=None, help="Held-back pairs (validation curve).")
+@click.option("--teacher-steps", type=click.IntRange(1, 1000), default=None, help="The teacher's DDIM steps.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=None, help="The teacher's CFG scale.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Student training steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None)
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="CPU threads (0: torch's default).")
+@click.option("--device", default="cpu", show_default=True)
+@guarded
+def distill_shapes(out, teacher, threads, device, **settings):
+    """Distil the DDIM shapes model into a 1-4 step student without guidance (shapes-turbo): reflow on the
+    teacher's coupling. Unset options take the shipped recipe's values (stablenoise.shapes.distill.DistillConfig).
+    Resumes: teacher pairs are kept in OUT/pairs, training restarts from OUT/checkpoint."""
+    from ..backends import parse_device
+    from .distill import DistillConfig, distill
+
+    given = {k: v for k, v in settings.items() if v is not None}
+    final = distill(out, DistillConfig(teacher=teacher, threads=threads, device=str(parse_device(device)), **given))
+    click.echo(f"wrote {final}; copy it to src/stablenoise/weights/shapes-turbo to ship it")

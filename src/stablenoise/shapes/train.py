@@ -102,7 +102,7 @@ def noisy_input(cfg: TrainConfig, noise_sched, x0, noise, g) -> tuple[torch.Tens
     return noise_sched.add_noise(x0, noise, t), t, noise
 
 
-def _atomic_dir(target: Path, write) -> None:
+def atomic_dir(target: Path, write) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -149,7 +149,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
     def save_checkpoint(step: int) -> None:
         state = {"model": modules.state_dict(), "optimizer": opt.state_dict(),
                  "ema": ema.state_dict(), "losses": losses, "step": step}
-        _atomic_dir(ckpt, lambda d: torch.save(state, d / "state.pt"))
+        atomic_dir(ckpt, lambda d: torch.save(state, d / "state.pt"))
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train shapes",
                disable=not progress)
@@ -190,12 +190,12 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = Tr
         (d / "train_log.json").write_text(json.dumps(log))
         plot_losses(losses, d / "loss.png")
 
-    _atomic_dir(final, write_final)
+    atomic_dir(final, write_final)
     shutil.rmtree(ckpt, ignore_errors=True)
     return final
 
 
-def plot_losses(losses: list[float], path: Path) -> None:
+def plot_losses(losses: list[float], path: Path, title: str = "shapes-world training loss") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -205,7 +205,7 @@ def plot_losses(losses: list[float], path: Path) -> None:
     w = min(100, len(losses))
     if w > 1:
         ax.plot(np.arange(w - 1, len(losses)), np.convolve(losses, np.ones(w) / w, "valid"), label=f"mean of {w}")
-    ax.set(xlabel="step", ylabel="MSE", yscale="log", title="shapes-world training loss")
+    ax.set(xlabel="step", ylabel="MSE", yscale="log", title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,0 +1,339 @@
+"""Distil the shipped DDIM model into a few-step student: ``stablenoise distill-shapes`` (``shapes-turbo``).
+
+Recipe: reflow on the teacher's coupling (Liu et al. 2022, "Flow Straight and Fast"; InstaFlow, Liu et al.
+2023, did it for Stable Diffusion). The teacher maps a noise z, with a training caption, to an image y by
+deterministic guided DDIM; that pair fixes one DDIM line x(a) = sqrt(a) x0 + sqrt(1 - a) eps through z (at the
+first timestep's level) and y (at the level the last step lands on). The student, initialised from the teacher
+and run without classifier-free guidance (guidance folded in), learns to predict that line's eps from any point
+of it at the trailing 1-, 2- and 4-step timesteps and between them. A DDIM step keeps eps and x0 when the
+prediction is exact, so 1, 2 or 4 student steps land on the teacher's image, and DDIM inversion runs unchanged.
+
+Cost decides the recipe on a CPU: a pair costs one teacher sampling (teacher_steps x 2 UNet calls), paid once
+and stored in safetensors shards (resumable, each shard seeded by its index), after which a training step
+costs one student forward and backward; progressive and consistency distillation call the teacher inside
+every training step. Training is seeded like ``train.py``: step i draws its pairs and timesteps from
+``default_rng([seed, i])``, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .. import ddim
+from ..errors import StablenoiseError
+from ..records import atomic_write, versions
+from . import world
+from .pipeline import ShapesPipeline
+from .train import atomic_dir, plot_losses
+
+PAIR_STREAM, TRAIN_STREAM = 1, 2  # independent random streams under one seed
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = "shapes"  # a shipped model name or a shapes pipeline folder
+    pairs: int = 2048  # training pairs (whole shards)
+    val_pairs: int = 128  # held-back pairs for the validation curve (whole shards, drawn first)
+    shard_size: int = 64
+    teacher_steps: int = 25  # DDIM at 25 steps is within 1-2 verifier points of 50 at half the cost
+    guidance: float = 2.0  # the teacher's CFG; the student runs without CFG
+    student_steps: tuple[int, ...] = (1, 2, 4)  # the step counts whose timesteps training covers
+    at_steps: float = 0.5  # share of training timesteps exactly at those steps' timesteps; the rest between
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup: int = 30
+    ema_decay: float = 0.99
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    threads: int = 0  # 0: torch's default
+    device: str = "cpu"
+
+
+# ---------------------------------------------------------------- the coupling: teacher pairs
+
+def training_caption(rng: np.random.Generator) -> str:
+    """A caption drawn like the teacher's training data: never a held-out combination."""
+    tag = world.sample_tag(rng)
+    return world.caption_of(tag, world.sample_combo(rng, tag, "train"))
+
+
+def line_through(z: torch.Tensor, y: torch.Tensor, a_start: float, a_end: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DDIM line x(a) = sqrt(a) x0 + sqrt(1 - a) eps with x(a_start) = z and x(a_end) = y: (x0, eps).
+
+    Solves the 2x2 system per pixel. With a_end = 1 it is x0 = y, eps = (z - sqrt(a_start) y) / sqrt(1 - a_start);
+    the shapes schedule ends at alpha_bar(0) < 1, where the teacher's image still holds sqrt(1 - a_end) of eps.
+    """
+    sa, sb, ea, eb = (math.sqrt(v) for v in (a_start, 1 - a_start, a_end, 1 - a_end))
+    det = sa * eb - ea * sb
+    if abs(det) < 1e-6:
+        raise StablenoiseError("the teacher's first and last noise levels coincide: no line through the pair")
+    z, y = z.double(), y.double()
+    return ((eb * z - sb * y) / det).float(), ((sa * y - ea * z) / det).float()
+
+
+def coupling_levels(ddim_config: dict, cfg: DistillConfig) -> tuple[float, float, list[torch.Tensor]]:
+    """(alpha_bar where the teacher starts, where it lands, the student's timesteps per step count), refused
+    unless every student schedule starts at the teacher's first timestep (trailing spacing): the student's
+    first input is then the very noise the teacher started from."""
+    sched = ddim.schedule(ddim_config, cfg.teacher_steps)
+    grids = [ddim.schedule(ddim_config, s).timesteps.cpu() for s in cfg.student_steps]
+    first = int(sched.timesteps[0])
+    if any(int(g[0]) != first for g in grids):
+        raise StablenoiseError(f"the teacher's {cfg.teacher_steps}-step schedule starts at t={first}, a student's "
+                               f"at t={[int(g[0]) for g in grids]}: distillation needs trailing spacing")
+    return float(sched.alphas[0]), float(sched.alphas[-1]), grids
+
+
+def pair_settings(cfg: DistillConfig, fingerprint: str) -> dict:
+    """What a shard's content depends on; shards made under other settings are refused, not mixed."""
+    return {"teacher": cfg.teacher, "teacher_weights": fingerprint, "teacher_steps": cfg.teacher_steps,
+            "guidance": cfg.guidance, "shard_size": cfg.shard_size, "seed": cfg.seed}
+
+
+def teacher_shard(backend, cfg: DistillConfig, index: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Shard ``index``: noises and captions from ``default_rng([seed, PAIR_STREAM, index])``, and the teacher's
+    images of them (deterministic guided DDIM, exactly the bench's sampler)."""
+    rng = np.random.default_rng([cfg.seed, PAIR_STREAM, index])
+    captions = [training_caption(rng) for _ in range(cfg.shard_size)]
+    z = torch.from_numpy(rng.standard_normal((cfg.shard_size, *backend.latent_shape), dtype=np.float32))
+    with torch.inference_mode():
+        y = backend.denoise(z, backend.encode(captions, cfg.guidance), cfg.teacher_steps, cfg.guidance)
+    return {"noise": z, "image": y.float().cpu().contiguous()}, captions
+
+
+def shard_count(n: int, cfg: DistillConfig) -> int:
+    return -(-n // cfg.shard_size)
+
+
+def ensure_pairs(out: Path, cfg: DistillConfig, progress: bool = True) -> list[Path]:
+    """The shards of ``cfg.val_pairs + cfg.pairs`` pairs under OUT/pairs, making the missing ones (validation
+    shards first). A killed run loses at most the shard in progress."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from .. import load
+    from ..bank import weights_fingerprint
+
+    backend = load(cfg.teacher, device=cfg.device)
+    if type(backend.pipe) is not ShapesPipeline:
+        raise StablenoiseError(f"the teacher must be a DDIM shapes model (ShapesPipeline), not {cfg.teacher!r}")
+    coupling_levels(backend.ddim_config, cfg)
+    expected = pair_settings(cfg, weights_fingerprint(backend))
+    n = shard_count(cfg.val_pairs, cfg) + shard_count(cfg.pairs, cfg)
+    paths = [out / "pairs" / f"shard-{i:05d}.safetensors" for i in range(n)]
+    for i, path in enumerate(tqdm(paths, desc="teacher pairs", disable=not progress)):
+        if path.exists():
+            with safe_open(path, "pt") as f:
+                if json.loads(f.metadata()["settings"]) != expected:
+                    raise StablenoiseError(f"{path} was made under other settings than {expected}; "
+                                           "use another --out or the same settings")
+            continue
+        t0 = time.time()
+        tensors, captions = teacher_shard(backend, cfg, i)
+        meta = {"settings": json.dumps(expected), "captions": json.dumps(captions),
+                "seconds": f"{time.time() - t0:.3f}"}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return paths
+
+
+def load_pairs(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, list[str], float]:
+    """(noises, teacher images, captions, teacher seconds spent) of the shards, in order."""
+    from safetensors import safe_open
+
+    zs, ys, captions, seconds = [], [], [], 0.0
+    for path in paths:
+        with safe_open(path, "pt") as f:
+            zs.append(f.get_tensor("noise"))
+            ys.append(f.get_tensor("image"))
+            captions += json.loads(f.metadata()["captions"])
+            seconds += float(f.metadata()["seconds"])
+    return torch.cat(zs), torch.cat(ys), captions, seconds
+
+
+# ---------------------------------------------------------------- the student's training batches
+
+def sample_timesteps(rng: np.random.Generator, n: int, grids: list[torch.Tensor], at_steps: float) -> torch.Tensor:
+    """n training timesteps: with probability ``at_steps`` one of the student schedules' timesteps (uniform over
+    their union: the 4-step ones hold the 1- and 2-step ones), otherwise uniform between the lowest and highest."""
+    union = torch.unique(torch.cat(grids))
+    lo, hi = int(union.min()), int(union.max())
+    on_grid = union[torch.from_numpy(rng.integers(len(union), size=n))]
+    between = torch.from_numpy(rng.integers(lo, hi + 1, size=n))
+    return torch.where(torch.from_numpy(rng.random(n) < at_steps), on_grid, between)
+
+
+def distill_batch(cfg: DistillConfig, step: int, x0: torch.Tensor, eps: torch.Tensor, captions: list[str],
+                  grids: list[torch.Tensor], alphas_cumprod: torch.Tensor):
+    """(model input, timesteps, eps target, loss weight, captions) of training step ``step``: pairs drawn with
+    replacement, each moved to its timestep on its own line. The weight 1 / alpha_bar(t) makes the loss
+    |eps error|^2 + |x0 error|^2 (Salimans & Ho 2022's "SNR + 1"), so the 1-step timestep, where an eps error
+    is magnified 14x in the image, is not drowned by the easy low-noise ones."""
+    rng = np.random.default_rng([cfg.seed, TRAIN_STREAM, step])
+    idx = torch.from_numpy(rng.integers(len(x0), size=cfg.batch_size))
+    t = sample_timesteps(rng, cfg.batch_size, grids, cfg.at_steps)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = (a.sqrt() * x0[idx].double() + (1 - a).sqrt() * eps[idx].double()).float()
+    return x_t, t, eps[idx], (1 / a).float().flatten(), [captions[i] for i in idx.tolist()]
+
+
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (weight * (pred.float() - target).square().mean(dim=(1, 2, 3))).mean()
+
+
+def lr_at(cfg: DistillConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def validation_error(pipe: ShapesPipeline, lines: dict, grids: list[torch.Tensor], alphas_cumprod) -> dict:
+    """Mean squared x0 error of the student on the held-back pairs at each trailing timestep (image units,
+    [-1, 1] scale), by timestep."""
+    x0, eps, captions = lines["x0"], lines["eps"], lines["captions"]
+    cond = pipe.encode_prompt(captions)
+    out = {}
+    for t in sorted({int(v) for g in grids for v in g}, reverse=True):
+        a = float(alphas_cumprod[t])
+        x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+        pred = pipe.unet(x_t.to(pipe.device), torch.full((len(x0),), t, device=pipe.device),
+                         encoder_hidden_states=cond).sample.float().cpu()
+        x0_hat = (x_t - math.sqrt(1 - a) * pred) / math.sqrt(a)
+        out[str(t)] = float((x0_hat - x0).square().mean())
+    return out
+
+
+# ---------------------------------------------------------------- the training run
+
+def _lines(paths: list[Path], a_start: float, a_end: float) -> dict:
+    z, y, captions, seconds = load_pairs(paths)
+    x0, eps = line_through(z, y, a_start, a_end)
+    return {"x0": x0, "eps": eps, "captions": captions, "teacher_seconds": seconds}
+
+
+def _student(cfg: DistillConfig) -> ShapesPipeline:
+    from ..backends import shipped_models
+
+    folder = shipped_models().get(cfg.teacher, Path(cfg.teacher))
+    pipe = ShapesPipeline.from_pretrained(str(folder))
+    pipe.text_encoder.requires_grad_(False)  # the captions' encoding stays the teacher's
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(cfg.device)
+
+
+def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: bool = True) -> Path:
+    """Make (or reuse) the teacher pairs, then train the student; returns OUT/model (a ShapesPipeline folder
+    with train_log.json and loss.png). Resumes from OUT/checkpoint."""
+    torch.set_flush_denormal(True)  # ~18x faster small convolutions on CPU
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    paths = ensure_pairs(out, cfg, progress)
+    pipe = _student(cfg)
+    a_start, a_end, grids = coupling_levels(ddim.settings(pipe.scheduler.config), cfg)
+    n_val = shard_count(cfg.val_pairs, cfg)
+    val, train = _lines(paths[:n_val], a_start, a_end), _lines(paths[n_val:], a_start, a_end)
+    alphas_cumprod = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.double()
+    state = _Run(out / "checkpoint", pipe, cfg)
+    bar = tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps, desc="distill shapes-turbo",
+               disable=not progress)
+    t0 = time.time()
+    for step in bar:
+        x_t, t, target, weight, captions = distill_batch(cfg, step, train["x0"], train["eps"], train["captions"],
+                                                         grids, alphas_cumprod)
+        state.update(step, x_t, t, target, weight, captions)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            state.log["validation"][str(step + 1)] = validation_error(pipe, val, grids, alphas_cumprod)
+            val_mse = state.log["validation"][str(step + 1)]
+            bar.set_postfix(loss=f"{np.mean(state.log['losses'][-100:]):.4f}",
+                            val=" ".join(f"{t}:{v:.4f}" for t, v in val_mse.items()))
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            state.save(step + 1)
+    state.log["seconds"].append(time.time() - t0)
+    state.ema.copy_to(pipe.unet.parameters())  # the shipped weights: the EMA, validated once more
+    shipped = validation_error(pipe, val, grids, alphas_cumprod)
+    return state.finish(out / "model", {"train_pairs": len(train["x0"]), "val_pairs": len(val["x0"]),
+                                        "teacher_seconds": train["teacher_seconds"] + val["teacher_seconds"],
+                                        "timesteps": sorted({int(v) for g in grids for v in g}),
+                                        "validation_x0_mse_shipped": shipped})
+
+
+def run_identity(cfg: DistillConfig) -> dict:
+    """The settings a checkpoint must share with the run resuming it (threads, device and checkpointing may
+    change)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("threads", "device", "checkpoint_every")}
+
+
+class _Run:
+    """The optimizer, the EMA and the log of one distillation run, resumed from a checkpoint if one exists."""
+
+    def __init__(self, ckpt: Path, pipe: ShapesPipeline, cfg: DistillConfig):
+        self.ckpt, self.pipe, self.cfg = ckpt, pipe, cfg
+        params = list(pipe.unet.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        self.ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
+        self.log = {"losses": [], "validation": {}, "seconds": []}
+        self.step = 0
+        if (ckpt / "state.pt").exists():
+            state = torch.load(ckpt / "state.pt", weights_only=True, map_location=cfg.device)
+            if state["config"] != run_identity(cfg):
+                raise StablenoiseError(f"{ckpt} belongs to a run with other settings; use another --out")
+            pipe.unet.load_state_dict(state["unet"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.ema.load_state_dict(state["ema"])
+            self.log, self.step = state["log"], int(state["step"])
+
+    def update(self, step, x_t, t, target, weight, captions) -> None:
+        dev = self.pipe.device
+        with torch.no_grad():
+            cond = self.pipe.encode_prompt(captions)
+        pred = self.pipe.unet(x_t.to(dev), t.to(dev), encoder_hidden_states=cond).sample
+        loss = weighted_loss(pred, target.to(dev), weight.to(dev))
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.cfg, step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.pipe.unet.parameters(), 1.0)
+        self.opt.step()
+        self.ema.step(self.pipe.unet.parameters())
+        self.log["losses"].append(loss.item())
+
+    def save(self, step: int) -> None:
+        state = {"unet": self.pipe.unet.state_dict(), "optimizer": self.opt.state_dict(),
+                 "ema": self.ema.state_dict(), "log": self.log, "step": step, "config": run_identity(self.cfg)}
+        atomic_dir(self.ckpt, lambda d: torch.save(state, d / "state.pt"))
+
+    def finish(self, final: Path, provenance: dict) -> Path:
+        self.pipe.to("cpu")
+        losses = self.log["losses"]
+        c = self.cfg
+        recipe = (f"reflow on {c.teacher}'s coupling: {c.teacher_steps}-step DDIM at guidance {c.guidance:g}; "
+                  f"student without CFG at the timesteps of {list(c.student_steps)} steps")
+        log = {"config": asdict(self.cfg), "recipe": recipe,
+               **provenance, "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
+               "seconds_per_run": self.log["seconds"], "validation_x0_mse": self.log["validation"],
+               "device": self.cfg.device, "losses": losses}
+
+        def write(d: Path) -> None:
+            self.pipe.save_pretrained(d, safe_serialization=True)
+            (d / "train_log.json").write_text(json.dumps(log))
+            plot_losses(losses, d / "loss.png", title="shapes-turbo distillation loss (eps + x0 MSE)")
+
+        atomic_dir(final, write)
+        shutil.rmtree(self.ckpt, ignore_errors=True)
+        return final

@@ -1,0 +1,155 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from stablenoise import load
+from stablenoise.backends import shipped_models
+from stablenoise.errors import StablenoiseError
+from stablenoise.shapes import distill as D
+from stablenoise.shapes import world
+from stablenoise.shapes.commands import distill_shapes
+
+A_START, A_END = 0.0046600, 0.9991500  # the shapes schedule's alpha_bar(999) and alpha_bar(0)
+TINY = dict(pairs=4, val_pairs=4, shard_size=4, teacher_steps=2, steps=4, batch_size=4, warmup=1,
+            checkpoint_every=2, eval_every=2)
+
+
+def _gaussian_line(seed=0, n=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64), torch.randn(n, 3, 8, 8, generator=g,
+                                                                                 dtype=torch.float64)
+
+
+@pytest.mark.parametrize("a_end", [A_END, 1.0])
+def test_line_through_recovers_the_line_of_both_endpoints(a_end):
+    x0, eps = _gaussian_line()
+    z = math.sqrt(A_START) * x0 + math.sqrt(1 - A_START) * eps
+    y = math.sqrt(a_end) * x0 + math.sqrt(1 - a_end) * eps
+    got_x0, got_eps = D.line_through(z.float(), y.float(), A_START, a_end)
+    # float32 inputs, solved in float64: the error is the inputs' rounding times the 2x2 inverse (norm ~15)
+    assert torch.allclose(got_x0.double(), x0, atol=2e-5) and torch.allclose(got_eps.double(), eps, atol=2e-5)
+
+
+def test_line_through_is_the_one_step_formula_when_the_teacher_lands_on_clean_data():
+    z, y = (t.float() for t in _gaussian_line(1))
+    x0, eps = D.line_through(z, y, A_START, 1.0)
+    assert torch.allclose(x0, y, atol=1e-6)
+    assert torch.allclose(eps, (z - math.sqrt(A_START) * y) / math.sqrt(1 - A_START), atol=1e-5)
+
+
+def _config_and_grids(**kw):
+    backend = load("shapes", device="cpu")
+    cfg = D.DistillConfig(**{**TINY, **kw})
+    return backend, cfg, D.coupling_levels(backend.ddim_config, cfg)
+
+
+def test_training_inputs_lie_on_each_pairs_line_and_start_at_its_noise():
+    backend, cfg, (a_start, a_end, grids) = _config_and_grids(batch_size=64, at_steps=1.0)
+    assert [g.tolist() for g in grids] == [[999], [999, 499], [999, 749, 499, 249]]
+    x0, eps = _gaussian_line(2, n=5)
+    x0, eps = x0.float(), eps.float()
+    captions = [f"pair {i}" for i in range(5)]
+    alphas = torch.from_numpy(np.cumprod(1 - np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2))  # scaled-linear
+    x_t, t, target, weight, caps = D.distill_batch(cfg, 3, x0, eps, captions, grids, alphas)
+    idx = [captions.index(c) for c in caps]
+    a = alphas[t].view(-1, 1, 1, 1)
+    assert torch.allclose(x_t.double(), a.sqrt() * x0[idx].double() + (1 - a).sqrt() * eps[idx].double(), atol=1e-6)
+    assert torch.equal(target, eps[idx]) and torch.allclose(weight.double(), 1 / alphas[t], rtol=1e-6)
+    first = t == 999
+    z = math.sqrt(a_start) * x0 + math.sqrt(1 - a_start) * eps  # the noise the teacher started from
+    assert first.any() and torch.allclose(x_t[first], z[idx][first], atol=1e-5)
+    # diffusers takes the cumulative product in float32: 1,000 factors, relative error well under 1e-5
+    assert a_start == pytest.approx(float(alphas[999]), rel=1e-5) and a_end == pytest.approx(float(alphas[0]), rel=1e-5)
+
+
+def test_the_loss_is_the_eps_error_plus_the_image_error():
+    g = torch.Generator().manual_seed(3)
+    x0, eps, pred = (torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    a = torch.tensor([0.0047, 0.2, 0.6, 0.99], dtype=torch.float64).view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    x0_hat = (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+    per_sample = (pred - eps).square().mean(dim=(1, 2, 3)) + (x0_hat - x0).square().mean(dim=(1, 2, 3))
+    got = D.weighted_loss(pred.float(), eps.float(), (1 / a).flatten().float())
+    assert abs(float(got) - float(per_sample.mean())) < 1e-4 * float(per_sample.mean())
+
+
+def test_timesteps_are_at_or_between_the_students():
+    grids = [torch.tensor([999]), torch.tensor([999, 499]), torch.tensor([999, 749, 499, 249])]
+    t = D.sample_timesteps(np.random.default_rng(0), 20000, grids, 0.5)
+    assert int(t.min()) >= 249 and int(t.max()) <= 999
+    on_grid = torch.isin(t, torch.tensor([999, 749, 499, 249]))
+    assert 0.5 < float(on_grid.float().mean()) < 0.53  # half drawn on the grid, a few between land on it too
+    for step in (999, 749, 499, 249):  # uniform over the union of the schedules' timesteps
+        assert abs(float((t == step).float().mean()) - (0.5 / 4 + 0.5 / 751)) < 0.01
+    assert len(set(t[~on_grid].tolist())) > 600
+
+
+def test_training_captions_are_never_held_out():
+    heldout = {world.caption_of(tag, c) for tag in world.TAGS for c in world.heldout_combinations(tag)}
+    rng = np.random.default_rng(0)
+    drawn = [D.training_caption(rng) for _ in range(3000)]
+    assert not heldout & set(drawn) and len(set(drawn)) > 500
+
+
+def test_pairs_are_the_teachers_images_kept_and_extended(tmp_path):
+    backend, cfg, _ = _config_and_grids()
+    paths = D.ensure_pairs(tmp_path, cfg, progress=False)
+    assert len(paths) == 2
+    z, y, captions, seconds = D.load_pairs(paths)
+    again = backend.denoise(z, backend.encode(captions, 2.0), 2, 2.0)
+    assert torch.equal(again.float(), y) and seconds > 0
+    first = paths[0].read_bytes()
+    more = D.ensure_pairs(tmp_path, D.DistillConfig(**{**TINY, "pairs": 8}), progress=False)
+    assert more[:2] == paths and len(more) == 3 and paths[0].read_bytes() == first
+    assert not torch.equal(load_file(str(more[1]))["noise"], load_file(str(more[2]))["noise"])
+    with pytest.raises(StablenoiseError, match="other settings"):
+        D.ensure_pairs(tmp_path, D.DistillConfig(**{**TINY, "teacher_steps": 3}), progress=False)
+    assert paths[0].read_bytes() == first
+
+
+def _unet(folder):
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = D.DistillConfig(**TINY)
+    straight = D.distill(tmp_path / "a", cfg, progress=False)
+    real = D.distill_batch
+
+    def interrupt_at_3(c, step, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(c, step, *args)
+
+    monkeypatch.setattr(D, "distill_batch", interrupt_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        D.distill(tmp_path / "b", cfg, progress=False)
+    assert (tmp_path / "b" / "checkpoint" / "state.pt").exists() and not (tmp_path / "b" / "model").exists()
+    monkeypatch.setattr(D, "distill_batch", real)
+    with pytest.raises(StablenoiseError, match="other settings"):
+        D.distill(tmp_path / "b", D.DistillConfig(**{**TINY, "lr": 1e-3}), progress=False)
+    resumed = D.distill(tmp_path / "b", cfg, progress=False)
+    a, b = _unet(straight), _unet(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k  # same steps on the same batches: same sums
+    teacher = _unet(shipped_models()["shapes"])
+    assert any(not torch.equal(a[k], teacher[k]) for k in a)  # it trained
+    log_a = json.loads((straight / "train_log.json").read_text())
+    log_b = json.loads((resumed / "train_log.json").read_text())
+    assert log_a["losses"] == pytest.approx(log_b["losses"], rel=1e-5) and len(log_a["losses"]) == 4
+    assert list(log_a["validation_x0_mse"]) == ["2", "4"] and log_a["train_pairs"] == 4
+    assert (straight / "loss.png").exists() and not (tmp_path / "a" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("teacher, message", [("shapes-flow", "must be a DDIM shapes model"),
+                                              ("shapes-cosine", "needs trailing spacing")])
+def test_distill_shapes_refuses_a_teacher_it_cannot_distil(tmp_path, teacher, message):
+    r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--teacher", teacher, "--pairs", "4"])
+    assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()
