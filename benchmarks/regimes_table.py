@@ -36,6 +36,8 @@ def rows_of(run: Path, judge: str, reward: str, n_boot: int, seed: int = 0) -> l
         u = a.unanimous.get(judge, {}).get(ALL, {})
         row = {"run": str(run), "config": c.id, "model": c.model, "steps": c.steps, "guidance": c.guidance,
                "noise_norm": c.noise_norm, "k": c.k, "prompts": table.n_prompts, "captions": len(set(table.texts)),
+               # only where it is not the model family's default (DDIM: destination, flow: source)
+               "inversion_point": c.settings.get("backend", {}).get("inversion_point"),
                "random": a.level[BASELINE][judge],
                # counted in every mean: their differences are 0
                "prompts_every_seed_passes": u.get("pass"), "prompts_every_seed_fails": u.get("fail")}
@@ -63,7 +65,8 @@ def markdown(rows: list[dict], reward: str) -> str:
     for r in rows:
         rho = r.get("rho_stability_norm")
         rho_text = f"{rho['mean']:+.2f}" if rho else "–"
-        lines.append(f"| {r['model']} | {r['steps']} | {r['guidance']:g} | {r['noise_norm']} | {r['k']} | {r['prompts']} ({r['captions']}) "
+        noise = r["noise_norm"] + (f", inverted at the {r['inversion_point']}" if r.get("inversion_point") else "")
+        lines.append(f"| {r['model']} | {r['steps']} | {r['guidance']:g} | {noise} | {r['k']} | {r['prompts']} ({r['captions']}) "
                      f"| {100 * r['random']['mean']:.1f}% | {pct(r.get('most_stable'))} | {pct(r.get('least_stable'))} "
                      f"| {pct(r.get('best_by_reward'))} | {rho_text} "
                      f"| {r['prompts_every_seed_passes']} / {r['prompts_every_seed_fails']} |")
@@ -77,7 +80,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['model']} · {r['steps']} steps · g {r['guidance']:g} · K {r['k']} · {r['prompts']} prompts · "
-              f"{r['noise_norm']}" for r in rows]
+              f"{r['noise_norm']}" + (f" · inverted at the {r['inversion_point']}" if r.get("inversion_point") else "")
+              for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
     for j, (key, colour) in enumerate([("most_stable", "C3"), ("least_stable", "C0"), ("best_by_reward", "C2")]):
         for i, r in enumerate(rows):
@@ -104,7 +108,8 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
     rows = [r for run in args.runs for r in rows_of(run, args.judge, args.reward, args.bootstrap)]
-    rows.sort(key=lambda r: (r["model"], r["steps"], r["guidance"], -r["k"], r["noise_norm"]))
+    rows.sort(key=lambda r: (r["model"], r["steps"], r["guidance"], -r["k"], r["noise_norm"],
+                             r["inversion_point"] or ""))
     text = markdown(rows, args.reward)
     print(text)
     if args.json:

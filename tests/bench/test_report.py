@@ -430,3 +430,38 @@ def test_the_regimes_table_says_what_the_report_says(tmp_path):
             in verdict.split(f"{name} ")[1].split(";")[0]
     random = row["random"]
     assert f"{100 * random['mean']:.1f}% [{100 * random['lo']:.1f}, {100 * random['hi']:.1f}]" in md.read_text()
+
+
+def _benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_inversion_point_comparison_pairs_the_same_seeds(tmp_path):
+    """Two stores of one config whose second inverted at the source with every stability reversed within its
+    prompt: the comparison pairs seed with seed, so the Spearman between the points is exactly -1 and the two
+    never pick the same seed; each point keeps its own round-trip cosine and verdict."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    truth = make_store(a, configs=(("toyset", 10, 1.0),))[1]
+    make_store(b, configs=(("toyset", 10, 1.0),))
+    with sqlite3.connect(b / "bench.sqlite") as db:  # same truth (seeded); flip stability: 1.45 - s reverses ranks
+        db.execute("UPDATE samples SET stability = 1.45 - stability WHERE method = ?", (SEED_METHOD,))
+        db.execute("UPDATE configs SET json = ?", (json.dumps({"backend": {"inversion_point": "source"}}),))
+    row = _benchmark("inversion_point").compare(a, b, "shapes-verifier", N_BOOT)
+    assert row["prompts"] == PROMPTS and row["k"] == K
+    assert row["spearman_between_points"]["mean"] == pytest.approx(-1.0)
+    assert row["same_most_stable_seed"]["mean"] == 0.0
+    stab = truth["stab"]
+    cos = row["points"]["default"]["round_trip_cosine"]["mean"]
+    assert cos == pytest.approx(np.nanmean(stab)) and row["points"]["source"]["round_trip_cosine"]["mean"] == \
+        pytest.approx(np.nanmean(1.45 - stab))
+    most, least = np.nanargmax(stab, axis=1), np.nanargmin(stab, axis=1)
+    v = truth["verifier"]
+    rows = np.arange(PROMPTS)
+    for name, pick in (("default", most), ("source", least)):
+        d = row["points"][name]["most_stable_minus_random"]
+        assert d["mean"] == pytest.approx(np.mean(v[rows, pick] - v.mean(axis=1)))
