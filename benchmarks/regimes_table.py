@@ -28,11 +28,12 @@ COLUMNS = (("most-stable", "most_stable"), ("least-stable", "least_stable"), ("b
 def rows_of(run: Path, judge: str, reward: str, n_boot: int, seed: int = 0) -> list[dict]:
     out = []
     methods = parse_methods([m.format(reward=reward) for m, _ in COLUMNS])
+    of_k = parse_methods("most-stable-of")  # the most stable of each prompt's first k seeds, every k below K
     for table in load_results(run).tables:
         c = table.config
         if judge not in table.rewards:
             continue
-        a = analyze(table, n_boot, seed, methods, judge)
+        a = analyze(table, n_boot, seed, methods + of_k, judge)  # intervals are seeded per method: no interplay
         u = a.unanimous.get(judge, {}).get(ALL, {})
         row = {"run": str(run), "config": c.id, "model": c.model, "steps": c.steps, "guidance": c.guidance,
                "noise_norm": c.noise_norm, "k": c.k, "prompts": table.n_prompts, "captions": len(set(table.texts)),
@@ -44,6 +45,8 @@ def rows_of(run: Path, judge: str, reward: str, n_boot: int, seed: int = 0) -> l
         for m, (_, key) in zip(methods, COLUMNS):
             if m.id in a.vs_random:
                 row[key] = a.vs_random[m.id][judge]
+        row["most_stable_of"] = {i.split(":")[1]: d[judge] for i, d in a.vs_random.items()
+                                 if i.startswith("most-stable-of:")}
         if a.norm_spearman is not None and c.noise_norm == "keep":
             row["rho_stability_norm"] = a.norm_spearman
         out.append(row)
@@ -70,6 +73,18 @@ def markdown(rows: list[dict], reward: str) -> str:
                      f"| {100 * r['random']['mean']:.1f}% | {pct(r.get('most_stable'))} | {pct(r.get('least_stable'))} "
                      f"| {pct(r.get('best_by_reward'))} | {rho_text} "
                      f"| {r['prompts_every_seed_passes']} / {r['prompts_every_seed_fails']} |")
+    return "\n".join(lines) + "\n"
+
+
+def k_markdown(rows: list[dict]) -> str:
+    """The K ablation: most stable of the first k seeds - random, for every k below K and K itself."""
+    ks = sorted({int(k) for r in rows for k in r["most_stable_of"]} | {r["k"] for r in rows})
+    lines = ["| model | steps | noise | prompts (captions) | random passes | "
+             + " | ".join(f"most stable of {k} − random" for k in ks) + " |", "|---|---|---|---|---|" + "---|" * len(ks)]
+    for r in rows:
+        cells = {**{int(k): v for k, v in r["most_stable_of"].items()}, r["k"]: r.get("most_stable")}
+        lines.append(f"| {r['model']} | {r['steps']} | {r['noise_norm']} | {r['prompts']} ({r['captions']}) | "
+                     f"{100 * r['random']['mean']:.1f}% | " + " | ".join(pct(cells.get(k)) for k in ks) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,11 +121,12 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples per interval (the report's default)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--k-table", action="store_true", help="print the K ablation (most stable of k) instead")
     args = ap.parse_args()
     rows = [r for run in args.runs for r in rows_of(run, args.judge, args.reward, args.bootstrap)]
     rows.sort(key=lambda r: (r["model"], r["steps"], r["guidance"], -r["k"], r["noise_norm"],
                              r["inversion_point"] or ""))
-    text = markdown(rows, args.reward)
+    text = k_markdown(rows) if args.k_table else markdown(rows, args.reward)
     print(text)
     if args.json:
         write_json_atomic(args.json, {"rows": rows, "table": text,
