@@ -27,7 +27,7 @@ run kablation shapes 5 64 100 shell 2 --methods random,most-stable,least-stable,
 # 5-step keep arms above, whose first 100 captions have the same seeds)
 run ddim5-source shapes 5 16 100 keep 2 --inversion-point source
 run flow5-destination shapes-flow 5 16 100 keep 2 --inversion-point destination
-# The distilled regime (shapes-turbo: no CFG, guidance 1), both arms
-run turbo1 shapes-turbo 1 16 "" keep,shell 1
-run turbo2 shapes-turbo 2 16 "" keep,shell 1
-run turbo4 shapes-turbo 4 16 "" keep,shell 1
+# The distilled regime (shapes-turbo: no CFG, guidance 1), both arms, 100 captions x 16 seeds
+run turbo1 shapes-turbo 1 16 100 keep,shell 1
+run turbo2 shapes-turbo 2 16 100 keep,shell 1
+run turbo4 shapes-turbo 4 16 100 keep,shell 1
