@@ -6,7 +6,7 @@ A rerun of the bench command adds them by itself when the config still matches; 
 config no longer does because ``backend.describe()`` gained fields since (``attention``, ``compiled``).
 The model must be the one the store names with the same description otherwise: the script refuses if any
 field the store recorded differs. Each optimizing method runs for zero iterations (its start noise, scored
-by the same code as a new bench: ``run._optimize``).
+by the same code as a new bench: ``run.method_rows``).
 
 ``--grid-tiles``: a previous report's ``_files`` folder. Its grid tiles are the run's images enlarged by an
 integer factor with nearest neighbours, so they give back the exact images of the prompts they show; they
@@ -28,7 +28,7 @@ from PIL import Image
 import stablenoise as sn
 from stablenoise.bench.methods import derive_methods, grid_methods, parse_methods
 from stablenoise.bench.results import load_results
-from stablenoise.bench.run import _optimize, prompt_seeds
+from stablenoise.bench.run import ConfigPlan, Context, _method_units, method_rows, prompt_seeds
 from stablenoise.bench.schema import SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
 from stablenoise.bench.store import Store
 from stablenoise.prompts import load_prompts
@@ -92,8 +92,11 @@ def main() -> None:
                                    (cid, method.label)).fetchone()[0]
             optimizing = {name: rewards.get(name) or load_reward(name)
                           for name in method.entry.looks_at(method)}
-            _optimize(store, cid, backend, prompts[:n_prompts], seeds, rewards, method, config["steps"],
-                      config["guidance"], config["inversion_guidance"], args.batch_size, optimizing, False, print)
+            ctx = Context(backend, prompts, seeds, rewards, (method,), optimizing, args.run, False)
+            plan = ConfigPlan(cid, "", config["steps"], config["guidance"], config["inversion_guidance"],
+                              config.get("noise_norm", "keep"), None, args.batch_size)
+            for unit in _method_units(store, ctx, 0, plan, 0, n_prompts, args.batch_size, print):
+                store.add(cid, method_rows(ctx, plan, method, *unit.work[3:]))
     store.close()
 
 

@@ -17,13 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .backends.protocol import Backend
+from .batching import auto_batch_size
 from .ddim import INVERSION_POINTS
+from .distributed import (ALONE, Claims, ProgressPoller, Shards, Unit, World, clear_claims, hold, new_job_id,
+                          prune, run_units, wait_for_units)
 from .errors import StablenoiseError
 from .noise import NOISE_NORMS, SEED_LIMIT
 from .records import now, versions, write_json_atomic
@@ -166,18 +171,135 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", steps: int | None = None,
                guidance: float | None = None, inversion_guidance: float | None = None, batch_size: int | None = None,
-               progress: bool = True, noise_norm: str = "keep", inversion_point: str | None = None) -> SeedBank:
-    """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt);
-    ``noise_norm`` as in :func:`stablenoise.select`, which then takes the bank only with the same setting;
-    ``inversion_point`` as there too (None: the backend's), and recorded."""
+               progress: bool = True, noise_norm: str = "keep", inversion_point: str | None = None,
+               world: World = ALONE, shards: str | Path | None = None) -> SeedBank | None:
+    """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt).
+
+    Args:
+        noise_norm: as in :func:`stablenoise.select`, which then takes the bank only with the same setting.
+        inversion_point: as there too (None: the backend's), and recorded.
+        batch_size: seeds per model call (None: from free memory; halved on out-of-memory).
+        world, shards: with a ``shards`` folder the seeds are scored in units of one batch, shared by the ranks
+            of ``world`` (a launched job; :func:`stablenoise.distributed.join`), each unit's scores kept there
+            until the bank is whole, so that a killed run's rerun, with any number of processes, scores only
+            what is missing. The folder is held by one job at a time and removed at the end.
+    Returns:
+        The bank; None on ranks other than 0.
+    """
     if n < 1:
         raise StablenoiseError(f"a bank needs n >= 1 seeds, got {n}")
     check_one_prompt(prompt, "build_bank")
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     point = check_point(inversion_point) or getattr(backend, "inversion_point", None)
     seeds = list(range(first_seed, first_seed + n))
-    scores = score_seeds(backend, prompt, seeds, None, batch_size, steps, guidance, inversion_guidance, progress,
-                         desc="bank", noise_norm=noise_norm, inversion_point=inversion_point)
+    if shards is None:
+        scores = score_seeds(backend, prompt, seeds, None, batch_size, steps, guidance, inversion_guidance, progress,
+                             desc="bank", noise_norm=noise_norm, inversion_point=inversion_point)
+    else:
+        setting = (prompt, steps, guidance, inversion_guidance, noise_norm, inversion_point)
+        scores = _score_in_units(backend, seeds, setting, batch_size, progress, world, Path(shards))
+        if scores is None:
+            return None
     return SeedBank(seeds, [v if v is not None and math.isfinite(v) else None for v in scores], prompt, steps,
                     guidance, inversion_guidance, backend.describe(), identity(backend), now(), versions(),
                     noise_norm, point)
+
+
+SHARDS_LOCK = ".lock"
+
+
+def _score_in_units(backend: Backend, seeds: list[int], setting: tuple, batch_size: int | None, progress: bool,
+                    world: World, folder: Path) -> list[float | None] | None:
+    """The seeds' scores, unit by unit (see :func:`build_bank`); None on ranks other than 0."""
+    held: list = []
+
+    def plan():
+        held.append(hold_shards(folder))
+        try:
+            return _plan_units(backend, seeds, setting, batch_size, folder)
+        except BaseException:
+            held.pop().close()
+            raise
+
+    job, digest, units = world.agree(plan)
+    box = Shards(folder)
+    claims = Claims(folder / "claims", job, world.rank) if world.size > 1 else None
+
+    def do(unit: Unit) -> None:
+        values = _scores(backend, unit.work, setting)
+        box.write(unit, world.rank, {"setting": digest, "seeds": list(unit.work), "scores": values})
+
+    bar = tqdm(total=sum(u.size for u in units), desc="bank", unit="seed", disable=not (progress and world.main))
+    try:
+        with ProgressPoller(bar, units, claims) if claims and world.main else nullcontext():
+            run_units(world, units, do, claims, bar)
+            if claims and world.main:
+                wait_for_units(units, claims, lambda: None, world.size)
+    finally:
+        bar.close()
+    if not world.main:
+        return None
+    try:
+        return _collect(box, digest, seeds)
+    finally:
+        held.pop().close()
+
+
+def hold_shards(folder: Path):
+    """Hold a bank's shards folder for this process (two jobs building one bank would share its units)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StablenoiseError(f"cannot write to {folder}: {e.strerror or e}") from None
+    return hold(folder / SHARDS_LOCK, f"another bank is being built with {folder}: wait for it to finish")
+
+
+def _plan_units(backend: Backend, seeds: list[int], setting: tuple, batch_size: int | None, folder: Path):
+    """Rank 0: the seeds not in the folder's shards yet, in units of one batch (the same cut for any number of
+    processes: the batch, on CPU, depends on the bank's size only)."""
+    digest = hashlib.sha256(json.dumps([identity(backend), *setting], sort_keys=True).encode()).hexdigest()
+    box = Shards(folder)
+    box.clean_partials()
+    clear_claims(folder / "claims")
+    done = _stored(box, digest)
+    size = batch_size or auto_batch_size(backend.device, lambda: _scores(backend, seeds[:1], setting), len(seeds),
+                                         math.prod(backend.latent_shape))
+    units = []
+    for a in range(0, len(seeds), size):
+        todo = tuple(s for s in seeds[a:a + size] if s not in done)
+        if todo:
+            units.append(Unit(f"seeds-{seeds[a]:019d}", len(todo), todo))
+    return new_job_id(), digest, tuple(units)
+
+
+def _scores(backend: Backend, seeds, setting: tuple) -> list[float | None]:
+    """The scores of one unit's seeds, in one batch (halved on out-of-memory)."""
+    prompt, steps, guidance, inv, noise_norm, point = setting
+    return score_seeds(backend, prompt, list(seeds), batch_size=len(seeds), steps=steps, guidance=guidance,
+                       inversion_guidance=inv, progress=False, noise_norm=noise_norm, inversion_point=point)
+
+
+def _stored(box: Shards, digest: str) -> dict[int, float | None]:
+    """seed -> score, from the shards of this bank's setting; shards of another setting are refused."""
+    out = {}
+    for path, payload in box.pending():
+        if not isinstance(payload, dict) or not {"setting", "seeds", "scores"} <= payload.keys():
+            raise StablenoiseError(f"{path} is not a bank shard: move it away")
+        if payload["setting"] != digest:
+            raise StablenoiseError(f"{path} holds scores of another bank (model, prompt, steps, guidance or noise "
+                                   f"norm differ): remove {path.parent} or use another --out")
+        out.update(zip(payload["seeds"], payload["scores"]))
+    return out
+
+
+def _collect(box: Shards, digest: str, seeds: list[int]) -> list[float | None]:
+    """Every seed's score from the shards, which are then removed with their folder."""
+    stored = _stored(box, digest)
+    missing = [s for s in seeds if s not in stored]
+    if missing:
+        raise StablenoiseError(f"{box.folder}: no score for seed {missing[0]} ({len(missing)} missing): run again")
+    box.remove([p for p, _ in box.pending()])
+    clear_claims(box.folder / "claims")
+    (box.folder / SHARDS_LOCK).unlink(missing_ok=True)
+    prune(box.folder / "claims", box.folder)
+    return [stored[s] for s in seeds]

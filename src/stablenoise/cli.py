@@ -386,6 +386,7 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
     schedule; select refuses it for any other."""
     from .backends import load
     from .bank import build_bank
+    from .distributed import join
     from .noise import check_seed_range
 
     check_seed_range(seed, n)
@@ -394,8 +395,12 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
     parent = next(p for p in out.absolute().parents if p.exists())  # the bank is written after all the scoring
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise StablenoiseError(f"cannot write {out}: {parent} is not a writable folder")
+    world, device = join(device)  # under a launch the ranks share the seeds (docs/scaling.md)
     backend = load(model, device=device, dtype=dtype, timestep_spacing=timestep_spacing, height=height, width=width)
-    b = build_bank(backend, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, noise_norm=noise_norm)
+    b = build_bank(backend, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, noise_norm=noise_norm,
+                   world=world, shards=out.with_name(out.name + ".shards"))
+    if b is None:
+        return  # another rank: its scores are in the shards, which rank 0 gathers
     try:
         b.save(out)
     except OSError as e:

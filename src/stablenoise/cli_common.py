@@ -9,7 +9,7 @@ import threading
 
 import click
 
-from .errors import StablenoiseError
+from .errors import PeerFailed, StablenoiseError
 
 
 def _terminate(signum, frame):
@@ -23,6 +23,8 @@ def guarded(fn):
             signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
+        except PeerFailed:
+            sys.exit(1)  # rank 0 of the job printed the line
         except StablenoiseError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:

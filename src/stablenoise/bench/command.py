@@ -90,6 +90,7 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
     resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
     from ..backends import load
+    from ..distributed import join
     from ..noise import check_seed_range
     from ..prompts import load_prompts
     from ..rewards import load_reward
@@ -107,7 +108,8 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
                 raise StablenoiseError(f"method {m.id} needs {name} among --rewards")
     if inversion_guidance is not None and not math.isfinite(inversion_guidance):  # FloatRange lets nan through
         raise StablenoiseError(f"--inversion-guidance must be a finite number, got {inversion_guidance}")
-    check_run_folder(out)  # a user's folder or a broken store is refused now, before any model loads
+    world, device = join(device)  # under a launch: this rank, and its own GPU for --device cuda (docs/scaling.md)
+    world.agree(lambda: check_run_folder(out))  # a user's folder or a broken store: refused before any model loads
     prompt_set = load_prompts(prompts_spec, limit=limit)
     check_seed_range(first_seed, len(prompt_set.prompts) * k)
     backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing,
@@ -127,7 +129,9 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     store = run_bench(backend, prompt_set, rewards, method_list, sweep, out, batch_size=batch_size,
                       optimize_batch_size=optimize_batch_size, optimizing_rewards=optimizing,
                       optimize_prompts=optimize_prompts, command=command,
-                      log=click.echo)
+                      log=click.echo if world.main else lambda _: None, world=world)
+    if store is None:
+        return  # another rank: its rows are in the shards, which rank 0 merges
     store.close()
     click.echo(f"results in {out / 'bench.sqlite'}")
     if report:

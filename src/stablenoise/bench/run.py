@@ -12,14 +12,17 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from ..backends.base import Backend, uses_cfg
+from ..batching import auto_batch_size
+from ..distributed import (ALONE, Claims, ProgressPoller, Shards, Unit, World, clear_claims, new_job_id, prune,
+                           run_units, wait_for_units)
 from ..errors import StablenoiseError
 from ..noise import check_noise_norm, check_seed_range, noises_from_seeds
 from ..records import atomic_write
@@ -27,7 +30,7 @@ from ..rewards import Reward
 from ..stability import conditioning, evaluations as _evaluations, resolve, round_trips
 from .methods import Method
 from .schema import SEED_METHOD, STABILITY_PREFIX, start_method
-from .store import Store
+from .store import Store, config_digest, inside
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
 
 
+
 def ablation_inversion_guidance(guidance: float, inversion_guidance: float) -> float | None:
     """The other inversion guidance of the ablation: the denoising guidance when the run inverts at 1, else
     1; None without CFG (both are the same then)."""
@@ -65,39 +69,239 @@ def ablation_inversion_guidance(guidance: float, inversion_guidance: float) -> f
 def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], methods: Sequence[Method],
               sweep: Sweep, out: str | Path, batch_size: int | None = None, optimize_batch_size: int = 8,
               optimizing_rewards: Mapping[str, Reward] | None = None, optimize_prompts: int | None = None,
-              command: str | None = None,
-              progress: bool = True, log: Callable[[str], None] = print) -> Store:
-    """Fill ``out/bench.sqlite``; returns the open store. ``optimize_prompts``: the optimizing methods run on
-    the first N prompts only (they cost about a hundred scores each). ``batch_size`` (seed rows per model call;
-    None: from free memory, as ``select``) is halved and retried on out-of-memory."""
+              command: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+              world: World = ALONE) -> Store | None:
+    """Fill ``out/bench.sqlite``; returns the open store (on rank 0; None on the other ranks of a job).
+
+    The work is cut into units of fixed content (a batch of seed rows, or one optimizing method over a few
+    prompts), the same whatever the number of processes or the rows already stored, so that every row comes out
+    bit for bit the same from one process, several, or a resumed run. Alone, each unit's rows commit to the store
+    as it finishes. In a job of several processes (``world``), rank 0 plans the units, every rank takes the next
+    free one, writes its images and a shard file (``out/shards/``), and rank 0 merges the shards into the store.
+
+    Args:
+        optimize_prompts: the optimizing methods run on the first N prompts only (about a hundred scores each).
+        batch_size: seed rows per model call (None: from free memory, as ``select``), halved and retried on
+            out-of-memory; fixed per config the first time a job plans it.
+        world: the job's processes (:func:`stablenoise.distributed.join`); alone by default.
+    Returns:
+        The store, open, on rank 0; None on other ranks.
+    """
     prompts = list(prompt_set.prompts)
     if not prompts:
         raise StablenoiseError(f"prompt set {prompt_set.name!r} is empty")
     configs = sweep.configs(backend)  # every setting checked before the store exists
     check_seed_range(sweep.first_seed, len(prompts) * sweep.k)  # also what SQLite INTEGERs hold
-    store = Store(out)
+    ctx = Context(backend, prompts, prompt_seeds(len(prompts), sweep.k, sweep.first_seed), rewards,
+                  tuple(m for m in methods if m.optimizing), optimizing_rewards or {}, Path(out),
+                  progress and world.size == 1)
+    ablation = any(m.entry.needs_variant for m in methods)
+    described = [_describe(backend, prompt_set, sweep, *c) for c in configs]
+    opened: list[Store] = []
+
+    def plan() -> Job:
+        opened.append(Store(out))
+        try:
+            return _plan(opened[0], ctx, described, ablation, batch_size, optimize_batch_size, optimize_prompts,
+                         command, log)
+        except BaseException:
+            opened.pop().close()
+            raise
+
+    job = world.agree(plan)
+    store = opened[0] if opened else None
+    try:
+        _execute(job, ctx, world, store, progress, log)
+        for config in job.configs if store is not None else ():  # rank 0, on the merged store
+            if config.extra_inv is not None:
+                _add_variant(store, config.cid, backend, prompts, config.steps, config.guidance, config.extra_inv,
+                             batch_size, config.norm)
+            _backfill(store, config.cid, prompts, rewards)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    return store
+
+
+def _describe(backend: Backend, prompt_set, sweep: Sweep, steps: int, guidance: float, inv: float,
+              norm: str) -> dict:
+    """A config as the store records it (its digest names it)."""
+    return {"prompt_set": prompt_set.name, "prompt_set_digest": prompt_set.digest(), "model": backend.name,
+            "backend": backend.describe(), "steps": steps, "guidance": guidance, "inversion_guidance": inv,
+            "k": sweep.k, "first_seed": sweep.first_seed,
+            **({"noise_norm": norm} if norm != "keep" else {})}  # keep: the configs of earlier stores
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every unit of a job needs, the same on every rank. ``progress``: the optimizers' own bars (alone)."""
+
+    backend: Backend
+    prompts: list
+    seeds: list[list[int]]
+    rewards: Mapping[str, Reward]
+    optimizing: tuple[Method, ...]
+    optimizing_rewards: Mapping[str, Reward]
+    root: Path
+    progress: bool
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    """One config of a job: its id and digest in the store, its round trip, and ``batch``: the seed rows of a
+    unit (one model batch), fixed by rank 0 so that every rank and every rerun cuts the work alike."""
+
+    cid: int
+    digest: str
+    steps: int
+    guidance: float
+    inv: float
+    norm: str
+    extra_inv: float | None
+    batch: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """What rank 0 planned, shared with every rank: ``id`` names the job's claims, ``units`` the work left."""
+
+    id: str
+    configs: tuple[ConfigPlan, ...]
+    units: tuple[Unit, ...]
+
+
+SHARDS = "shards"  # under the run folder: finished units not yet merged (distributed.Shards)
+CLAIMS = "claims"  # under SHARDS: which rank took and finished which unit (distributed.Claims)
+
+
+def _plan(store: Store, ctx: Context, described: list[dict], ablation: bool, batch_size: int | None,
+          optimize_batch_size: int, optimize_prompts: int | None, command: str | None, log) -> Job:
+    """Rank 0: merge what a killed job left, register the configs, and list the units still to do."""
     if command:
         store.note_command(command)
-    ablation = any(m.entry.needs_variant for m in methods)
-    for steps, guidance, inv, norm in configs:
-        config = {"prompt_set": prompt_set.name, "prompt_set_digest": prompt_set.digest(),
-                  "model": backend.name, "backend": backend.describe(), "steps": steps, "guidance": guidance,
-                  "inversion_guidance": inv, "k": sweep.k, "first_seed": sweep.first_seed,
-                  **({"noise_norm": norm} if norm != "keep" else {})}  # keep: the configs of earlier stores
-        cid = store.config_id(config, [(p.text, p.tag) for p in prompts])
-        log(f"config {cid}: {len(prompts)} prompts of {prompt_set.name}, {steps} steps, guidance {guidance:g}, "
-            f"inversion guidance {inv:g}, K={sweep.k}" + (", noises on the sqrt(d) shell" if norm == "shell" else ""))
-        seeds = prompt_seeds(len(prompts), sweep.k, sweep.first_seed)
+    shards = Shards(store.file(SHARDS))
+    shards.clean_partials()
+    clear_claims(shards.folder / CLAIMS)
+    merged = merge_shards(store, shards)
+    if merged:
+        log(f"merged {merged} rows that an earlier run left in {shards.folder}")
+    prune(shards.folder / CLAIMS, shards.folder)  # a job makes them again
+    plans, units = [], []
+    n_opt = len(ctx.prompts[:optimize_prompts])
+    for config in described:
+        cid = store.config_id(config, [(p.text, p.tag) for p in ctx.prompts])
+        steps, guidance, inv = config["steps"], config["guidance"], config["inversion_guidance"]
+        norm = config.get("noise_norm", "keep")
+        log(f"config {cid}: {len(ctx.prompts)} prompts of {config['prompt_set']}, {steps} steps, guidance "
+            f"{guidance:g}, inversion guidance {inv:g}, K={config['k']}"
+            + (", noises on the sqrt(d) shell" if norm == "shell" else ""))
         extra_inv = ablation_inversion_guidance(guidance, inv) if ablation else None
-        _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
-                     progress, norm)
-        if extra_inv is not None:
-            _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size, norm)
-        for method in (m for m in methods if m.optimizing):
-            _optimize(store, cid, backend, prompts[:optimize_prompts], seeds, rewards, method, steps, guidance, inv,
-                      optimize_batch_size, optimizing_rewards or {}, progress, log, norm)
-        _backfill(store, cid, prompts, rewards)
-    return store
+        plan = ConfigPlan(cid, config_digest(config), steps, guidance, inv, norm, extra_inv, 0)
+        plan = replace(plan, batch=batch_size or _auto_batch(ctx, plan))
+        plans.append(plan)
+        units += _seed_units(store, ctx, len(plans) - 1, plan)
+        for m in range(len(ctx.optimizing)):
+            units += _method_units(store, ctx, len(plans) - 1, plan, m, n_opt, optimize_batch_size, log)
+    return Job(new_job_id(), tuple(plans), tuple(units))
+
+
+def _auto_batch(ctx: Context, plan: ConfigPlan) -> int:
+    """The batch of a config's units (batching.auto_batch_size over all its seed rows, not the rows left, so
+    that a rerun cuts the work as the first run did; on an accelerator one row, scored and dropped, measures)."""
+    items = [(i, r) for i in range(len(ctx.prompts)) for r in range(len(ctx.seeds[i]))]
+    make, read = _seed_trip(ctx, plan)
+    return auto_batch_size(ctx.backend.device, lambda: round_trips(
+        ctx.backend, items[:1], make, plan.steps, plan.guidance, _inversions(plan), read=read, batch_size=1),
+        len(items), math.prod(ctx.backend.latent_shape))
+
+
+def _seed_units(store: Store, ctx: Context, index: int, plan: ConfigPlan) -> list[Unit]:
+    """The config's seed rows in consecutive batches of ``plan.batch`` (prompt by prompt, seed by seed); a unit
+    holds the rows of its batch still missing."""
+    done = store.done(plan.cid, SEED_METHOD)
+    items = [(i, r) for i in range(len(ctx.prompts)) for r in range(len(ctx.seeds[i]))]
+    units = []
+    for a in range(0, len(items), plan.batch):
+        todo = tuple((i, r) for i, r in items[a:a + plan.batch] if (i, ctx.seeds[i][r]) not in done)
+        if todo:
+            units.append(Unit(f"c{plan.cid}-seeds-{a:07d}", len(todo), ("seeds", index, todo)))
+    return units
+
+
+def _method_units(store: Store, ctx: Context, index: int, plan: ConfigPlan, m: int, n_prompts: int,
+                  batch: int, log) -> list[Unit]:
+    """An optimizing method over consecutive batches of ``batch`` prompts: a unit optimizes those of its prompts
+    without the method's row, and adds the start row (``start_method``) where only that is missing (a store made
+    before start rows existed gets them by running the optimizer for zero iterations)."""
+    label = ctx.optimizing[m].label
+    done, started = store.done(plan.cid, label), store.done(plan.cid, start_method(label))
+    units, todo_n, starts_n = [], 0, 0
+    for a in range(0, n_prompts, batch):
+        chunk = range(a, min(a + batch, n_prompts))
+        todo = tuple(i for i in chunk if (i, ctx.seeds[i][0]) not in done)
+        starts = tuple(i for i in chunk if (i, ctx.seeds[i][0]) in done and (i, ctx.seeds[i][0]) not in started)
+        if todo or starts:
+            units.append(Unit(f"c{plan.cid}-m{m}-{a:06d}", 2 * len(todo) + len(starts),
+                              ("method", index, m, todo, starts)))
+        todo_n, starts_n = todo_n + len(todo), starts_n + len(starts)
+    if todo_n:
+        log(f"config {plan.cid}: {label} for {todo_n} prompts")
+    if starts_n:
+        log(f"config {plan.cid}: the start rows of {label} for {starts_n} prompts")
+    return units
+
+
+def _execute(job: Job, ctx: Context, world: World, store: Store | None, progress: bool, log) -> None:
+    """Every rank does the units it takes; alone, each unit commits to the store; in a job, each becomes a shard
+    that rank 0 merges as they come and, once every unit is finished, for good."""
+    shards = Shards(inside(ctx.root, SHARDS))
+    claims = Claims(shards.folder / CLAIMS, job.id, world.rank) if world.size > 1 else None
+    boxes = {i: [c.batch] for i, c in enumerate(job.configs)}  # a batch halved on out-of-memory stays halved
+
+    def hand(unit: Unit, config: ConfigPlan, rows: list[dict]) -> None:
+        if world.size == 1:
+            store.add(config.cid, rows)
+        else:
+            shards.write(unit, world.rank, {"config": config.digest, "rows": rows})
+
+    def do(unit: Unit) -> None:
+        config = job.configs[unit.work[1]]
+        if unit.work[0] == "seeds":
+            rows = seed_rows(ctx, config, unit.work[2], boxes[unit.work[1]])
+        else:
+            rows = method_rows(ctx, config, ctx.optimizing[unit.work[2]], *unit.work[3:])
+        hand(unit, config, rows)
+
+    merge = (lambda: merge_shards(store, shards)) if world.main and world.size > 1 else None
+    bar = tqdm(total=sum(u.size for u in job.units), desc="bench", unit="row",
+               disable=not (progress and world.main) or not job.units)
+    try:
+        with ProgressPoller(bar, job.units, claims) if merge else nullcontext():
+            run_units(world, job.units, do, claims, bar, merge)
+            per_rank = wait_for_units(job.units, claims, merge, world.size) if merge else {}
+    finally:
+        bar.close()
+    if merge:
+        merge_shards(store, shards)
+        clear_claims(claims.root)
+        prune(claims.root, shards.folder)  # a shard written since (by a rank of a killed job) stays for the next run
+        log("units per rank: " + ", ".join(f"{r}: {n}" for r, n in per_rank.items()))
+
+
+def merge_shards(store: Store, shards: Shards) -> int:
+    """Merge every finished unit's shard into the store in one transaction, then remove the shards: rows
+    already stored are skipped, so a merge cut short after its commit is merged again without a duplicate.
+
+    Returns:
+        The rows added.
+    """
+    pending = shards.pending()
+    if not pending:
+        return 0
+    added = store.merge([(payload, path) for path, payload in pending])
+    shards.remove([path for path, _ in pending])
+    return added
 
 
 def _image_path(cid: int, prompt_idx: int, method: str, seed: int, folder: str = "images",
@@ -105,8 +309,8 @@ def _image_path(cid: int, prompt_idx: int, method: str, seed: int, folder: str =
     return f"{folder}/c{cid}/{prompt_idx:04d}/{_slug(method)}-{seed}{suffix}"
 
 
-def _save_image(store: Store, rel: str, image) -> None:
-    atomic_write(store.file(rel), lambda tmp: image.save(tmp, format="PNG"))
+def _save_image(root: Path, rel: str, image) -> None:
+    atomic_write(inside(root, rel), lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _judge(rewards: Mapping[str, Reward], images: list, prompts: list[str]) -> list[dict[str, float]]:
@@ -118,25 +322,20 @@ def _judge(rewards: Mapping[str, Reward], images: list, prompts: list[str]) -> l
     return scores
 
 
-def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, inv, extra_inv, batch_size,
-                 progress, noise_norm="keep") -> None:
-    """The seed rows still missing, in batches that fit: ``batch_size=None`` picks one (batching.auto_batch_size)
-    and a batch that runs out of memory is retried at half the size; each batch commits when done."""
-    done = store.done(cid, SEED_METHOD)
-    todo = [(i, r) for i in range(len(prompts)) for r in range(len(seeds[i])) if (i, seeds[i][r]) not in done]
-    if not todo:
-        return
-    inversions = (inv,) if extra_inv is None else (inv, extra_inv)
+def _seed_trip(ctx: Context, config: ConfigPlan):
+    """``round_trips``' ``batch`` and ``read`` for a config's seed rows: a chunk of (prompt index, seed rank)
+    -> its conditioning and noises; a chunk and its round trip -> each row with its image."""
+    backend, prompts, seeds, cid, extra_inv = ctx.backend, ctx.prompts, ctx.seeds, config.cid, config.extra_inv
 
     def batch(chunk):
         texts = [prompts[i].text for i, _ in chunk]
-        noise = noises_from_seeds([seeds[i][r] for i, r in chunk], backend.latent_shape, noise_norm)
-        return conditioning(backend, texts, len(chunk), max(guidance, *inversions)), noise
+        noise = noises_from_seeds([seeds[i][r] for i, r in chunk], backend.latent_shape, config.norm)
+        return conditioning(backend, texts, len(chunk), max(config.guidance, *_inversions(config))), noise
 
     def read(chunk, trip) -> list[tuple[dict, object]]:
         texts, n = [prompts[i].text for i, _ in chunk], len(chunk)
         images = backend.decode(trip.z0)
-        scores = _judge(rewards, images, texts)
+        scores = _judge(ctx.rewards, images, texts)
         seconds = (time.perf_counter() - trip.started) / n
         s, rows = [x.tolist() for x in trip.stability], []
         for j, (i, r) in enumerate(chunk):
@@ -150,19 +349,37 @@ def _score_seeds(store, cid, backend, prompts, seeds, rewards, steps, guidance, 
                          images[j]))
         return rows
 
-    bar = tqdm(total=len(todo), desc=f"score config {cid}", unit="seed", disable=not progress)
+    return batch, read
 
-    def commit(chunk, rows) -> None:  # images first, then the rows: a killed run never stores a row without its image
-        for row, image in rows:
-            _save_image(store, row["image_path"], image)
-        store.add(cid, [row for row, _ in rows])
-        bar.update(len(chunk))
 
-    try:
-        round_trips(backend, todo, batch, steps, guidance, inversions, read=read, batch_size=batch_size,
-                    on_batch=commit)
-    finally:
-        bar.close()
+def _inversions(config: ConfigPlan) -> tuple[float, ...]:
+    """The inversion guidances a seed row is scored under: the run's, then the ablation's other one."""
+    return (config.inv,) if config.extra_inv is None else (config.inv, config.extra_inv)
+
+
+def seed_rows(ctx: Context, config: ConfigPlan, todo: Sequence[tuple[int, int]], batch: list[int]) -> list[dict]:
+    """The rows of one unit of seeds, its images written first (a killed run never has a row without its image).
+
+    Args:
+        ctx: the job; config: the unit's config; todo: its (prompt index, seed rank) pairs.
+        batch: ``[size]``, the config's batch; a batch that runs out of memory is retried at half the size
+            (``round_trips``), and the halved size is kept here for the next units.
+    Returns:
+        The rows, for the store.
+    """
+    make, read = _seed_trip(ctx, config)
+    size, done = min(batch[0], len(todo)), [0]
+
+    def saved(chunk, pairs) -> None:
+        if len(chunk) < min(size, len(todo) - done[0]):  # shorter than asked and than what was left: halved
+            batch[0] = len(chunk)
+        done[0] += len(chunk)
+        for row, image in pairs:
+            _save_image(ctx.root, row["image_path"], image)
+
+    pairs = round_trips(ctx.backend, list(todo), make, config.steps, config.guidance, _inversions(config),
+                        read=read, batch_size=size, on_batch=saved)
+    return [row for row, _ in pairs]
 
 
 def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch_size, noise_norm="keep") -> None:
@@ -189,45 +406,41 @@ def _add_variant(store, cid, backend, prompts, steps, guidance, extra_inv, batch
                 on_batch=commit)
 
 
-def _optimize(store, cid, backend, prompts, seeds, rewards, method, steps, guidance, inv, batch_size,
-              optimizing_rewards, progress, log, noise_norm="keep") -> None:
-    """Each prompt's optimized noise (started from its first seed) and, as its own row, the exact noise the
-    optimizer started from (``start_method``): with ``preserve_norm`` that is the seed's noise on the shell,
-    not the seed row's noise, so a method is compared with its real start. A store with method rows but no
-    start rows (made before they existed) gets them by running the optimizer for zero iterations."""
+def method_rows(ctx: Context, config: ConfigPlan, method: Method, todo: Sequence[int],
+                starts: Sequence[int]) -> list[dict]:
+    """One unit of an optimizing method: each prompt of ``todo`` optimized from its first seed, with, as its own
+    row, the exact noise the optimizer started from (``start_method``): with ``preserve_norm`` that is the seed's
+    noise on the shell, not the seed row's noise, so a method is compared with its real start. ``starts``:
+    prompts that have the method's row but no start row (a store made before they existed): the optimizer runs
+    for zero iterations. Images and noises are written before the rows are returned."""
+    backend, seeds, steps, guidance, inv = ctx.backend, ctx.seeds, config.steps, config.guidance, config.inv
     label, start_label = method.label, start_method(method.label)
-    done, started = store.done(cid, label), store.done(cid, start_label)
-    todo = [i for i in range(len(prompts)) if (i, seeds[i][0]) not in done]
-    starts_only = [i for i in range(len(prompts)) if (i, seeds[i][0]) in done and (i, seeds[i][0]) not in started]
-    if todo:
-        log(f"config {cid}: {label} for {len(todo)} prompts")
-    if starts_only:
-        log(f"config {cid}: the start rows of {label} for {len(starts_only)} prompts")
-    for chunk, iterations in [*((todo[a:a + batch_size], None) for a in range(0, len(todo), batch_size)),
-                              *((starts_only[a:a + batch_size], 0) for a in range(0, len(starts_only), batch_size))]:
+    rows = []
+    for chunk, iterations in ((list(todo), None), (list(starts), 0)):
+        if not chunk:
+            continue
         t0 = time.perf_counter()
-        texts = [prompts[i].text for i in chunk]
-        noise = noises_from_seeds([seeds[i][0] for i in chunk], backend.latent_shape, noise_norm)
+        texts = [ctx.prompts[i].text for i in chunk]
+        noise = noises_from_seeds([seeds[i][0] for i in chunk], backend.latent_shape, config.norm)
         c0 = _evaluations(backend)
-        res, extras, reward_calls = method.run(backend, texts, noise, steps, guidance, inv, optimizing_rewards,
-                                               progress and iterations is None, iterations)
-        rows = []
+        res, extras, reward_calls = method.run(backend, texts, noise, steps, guidance, inv, ctx.optimizing_rewards,
+                                               ctx.progress and iterations is None, iterations)
         if iterations is None:
-            rows += _noise_rows(store, cid, backend, chunk, seeds, texts, res.noise, label, rewards, steps, guidance,
-                                inv, c0, t0, reward_calls, [{**e, "settings": method.settings.__dict__} for e in extras])
-        t1 = time.perf_counter()
-        rows += _noise_rows(store, cid, backend, chunk, seeds, texts, res.start_noise, start_label, rewards, steps,
-                            guidance, inv, _evaluations(backend), t1, 0, [{} for _ in chunk])
-        store.add(cid, rows)
+            rows += _noise_rows(ctx, config, chunk, texts, res.noise, label, c0, t0, reward_calls,
+                                [{**e, "settings": method.settings.__dict__} for e in extras])
+        rows += _noise_rows(ctx, config, chunk, texts, res.start_noise, start_label, _evaluations(backend),
+                            time.perf_counter(), 0, [{} for _ in chunk])
+    return rows
 
 
-def _noise_rows(store, cid, backend, chunk, seeds, texts, noises, label, rewards, steps, guidance, inv, c0, t0,
-                reward_calls, extras) -> list[dict]:
+def _noise_rows(ctx: Context, config: ConfigPlan, chunk, texts, noises, label, c0, t0, reward_calls,
+                extras) -> list[dict]:
     """Rows of given noises, one per prompt of ``chunk``: the image, its scores, the noise itself and the
     stability of the noise (a measurement, not part of the method's cost: ``unet_calls`` counts the method's
     evaluations since ``c0`` and the image's)."""
     from safetensors.torch import save_file
 
+    backend, cid, guidance, inv = ctx.backend, config.cid, config.guidance, config.inv
     n, method_calls = len(chunk), _evaluations(backend) - c0
     norms = (noises.flatten(1).norm(dim=1) / noises[0].numel() ** 0.5).tolist()
 
@@ -237,16 +450,16 @@ def _noise_rows(store, cid, backend, chunk, seeds, texts, noises, label, rewards
 
     def read(positions, trip) -> list[dict]:
         images = backend.decode(trip.z0)
-        scores = _judge(rewards, images, [texts[j] for j in positions])
+        scores = _judge(ctx.rewards, images, [texts[j] for j in positions])
         seconds = (time.perf_counter() - t0) / n
         image_calls = trip.evaluations[0] // len(positions)
         rows = []
         for k, (j, image, stab) in enumerate(zip(positions, images, trip.stability[0].tolist())):
-            i, seed = chunk[j], seeds[chunk[j]][0]
+            i, seed = chunk[j], ctx.seeds[chunk[j]][0]
             rel, noise_rel = _image_path(cid, i, label, seed), _image_path(cid, i, label, seed, "noises",
                                                                            ".safetensors")
-            _save_image(store, rel, image)
-            atomic_write(store.file(noise_rel),
+            _save_image(ctx.root, rel, image)
+            atomic_write(inside(ctx.root, noise_rel),
                          lambda tmp, x=noises[j:j + 1].contiguous(): save_file({"noise": x}, str(tmp)))
             rows.append({"prompt_idx": i, "method": label, "seed": seed, "seed_rank": 0, "stability": stab,
                          "image_path": rel, "noise_path": noise_rel, "unet_calls": method_calls // n + image_calls,
@@ -254,7 +467,7 @@ def _noise_rows(store, cid, backend, chunk, seeds, texts, noises, label, rewards
                          "scores": scores[k], "extra": {**extras[j], "norm_ratio": norms[j]}})
         return rows
 
-    return round_trips(backend, list(range(n)), batch, steps, guidance, (inv,), read=read, batch_size=n)
+    return round_trips(backend, list(range(n)), batch, config.steps, guidance, (inv,), read=read, batch_size=n)
 
 
 def _backfill(store: Store, cid: int, prompts, rewards: Mapping[str, Reward]) -> None:

@@ -6,7 +6,6 @@ whole batch or none of it; the UNIQUE key makes a rerun skip what is done and ne
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -15,6 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable
 
+from ..distributed import hold
 from ..errors import StablenoiseError
 from ..loading import first_line
 from ..records import now, strict_json, versions
@@ -36,6 +36,11 @@ def _finite(x):
 
 def canonical(obj) -> str:
     return json.dumps(strict_json(obj), sort_keys=True, separators=(",", ":"))
+
+
+def config_digest(config: dict) -> str:
+    """sha256 of a config's canonical JSON: how a store (and a shard) names a config."""
+    return hashlib.sha256(canonical(config).encode()).hexdigest()
 
 
 def inside(root: Path, rel: str) -> Path:
@@ -78,15 +83,10 @@ def _hold(root: Path):
     """Hold the run folder for this process (two benches into one store would collide on its rows)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = open(inside(root, LOCK_NAME), "a")
+        path = inside(root, LOCK_NAME)
     except OSError as e:
         raise StablenoiseError(f"cannot write to {root}: {e.strerror or e}") from None
-    try:
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise StablenoiseError(f"another bench is writing to {root}: wait for it to finish") from None
-    return lock
+    return hold(path, f"another bench is writing to {root}: wait for it to finish")
 
 
 def check_store(path: Path) -> None:
@@ -193,8 +193,7 @@ class Store:
 
     def config_id(self, config: dict, prompts: list[tuple[str, str]]) -> int:
         """The id of a run config (inserting it and its prompts the first time it is seen)."""
-        text = canonical(config)
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        text, digest = canonical(config), config_digest(config)
         row = self.db.execute("SELECT id FROM configs WHERE digest=?", (digest,)).fetchone()
         if row:
             return row[0]
@@ -228,16 +227,42 @@ class Store:
         stamp = now()
         with self.db:
             for r in rows:
-                cur = self.db.execute(
-                    "INSERT INTO samples (config_id, prompt_idx, method, seed, seed_rank, stability, image_path, "
-                    "noise_path, unet_calls, image_calls, reward_calls, seconds, extra, created) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (config_id, r["prompt_idx"], r["method"], int(r["seed"]), r["seed_rank"],
-                     _finite(r["stability"]), r["image_path"], r.get("noise_path"), int(r["unet_calls"]),
-                     int(r["image_calls"]), int(r.get("reward_calls", 0)), float(r["seconds"]),
-                     canonical(r.get("extra", {})), stamp))
-                self.db.executemany("INSERT INTO scores (sample_id, name, value) VALUES (?,?,?)",
-                                    [(cur.lastrowid, name, _finite(v)) for name, v in r["scores"].items()])
+                self._insert(config_id, r, stamp)
+
+    def merge(self, shards: Iterable[tuple[dict, Path]]) -> int:
+        """Insert the rows of finished units' shards (``{"config": digest, "rows": [...]}``, with the file each
+        came from) in one transaction, skipping rows already stored (a shard merged before, or a unit two
+        processes both finished: the same rows). Returns the rows added."""
+        stamp, added = now(), 0
+        digests = dict(self.db.execute("SELECT digest, id FROM configs"))
+        with self.db:
+            for payload, path in shards:
+                rows = payload.get("rows") if isinstance(payload, dict) else None
+                cid = digests.get(payload.get("config")) if isinstance(payload, dict) else None
+                if cid is None or not isinstance(rows, list):
+                    raise StablenoiseError(f"{path} is not a shard of this run (no config of the store, or no "
+                                           f"rows): move it away")
+                try:
+                    added += sum(self._insert(cid, r, stamp, skip_stored=True) for r in rows)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    raise StablenoiseError(f"{path} is not a shard of this run (a malformed row): move it "
+                                           "away") from None
+        return added
+
+    def _insert(self, config_id: int, r: dict, stamp: str, skip_stored: bool = False) -> bool:
+        cur = self.db.execute(
+            f"INSERT {'OR IGNORE ' if skip_stored else ''}INTO samples (config_id, prompt_idx, method, seed, "
+            "seed_rank, stability, image_path, noise_path, unet_calls, image_calls, reward_calls, seconds, extra, "
+            "created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (config_id, int(r["prompt_idx"]), str(r["method"]), int(r["seed"]), int(r["seed_rank"]),
+             _finite(r["stability"]), str(r["image_path"]), r.get("noise_path"), int(r["unet_calls"]),
+             int(r["image_calls"]), int(r.get("reward_calls", 0)), float(r["seconds"]),
+             canonical(r.get("extra", {})), stamp))
+        if cur.rowcount == 0:
+            return False  # stored already (skip_stored)
+        self.db.executemany("INSERT INTO scores (sample_id, name, value) VALUES (?,?,?)",
+                            [(cur.lastrowid, str(name), _finite(v)) for name, v in r["scores"].items()])
+        return True
 
     def rows(self, config_id: int | None = None) -> list[dict]:
         """Every sample with its scores (for tests and the report)."""
