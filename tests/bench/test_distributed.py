@@ -9,8 +9,8 @@ import torch
 
 from stablenoise.bench.run import merge_shards
 from stablenoise.bench.store import Store, config_digest
-from stablenoise.distributed import (ALONE, Claims, Shards, Unit, World, clear_claims, join, new_job_id,
-                                     rank_device, run_units, wait_for_units)
+from stablenoise.distributed import (ALONE, Claims, ProgressPoller, Shards, Unit, World, clear_claims, join,
+                                     new_job_id, rank_device, run_units, wait_for_units)
 from stablenoise.errors import PeerFailed, StablenoiseError
 
 CONFIG = {"prompt_set": "p", "model": "m", "steps": 1, "guidance": 1.0, "inversion_guidance": 1.0, "k": 2,
@@ -88,6 +88,18 @@ def test_alone_every_unit_is_done_in_order_and_counted():
     seen, bar = [], type("Bar", (), {"n": 0, "update": lambda self, k: setattr(self, "n", self.n + k)})()
     run_units(ALONE, units(4, size=3), lambda u: seen.append(u.work), None, bar)
     assert seen == [0, 1, 2, 3] and bar.n == 12
+
+
+def test_rank_0s_bar_counts_the_rows_every_rank_has_finished(tmp_path):
+    job, todo = new_job_id(), units(3, size=4)
+    mine, theirs = Claims(tmp_path, job, 0), Claims(tmp_path, job, 1)
+    mine.finish(todo[0])
+    theirs.finish(todo[1])
+    theirs.finish(todo[2])
+    bar = type("Bar", (), {"n": 0, "refresh": lambda self: None,
+                           "set_postfix_str": lambda self, s, refresh: setattr(self, "postfix", s)})()
+    ProgressPoller(bar, todo, mine).refresh()
+    assert bar.n == 12 and bar.postfix == "r0:4 r1:8"
 
 
 def test_shards_are_merged_once_and_a_merge_cut_short_merges_again_without_duplicates(tmp_path):

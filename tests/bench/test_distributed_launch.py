@@ -127,6 +127,17 @@ def test_a_slow_rank_takes_fewer_units(two):
     assert per_rank.get(1, 0) < UNITS / 2 < per_rank[0]
 
 
+def test_one_progress_bar_for_the_job_drawn_by_rank_0_with_each_ranks_rows(two):
+    """The job's stderr holds rank 0's bar alone: its count never goes back (a second rank's bar would draw its
+    own, interleaved), and it ends at every row, split by rank."""
+    _, job, _ = two
+    bars = [s for s in job.stderr.replace("\r", "\n").splitlines() if s.startswith("bench:")]
+    counts = [int(s.split("|")[2].split("/")[0]) for s in bars]
+    assert bars and counts == sorted(counts) and counts[-1] == ROWS, job.stderr
+    per_rank = dict(p.split(":") for p in bars[-1].rsplit(", ", 1)[1].rstrip("]").split())
+    assert sorted(per_rank) == ["r0", "r1"] and sum(map(int, per_rank.values())) == ROWS
+
+
 def test_a_second_bench_into_a_running_jobs_folder_is_refused_with_one_line(two):
     out, job, second = two
     assert second.returncode == 1
