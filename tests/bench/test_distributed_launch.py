@@ -167,6 +167,7 @@ def test_a_job_into_a_held_folder_is_refused_by_rank_0_alone(reference, tmp_path
 @pytest.mark.parametrize("fault, rerun", [
     ("images:1:1", 3),  # rank 1 dies inside its first unit (images written, rows not): the launcher ends rank 0
     ("shard:1:1", 1),  # rank 1 dies with its first shard written, not yet marked finished nor merged
+    ("shard:0:1", 1),  # rank 0 dies with its own first shard written: no shard merged, the plain rerun merges them
     ("merged:0:1", 2),  # rank 0 dies between a merge's commit and the removal of the merged shards
 ])
 def test_a_rank_killed_at_any_point_loses_and_duplicates_nothing(reference, tmp_path, fault, rerun):
