@@ -61,7 +61,7 @@ def worker(argv: list[str]) -> None:
             backend = backends.from_pipeline(pipe, name=f"random-{arch}-{size}px", height=size, width=size)
         else:
             backend = real_load(model, device=device, **kwargs)
-        unet, started = backend.denoiser, []
+        unet, started = backend.network, []
 
         def start(*_):  # returns None: a pre-hook's return value would replace the UNet's inputs
             sync(backend.device)
