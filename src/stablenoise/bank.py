@@ -211,17 +211,8 @@ SHARDS_LOCK = ".lock"
 def _score_in_units(backend: Backend, seeds: list[int], setting: tuple, batch_size: int | None, progress: bool,
                     world: World, folder: Path) -> list[float | None] | None:
     """The seeds' scores, unit by unit (see :func:`build_bank`); None on ranks other than 0."""
-    held: list = []
-
-    def plan():
-        held.append(hold_shards(folder))
-        try:
-            return _plan_units(backend, seeds, setting, batch_size, folder)
-        except BaseException:
-            held.pop().close()
-            raise
-
-    job, digest, units = world.agree(plan)
+    lock, (job, digest, units) = world.agree_holding(lambda: hold_shards(folder),
+                                                    lambda _: _plan_units(backend, seeds, setting, batch_size, folder))
     box = Shards(folder)
     claims = Claims(folder / "claims", job, world.rank) if world.size > 1 else None
 
@@ -235,14 +226,11 @@ def _score_in_units(backend: Backend, seeds: list[int], setting: tuple, batch_si
             run_units(world, units, do, claims, bar)
             if claims and world.main:
                 wait_for_units(units, claims, lambda: None, world.size)
+        return _collect(box, digest, seeds) if world.main else None
     finally:
         bar.close()
-    if not world.main:
-        return None
-    try:
-        return _collect(box, digest, seeds)
-    finally:
-        held.pop().close()
+        if lock is not None:
+            lock.close()
 
 
 def hold_shards(folder: Path):

@@ -72,6 +72,23 @@ class World:
             raise
         return self.broadcast(result)
 
+    def agree_holding(self, acquire: Callable[[], object], fn: Callable[[object], object]) -> tuple[object, object]:
+        """Rank 0 acquires something to hold for the job (the store, a lock: anything with ``close``) and runs
+        ``fn`` on it; every rank gets ``fn``'s result (as :meth:`agree`). Returns (what rank 0 holds, closed
+        again if ``fn`` failed; None on the other ranks, the result)."""
+        held = []
+
+        def run():
+            held.append(acquire())
+            try:
+                return fn(held[0])
+            except BaseException:
+                held.pop().close()
+                raise
+
+        result = self.agree(run)
+        return (held[0] if held else None), result
+
 
 @dataclass(frozen=True)
 class _Refused:

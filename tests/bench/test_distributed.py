@@ -174,6 +174,27 @@ def test_rank_0_decides_and_its_refusal_is_one_line_for_the_job():
     assert TwoRanks(1, rank0.sent).agree(lambda: calls.append(1)) == {"units": 3} and calls == []
 
 
+def test_rank_0_alone_holds_what_the_plan_needs_and_lets_it_go_when_the_plan_fails():
+    class Held:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    held, rank0 = [], TwoRanks(0)
+    acquire = lambda: held.append(Held()) or held[-1]  # noqa: E731
+    assert rank0.agree_holding(acquire, lambda h: ("plan", h)) == (held[0], ("plan", held[0]))
+    assert TwoRanks(1, rank0.sent).agree_holding(acquire, lambda h: 1 / 0) == (None, ("plan", held[0]))
+    assert len(held) == 1 and not held[0].closed  # rank 1 acquired nothing; rank 0 holds it for the job
+
+    def broken(h):
+        raise StablenoiseError("a shard of another run")
+
+    with pytest.raises(StablenoiseError, match="another run"):
+        TwoRanks(0).agree_holding(acquire, broken)
+    assert len(held) == 2 and held[1].closed
+
+
 def test_peer_failed_exits_1_without_a_line():
     import click
     from click.testing import CliRunner

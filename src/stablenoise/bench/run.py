@@ -97,19 +97,8 @@ def run_bench(backend: Backend, prompt_set, rewards: Mapping[str, Reward], metho
                   progress and world.size == 1)
     ablation = any(m.entry.needs_variant for m in methods)
     described = [_describe(backend, prompt_set, sweep, *c) for c in configs]
-    opened: list[Store] = []
-
-    def plan() -> Job:
-        opened.append(Store(out))
-        try:
-            return _plan(opened[0], ctx, described, ablation, batch_size, optimize_batch_size, optimize_prompts,
-                         command, log)
-        except BaseException:
-            opened.pop().close()
-            raise
-
-    job = world.agree(plan)
-    store = opened[0] if opened else None
+    store, job = world.agree_holding(lambda: Store(out), lambda store: _plan(
+        store, ctx, described, ablation, batch_size, optimize_batch_size, optimize_prompts, command, log))
     try:
         _execute(job, ctx, world, store, progress, log)
         for config in job.configs if store is not None else ():  # rank 0, on the merged store
