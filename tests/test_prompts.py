@@ -25,8 +25,8 @@ except ImportError:  # Python 3.10
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry, so registrations made by a test do not leak into others."""
-    monkeypatch.setattr(P, "_REGISTRY", dict(P._REGISTRY))
-    return P._REGISTRY
+    monkeypatch.setattr(P, "PROMPT_SETS", P.PROMPT_SETS.copy())
+    return P.PROMPT_SETS
 
 
 def one_line_error(spec, *args, **kwargs) -> str:
@@ -355,7 +355,7 @@ def test_entry_points_are_lazy(registry, monkeypatch, tmp_path):
     eps = [metadata.EntryPoint("third-party", "third_party_prompts:load", group),
            metadata.EntryPoint("drawbench", "third_party_prompts:load", group)]
     monkeypatch.setattr(metadata, "entry_points", lambda group=None: [e for e in eps if e.group == group])
-    monkeypatch.setattr(P, "_entry_points_loaded", False)
+    P.PROMPT_SETS.rescan()  # the patched entry points are read at the next lookup
     import sys
 
     assert "third-party" in available_prompt_sets() and "third_party_prompts" not in sys.modules
@@ -370,7 +370,7 @@ def test_entry_points_are_lazy(registry, monkeypatch, tmp_path):
 def test_a_missing_entry_point_module_is_one_line(registry, monkeypatch):
     ep = metadata.EntryPoint("gone", "no_such_module_anywhere:load", P.ENTRY_POINT_GROUP)
     monkeypatch.setattr(metadata, "entry_points", lambda group=None: [ep] if group == ep.group else [])
-    monkeypatch.setattr(P, "_entry_points_loaded", False)
+    P.PROMPT_SETS.rescan()  # the patched entry points are read at the next lookup
     message = one_line_error("gone")
     assert "ModuleNotFoundError" in message and "no_such_module_anywhere" in message
 

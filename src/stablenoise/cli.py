@@ -9,68 +9,37 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
+from .cli_common import (MAX_SEEDS, SEED, batch_size_option, count_option, device_option,  # noqa: F401 (SEED)
+                         dtype_option, gather_prompts, model_loading_options, model_option, noise_norm_option,
+                         option_group, out_option, out_path, prompt_options, round_trip_options, seed_option)
 from .cli_common import guarded as _guarded
-from .cli_common import noise_norm_option
 from .errors import StablenoiseError
+from .settings import OptimizerSettings
 
 NOISE_KEYS = ("optimized", "best", "noise", "initial")
-MAX_SEEDS = 100_000  # per prompt: far beyond any useful K, and a typo like -k 1e9 fails at once
-SEED = click.IntRange(0, 2**63 - 1)  # noise.SEED_LIMIT (a seed means one noise: torch aliases s and s + 2**63)
+PAPER = OptimizerSettings.paper()
 
 
-def model_options(fn):
-    opts = [
-        click.option("--model", default="shapes", show_default=True,
-                     help="Hub id (stabilityai/sdxl-turbo), local pipeline folder, or 'shapes' (the shipped model)."),
-        click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)."),
-        click.option("--dtype", default=None, help="float32, float16 or bfloat16 (default: the pipeline's)."),
-        click.option("--steps", type=click.IntRange(min=1), default=None,
-                     help="Steps of the round trip, DDIM or flow Euler (default: the model family's)."),
-        click.option("--guidance", type=click.FloatRange(min=0), default=None,
-                     help="Denoising CFG scale (<= 1: no CFG; default: the model family's)."),
-        click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,
-                     help="CFG scale of the inversion (default 1: conditional branch only)."),
-        click.option("--variant", default=None, help="Weight variant to load, as in diffusers (e.g. fp16)."),
-        click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None,
-                     help="Override the DDIM timestep spacing (default: the pipeline scheduler's)."),
-        click.option("--height", type=click.IntRange(min=1), default=None,
-                     help="Image height in pixels (default: the model's native size)."),
-        click.option("--width", type=click.IntRange(min=1), default=None,
-                     help="Image width in pixels (default: the model's native size)."),
-        click.option("--compile", "compile_model", is_flag=True,
-                     help="torch.compile the UNet/transformer (pays off on a GPU for long runs)."),
-        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Output folder (default: stablenoise-out/COMMAND)."),
-        click.option("--prompt", "prompt_list", multiple=True, help="A prompt; repeat for several."),
-        click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-                     help="A file of prompts: one a line, or a CSV/TSV with a 'prompt' column."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+# The model, its round trip, the prompts and the run folder: what every Session takes.
+model_options = option_group(model_option, device_option, dtype_option, round_trip_options, model_loading_options,
+                             out_option, prompt_options)
 
 
 class Session:
     """What every subcommand resolves first: the backend, the prompts, the round-trip settings."""
 
     def __init__(self, command: str, model, device, dtype, steps, guidance, inversion_guidance, variant,
-                 timestep_spacing, height, width, compile_model, out, prompt_list, prompts_file):
+                 timestep_spacing, height, width, compile_model, out, prompt_list, prompts_spec):
         from .backends import load
-        from .outputs import read_prompts
         from .stability import resolve
 
-        prompts = list(prompt_list) + (read_prompts(prompts_file) if prompts_file else [])
-        if not prompts:
-            raise StablenoiseError("no prompt given: use --prompt TEXT or --prompts FILE")
-        if any(not p.strip() for p in prompts):
-            raise StablenoiseError("empty prompt")
+        self.prompts = gather_prompts(prompt_list, prompts_spec).texts
         self.backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing,
                             height=height, width=width, compile=compile_model)
         self.steps, self.guidance, self.inversion_guidance = resolve(self.backend, steps, guidance,
                                                                      inversion_guidance)
-        self.prompts = prompts
         self.command = command
-        self.out = Path(out) if out else Path("stablenoise-out") / command
+        self.out = out_path(out, command)
 
     def round_trip_kwargs(self) -> dict:
         return {"steps": self.steps, "guidance": self.guidance, "inversion_guidance": self.inversion_guidance}
@@ -122,16 +91,23 @@ def main():
 
 
 def seed_options(default_num: int):
-    def decorate(fn):
-        fn = noise_norm_option(fn)
-        fn = click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
-                          help="Use a saved noise (safetensors from select/optimize) instead of seeds.")(fn)
-        fn = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                          help="Noises per model call.")(fn)
-        fn = click.option("-n", "--num", type=click.IntRange(1, MAX_SEEDS), default=default_num, show_default=True,
-                          help="Seeds per prompt.")(fn)
-        return click.option("--seed", type=SEED, default=0, show_default=True, help="First seed.")(fn)
-    return decorate
+    """Seeds SEED..SEED+N-1 (or a saved noise), with the noise norm and the batch size."""
+    return option_group(
+        seed_option(), count_option("-n", "--num", default=default_num),
+        batch_size_option,
+        click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
+                     help="Use a saved noise (safetensors from select/optimize) instead of seeds."),
+        noise_norm_option)
+
+
+def _batches(fn, noise, batch_size, device):
+    """``fn`` over batches of ``noise`` that fit (batching: automatic when ``batch_size`` is None, halved on
+    out-of-memory); its per-noise results, in order."""
+    from .batching import auto_batch_size, map_batches
+
+    if batch_size is None:
+        batch_size = auto_batch_size(device, lambda: fn(noise[:1]), len(noise), noise[0].numel())
+    return map_batches(fn, noise, batch_size)
 
 
 @main.command()
@@ -152,8 +128,8 @@ def generate(seed, num, noise_file, batch_size, noise_norm, sampler, **kw):
         for i, prompt in s.each_prompt():
             if run.done(i, prompt):
                 continue
-            images = [im for chunk in noise.split(batch_size)
-                      for im in gen(s.backend, prompt, chunk, s.steps, s.guidance, sampler=sampler)]
+            images = _batches(lambda chunk: gen(s.backend, prompt, chunk, s.steps, s.guidance, sampler=sampler),
+                              noise, batch_size, s.backend.device)
             names = [f"seed-{x}" for x in seeds] if seeds else [f"noise-{j}" for j in range(len(images))]
             run.add(i, prompt, {"images": [n + ".png" for n in names]}, dict(zip(names, images)))
     click.echo(f"wrote {run.root}")
@@ -176,10 +152,9 @@ def score(seed, num, noise_file, batch_size, noise_norm, **kw):
         for i, prompt in s.each_prompt():
             if run.done(i, prompt):
                 continue
-            scores = [x if math.isfinite(x) else None
-                      for chunk in tqdm(noise.split(batch_size), desc="score", unit="batch",
-                                        disable=len(noise) <= batch_size)
-                      for x in stability(s.backend, prompt, chunk, **s.round_trip_kwargs()).tolist()]
+            scores = _batches(lambda chunk: stability(s.backend, prompt, chunk, **s.round_trip_kwargs()).tolist(),
+                              noise, batch_size, s.backend.device)
+            scores = [x if math.isfinite(x) else None for x in scores]
             run.add(i, prompt, {"seeds": seeds, "scores": scores})
             for label, value in zip(seeds or range(len(scores)), scores):
                 shown = f"{value:.6f}" if value is not None else "none (NaN or inf)"
@@ -192,11 +167,9 @@ def score(seed, num, noise_file, batch_size, noise_norm, **kw):
 
 @main.command()
 @model_options
-@click.option("-k", type=click.IntRange(1, MAX_SEEDS), default=100, show_default=True,
-              help="Seeds to score per prompt.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="First seed: seeds are SEED..SEED+K-1.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Noises per model call [default: from free GPU memory; on CPU up to 16, fewer for large latents; halved on out-of-memory].")
+@count_option("-k", default=100, help="Seeds to score per prompt.")
+@seed_option(help="First seed: seeds are SEED..SEED+K-1.")
+@batch_size_option
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Two-stage selection: a proxy scores the K seeds, the KEEP best get the full score.")
 @click.option("--proxy-steps", type=click.IntRange(min=1), default=None, help="Proxy: the round trip with fewer steps.")
@@ -276,54 +249,71 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
 
 @main.command()
 @model_options
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the starting noise.")
+@seed_option(help="Seed of the starting noise.")
 @click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
               help="Start from saved noises (safetensors): every prompt is optimized from each of them.")
-@click.option("--iterations", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True)
-@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=0), default=PAPER.iterations, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=PAPER.lr, show_default=True)
+@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=PAPER.momentum,
+              show_default=True)
 @click.option("--preserve-norm", is_flag=True, help="Keep the noise norm at sqrt(d) (start and every step).")
 @click.option("--no-checkpoint", is_flag=True, help="Keep activations instead of recomputing (more memory).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="(prompt, noise) pairs optimized together.")
+@batch_size_option
 @_guarded
 def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_checkpoint, batch_size, **kw):
     """Optimize a noise per prompt for inversion stability (gradient descent with momentum).
     Each (prompt, starting noise) pair is optimized independently, --batch-size pairs at a time. A pair
     whose stability turns NaN/inf stops alone; if one never had a finite score, the command fails at the end."""
-    from .optimization import optimize as opt
-
     if not math.isfinite(lr):
         raise StablenoiseError(f"lr must be finite, got {lr}")
+    settings = PAPER.override(iterations=iterations, lr=lr, momentum=momentum, preserve_norm=preserve_norm)
     s = Session("optimize", **kw)
     seeds, noise = _seed_noises(s, seed, 1, noise_file)
-    n = noise.shape[0]
     failed = []
     with s.folder(seed=seed if seeds else None, noise_file=str(noise_file) if noise_file else None,
                   iterations=iterations, lr=lr, momentum=momentum, preserve_norm=preserve_norm,
                   checkpoint=not no_checkpoint, batch_size=batch_size) as run:
         pending = [i for i, p in enumerate(s.prompts) if not run.done(i, p)]
-        pairs = [(i, j) for i in pending for j in range(n)]
-        results = {}
-        for first in tqdm(range(0, len(pairs), batch_size), desc="optimize", unit="batch",
-                          disable=len(pairs) <= batch_size):
-            chunk = pairs[first:first + batch_size]
-            r = opt(s.backend, [s.prompts[i] for i, _ in chunk], noise[[j for _, j in chunk]], iterations=iterations,
-                    lr=lr, momentum=momentum, preserve_norm=preserve_norm, checkpoint=not no_checkpoint,
-                    progress=len(pairs) <= batch_size, **s.round_trip_kwargs())
-            for pos, pair in enumerate(chunk):
-                results[pair] = {"initial": r.start_noise[pos], "optimized": r.noise[pos],
-                                 "initial_stability": r.initial_stability[pos],
-                                 "optimized_stability": r.best_stability[pos],
-                                 "best_iteration": r.best_iteration[pos], "history": r.history[pos],
-                                 "stopped": r.stopped[pos]}
-            for i in dict.fromkeys(i for i, _ in chunk):
-                if all((i, j) in results for j in range(n)):
-                    failed += _write_optimized(s, run, i, [results.pop((i, j)) for j in range(n)])
+        pairs = [(i, j) for i in pending for j in range(noise.shape[0])]
+        if pairs:
+            failed = _optimize_pairs(s, run, pairs, noise, settings, not no_checkpoint, batch_size)
         if failed:
             raise StablenoiseError(f"{len(failed)} (prompt, noise) pair(s) never had a finite stability: "
                                    f"{failed[0]}")
     click.echo(f"wrote {run.root}")
+
+
+def _optimize_pairs(s, run, pairs, noise, settings, checkpoint, batch_size) -> list[str]:
+    """Optimize (prompt, noise) pairs in batches that fit; each prompt is written once all its noises are done.
+    Returns the pairs that never had a finite stability."""
+    from .batching import auto_batch_size, map_batches
+    from .optimization import optimize as opt
+
+    n, results, failed = noise.shape[0], {}, []
+
+    def optimize_pairs(chunk, settings=settings, progress=False):
+        r = opt(s.backend, [s.prompts[i] for i, _ in chunk], noise[[j for _, j in chunk]], settings,
+                checkpoint=checkpoint, progress=progress, **s.round_trip_kwargs())
+        return [{"initial": r.start_noise[pos], "optimized": r.noise[pos],
+                 "initial_stability": r.initial_stability[pos], "optimized_stability": r.best_stability[pos],
+                 "best_iteration": r.best_iteration[pos], "history": r.history[pos], "stopped": r.stopped[pos]}
+                for pos in range(len(chunk))]
+
+    if batch_size is None:  # one pair's iteration (forward and backward) measures the memory a pair needs
+        batch_size = auto_batch_size(s.backend.device, lambda: optimize_pairs(pairs[:1], settings.override(
+            iterations=min(1, settings.iterations))), len(pairs), noise[0].numel())
+    bar = tqdm(total=len(pairs), desc="optimize", unit="pair", disable=len(pairs) <= batch_size)
+
+    def finish(chunk, done):
+        results.update(zip(chunk, done))
+        bar.update(len(chunk))
+        for i in dict.fromkeys(i for i, _ in chunk):
+            if all((i, j) in results for j in range(n)):
+                failed.extend(_write_optimized(s, run, i, [results.pop((i, j)) for j in range(n)]))
+
+    map_batches(lambda chunk: optimize_pairs(chunk, progress=len(pairs) <= batch_size), pairs, batch_size, finish)
+    bar.close()
+    return failed
 
 
 def _write_optimized(s, run, i, results) -> list[str]:
@@ -360,43 +350,38 @@ def _write_optimized(s, run, i, results) -> list[str]:
 
 
 @main.command()
-@click.option("--model", default="shapes", show_default=True)
-@click.option("-n", type=click.IntRange(1, 10 * MAX_SEEDS), default=1000, show_default=True, help="Seeds in the bank.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="First seed: seeds are SEED..SEED+N-1.")
+@model_option
+@count_option("-n", default=1000, help="Seeds in the bank.", maximum=10 * MAX_SEEDS)
+@seed_option(help="First seed: seeds are SEED..SEED+N-1.")
 @click.option("--prompt", default="", show_default=True, help="The prompt the bank scores under (default: empty).")
-@click.option("--steps", type=click.IntRange(min=1), default=None)
-@click.option("--guidance", type=click.FloatRange(min=0), default=None)
-@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Noises per model call [default: from free GPU memory; on CPU up to 16, fewer for large latents; halved on out-of-memory].")
-@click.option("--device", default=None)
-@click.option("--dtype", default=None)
-@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None,
-              help="As select's: a bank is used only under the schedule it was built with.")
-@click.option("--height", type=click.IntRange(min=1), default=None, help="As select's (the latent shape must match).")
-@click.option("--width", type=click.IntRange(min=1), default=None, help="As select's (the latent shape must match).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("seed-bank.json"),
-              show_default=True)
+@round_trip_options
+@batch_size_option
+@device_option
+@dtype_option
+@model_loading_options
+@out_option
 @noise_norm_option
 @_guarded
-def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, device, dtype, timestep_spacing,
-         height, width, out, noise_norm):
+def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, device, dtype, variant,
+         timestep_spacing, height, width, compile_model, out, noise_norm):
     """Score N seeds once for a model (under the empty prompt) into a seed bank for two-stage selection:
     stablenoise select --bank OUT --keep M. The bank records the model's weights fingerprint, latent shape and
-    schedule; select refuses it for any other."""
+    schedule; select refuses it for any other (build it with select's --timestep-spacing, --height, --width)."""
     from .backends import load
     from .bank import build_bank
     from .distributed import join
     from .noise import check_seed_range
 
     check_seed_range(seed, n)
+    out = out_path(out, "bank", "seed-bank.json")
     if out.exists() and out.is_dir():
         raise StablenoiseError(f"--out {out} is a folder")
     parent = next(p for p in out.absolute().parents if p.exists())  # the bank is written after all the scoring
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise StablenoiseError(f"cannot write {out}: {parent} is not a writable folder")
     world, device = join(device)  # under a launch the ranks share the seeds (docs/scaling.md)
-    backend = load(model, device=device, dtype=dtype, timestep_spacing=timestep_spacing, height=height, width=width)
+    backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing,
+                   height=height, width=width, compile=compile_model)
     b = build_bank(backend, n, seed, prompt, steps, guidance, inversion_guidance, batch_size, noise_norm=noise_norm,
                    world=world, shards=out.with_name(out.name + ".shards"))
     if b is None:
@@ -409,27 +394,17 @@ def bank(model, n, seed, prompt, steps, guidance, inversion_guidance, batch_size
 
 
 from .bench.command import bench, perf, report  # noqa: E402
+from .plugins import Registry  # noqa: E402
 from .rewards.command import reward  # noqa: E402
 from .study.command import study  # noqa: E402
 
-main.add_command(reward)
-main.add_command(bench)
-main.add_command(report)
-main.add_command(perf)
-main.add_command(study)
-
-
-def _add_plugin_commands() -> None:
-    """Subcommands other packages register in the entry point group ``stablenoise.commands`` (the shapes
-    world's demo, experiment and train-shapes): the core never imports them."""
-    from importlib import metadata
-
-    for ep in metadata.entry_points(group="stablenoise.commands"):
-        if ep.name not in main.commands:
-            main.add_command(ep.load(), ep.name)
-
-
-_add_plugin_commands()
+# Subcommands: the core's, and those other packages register in the entry point group ``stablenoise.commands``
+# (the shapes world's demo, experiment and train-shapes), which the core never imports; a core name wins.
+COMMANDS: Registry = Registry("command", "stablenoise.commands")
+for _command in (*main.commands.values(), reward, bench, report, perf, study):
+    COMMANDS.register(_command.name, _command)
+for _name, _entry in COMMANDS.entries().items():
+    main.add_command(_entry if isinstance(_entry, click.Command) else _entry.load(), _name)
 
 
 if __name__ == "__main__":  # pragma: no cover

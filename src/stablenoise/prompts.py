@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import StablenoiseError
-from .plugins import register_entry_points
+from .plugins import Registry
 
 ENTRY_POINT_GROUP = "stablenoise.prompts"
 PROMPT_COLUMNS = ("prompt", "prompts", "caption", "text")  # the first one present is the prompt
@@ -89,44 +89,43 @@ class PromptSet:
 # ---------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
-class _Entry:
+class PromptSetEntry:
     name: str
     loader: Callable[[], object]
     description: str = ""
 
 
-_REGISTRY: dict[str, _Entry] = {}
-_entry_points_loaded = False
+def _from_entry_point(registry: Registry, ep) -> None:
+    registry.register(ep.name, PromptSetEntry(Registry.key(ep.name), partial(_from_entry_point_load, ep),
+                                              f"from {ep.value}"))
+
+
+def _from_entry_point_load(ep):
+    return ep.load()()  # imported only now, when the set is used
+
+
+PROMPT_SETS: Registry[PromptSetEntry] = Registry("prompt set", ENTRY_POINT_GROUP, _from_entry_point)
 
 
 def register_prompt_set(name: str, loader: Callable[[], object], *, description: str = "",
                         replace: bool = False) -> None:
     """Make ``load_prompts(name)`` call ``loader()``. It returns a :class:`PromptSet` or an iterable of
-    :class:`Prompt`, strings or ``(text, tag)`` pairs; it runs on each load, so keep it deterministic."""
-    key = name.strip().lower()
-    if not key or not callable(loader):
+    :class:`Prompt`, strings or ``(text, tag)`` pairs; it runs on each load, so keep it deterministic.
+
+    Args:
+        name: the set's name (case-insensitive).
+        loader: builds the set.
+        description: where the prompts come from and under which license.
+        replace: replace a set already registered under the name.
+    """
+    if not callable(loader):
         raise StablenoiseError(f"cannot register prompt set {name!r}: a name and a callable loader are needed")
-    if key in _REGISTRY and not replace and _REGISTRY[key].loader is not loader:
-        raise StablenoiseError(f"prompt set {name!r} is already registered")
-    _REGISTRY[key] = _Entry(key, loader, description)
-
-
-def _entries() -> dict[str, _Entry]:
-    global _entry_points_loaded
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        register_entry_points(ENTRY_POINT_GROUP, _REGISTRY,
-                              lambda name, ep: register_prompt_set(name, partial(_from_entry_point, ep),
-                                                                   description=f"from {ep.value}"))
-    return _REGISTRY
-
-
-def _from_entry_point(ep):
-    return ep.load()()  # imported only now, when the set is used
+    PROMPT_SETS.register(name, PromptSetEntry(Registry.key(name), loader, description), replace=replace,
+                         same=lambda a, b: a.loader is b.loader)
 
 
 def available_prompt_sets() -> list[str]:
-    return sorted(_entries())
+    return PROMPT_SETS.names()
 
 
 def _known() -> str:
@@ -145,7 +144,7 @@ def load_prompts(spec: str | os.PathLike, limit: int | None = None) -> PromptSet
     prompts."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise _fail(f"prompt limit must be a positive integer, not {limit!r}")
-    entry = None if isinstance(spec, os.PathLike) else _entries().get(str(spec).strip().lower())
+    entry = None if isinstance(spec, os.PathLike) else PROMPT_SETS.find(str(spec))
     if entry is not None:
         prompt_set = _run(entry)
     else:
@@ -157,13 +156,13 @@ def load_prompts(spec: str | os.PathLike, limit: int | None = None) -> PromptSet
         elif path.suffix.lower() in FILE_TYPES or os.sep in str(spec) or "/" in str(spec):
             raise _fail(f"prompts file not found: {spec}", known=True)
         else:
-            raise _fail(f"unknown prompt set {str(spec)!r}", known=True)
+            raise PROMPT_SETS.unknown(str(spec), f"; or a {'/'.join(FILE_TYPES)} file")
     if limit is not None:
         prompt_set = PromptSet(prompt_set.name, prompt_set.prompts[:limit], prompt_set.source)
     return prompt_set
 
 
-def _run(entry: _Entry) -> PromptSet:
+def _run(entry: PromptSetEntry) -> PromptSet:
     try:
         result = entry.loader()
     except StablenoiseError as e:

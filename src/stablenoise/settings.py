@@ -64,8 +64,15 @@ class OptimizerSettings:
             raise StablenoiseError(f"reward weights must be finite numbers, got {self.reward_weights!r}")
 
     def override(self, **changes) -> "OptimizerSettings":
-        """These settings with ``changes`` (setting names as keywords), checked; a name that is not a setting is
-        a TypeError, as for any unknown keyword argument."""
+        """These settings with some changed, checked (a name that is not a setting is a TypeError, as for any
+        unknown keyword argument).
+
+        Args:
+            **changes: settings by name (``lr=18.75``).
+
+        Returns:
+            The changed settings (these when nothing changes).
+        """
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise TypeError(f"unknown optimizer setting {unknown[0]!r}; settings: "

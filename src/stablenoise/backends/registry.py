@@ -7,11 +7,12 @@ or an entry point in the group ``stablenoise.backends`` naming a function that r
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..plugins import register_entry_points
+from ..plugins import Registry
 from .base import Defaults
 
 ENTRY_POINT_GROUP = "stablenoise.backends"
@@ -30,27 +31,19 @@ class Family:
     config_defaults: Callable[[object], Defaults] | None = None
 
 
-_FAMILIES: list[Family] = []
-_entry_points = {"loaded": False}
+def _from_entry_point(registry: Registry, ep) -> None:
+    made = ep.load()()  # a Family, or a list of them
+    for fam in made if isinstance(made, (list, tuple)) else [made]:
+        registry.register(fam.name, fam, same=operator.eq)
+
+
+FAMILIES: Registry[Family] = Registry("model family", ENTRY_POINT_GROUP, _from_entry_point)
 
 
 def register_family(family: Family) -> None:
-    """Register a family before the built-in ones (so a subclass pipeline wins over its base class)."""
-    if all(f.name != family.name for f in _FAMILIES):
-        _FAMILIES.insert(0, family)
-
-
-def _load_entry_points() -> None:
-    if _entry_points["loaded"]:
-        return
-    _entry_points["loaded"] = True
-
-    def add(name, ep):
-        made = ep.load()()
-        for fam in made if isinstance(made, (list, tuple)) else [made]:
-            register_family(fam)
-
-    register_entry_points(ENTRY_POINT_GROUP, {f.name for f in _FAMILIES}, add)
+    """Register a family before the built-in ones (so a subclass pipeline wins over its base class); the latest
+    registered wins among families of one pipeline class. The same family registered again is harmless."""
+    FAMILIES.register(family.name, family, same=operator.eq)
 
 
 def _builtin() -> list[Family]:
@@ -93,9 +86,8 @@ def _flux_defaults(pipe) -> Defaults:
 
 
 def families() -> list[Family]:
-    """Registered families first (most specific), then the built-in SD/SDXL ones."""
-    _load_entry_points()
-    return [*_FAMILIES, *_builtin()]
+    """Registered families first (the latest first), then the built-in ones (SD, SDXL, SD3, FLUX, Shap-E)."""
+    return [*reversed(FAMILIES.registered()), *_builtin()]
 
 
 def shipped_models() -> dict[str, Path]:

@@ -10,22 +10,12 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import guarded
+from ..cli_common import (batch_size_option, compile_option, count_option, device_option, dtype_option,
+                          gather_prompts, guarded, guidance_option, inversion_guidance_option, inversion_point_option,
+                          model_option,
+                          out_option, out_path, prompt_options, seed_option, sweep_options, timestep_spacing_option,
+                          variant_option)
 from ..errors import StablenoiseError
-
-
-def _number_list(kind, minimum):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            items = [kind(x) for x in str(value).split(",") if x.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-        if not items or any(not math.isfinite(x) or x < minimum for x in items):
-            raise click.BadParameter(f"{value!r}: every value must be a finite number >= {minimum}")
-        return tuple(dict.fromkeys(items))
-    return parse
 
 
 def _choice_list(choices):
@@ -43,11 +33,8 @@ def _names(value: str) -> list[str]:
 
 
 @click.command()
-@click.option("--model", default="shapes", show_default=True,
-              help="Hub id (stabilityai/sdxl-turbo), local pipeline folder, or a shipped model name.")
-@click.option("--prompts", "prompts_spec", required=True,
-              help="A shipped prompt set (drawbench, pickapic, geneval, partiprompts, shapes-heldout) or a "
-                   ".txt/.csv/.tsv/.jsonl file.")
+@model_option
+@prompt_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N prompts only.")
 @click.option("--methods", default=None,
               help="Comma-separated: random, most-stable, least-stable, most-stable-of[:N], best[:REWARD], "
@@ -57,42 +44,34 @@ def _names(value: str) -> list[str]:
 @click.option("--rewards", "rewards_spec", required=True,
               help="Comma-separated rewards that judge every image (hpsv2, pickscore, imagereward, aesthetic, "
                    "clipscore, shapes-verifier, shapes-clip, or NAME:PATH).")
-@click.option("-k", type=click.IntRange(1, 100_000), default=16, show_default=True, help="Seeds scored per prompt.")
-@click.option("--steps", "steps_list", callback=_number_list(int, 1), default=None,
-              help="DDIM steps; a list (1,2,4,8) sweeps them (default: the model family's).")
-@click.option("--guidance", "guidance_list", callback=_number_list(float, 0), default=None,
-              help="Denoising CFG scale; a list sweeps it (default: the model family's).")
-@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None,
-              help="CFG scale of the inversion (default: the model family's, usually 1).")
-@click.option("--first-seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@count_option("-k", default=16, help="Seeds scored per prompt.")
+@sweep_options
+@inversion_guidance_option
+@seed_option("--first-seed", dest="first_seed",
+             help="First seed: prompt i scores seeds FIRST_SEED + i*K .. FIRST_SEED + i*K + K - 1.")
 @click.option("--noise-norm", "noise_norm", callback=_choice_list(("keep", "shell")), default="keep", show_default=True,
               help="keep, shell (every seed's noise rescaled to norm sqrt(d) before it is scored and its image made), "
                    "or keep,shell for both arms.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Seeds per round trip when scoring [default: from free GPU memory; on CPU up to 16, fewer for "
-                   "large latents; halved on out-of-memory].")
+@batch_size_option
 @click.option("--optimize-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--optimize-prompts", type=click.IntRange(min=1), default=None,
               help="Run the optimizing methods on the first N prompts only (default: all).")
-@click.option("--device", default=None)
-@click.option("--dtype", default=None)
-@click.option("--variant", default=None)
-@click.option("--timestep-spacing", type=click.Choice(["leading", "trailing", "linspace"]), default=None)
-@click.option("--inversion-point", type=click.Choice(["destination", "source"]), default=None,
-              help="Where inversion evaluates the model: the timestep x moves to (destination: DDIM's default) or "
-                   "the level x is at (source: flow models' default); a config records it only when not the default.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("stablenoise-out/bench"), show_default=True)
+@device_option
+@dtype_option
+@variant_option
+@timestep_spacing_option
+@inversion_point_option
+@out_option
 @click.option("--report/--no-report", default=True, show_default=True, help="Write RUN/report.html at the end.")
 @guarded
-def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guidance_list, inversion_guidance,
-          first_seed, noise_norm, batch_size, optimize_batch_size, optimize_prompts, device, dtype, variant,
-          timestep_spacing, inversion_point, out, report):
+def bench(model, prompt_list, prompts_spec, limit, methods, rewards_spec, k, steps_list, guidance_list,
+          inversion_guidance, first_seed, noise_norm, batch_size, optimize_batch_size, optimize_prompts, device,
+          dtype, variant, timestep_spacing, inversion_point, out, report):
     """Benchmark noise selection and optimization methods on a model and prompt set, judged by rewards, into a
     resumable results store (OUT/bench.sqlite); rerunning the same command skips finished rows."""
     from ..backends import load
     from ..distributed import join
     from ..noise import check_seed_range
-    from ..prompts import load_prompts
     from ..rewards import load_reward
     from .methods import DEFAULT_METHODS, parse_methods
     from .run import Sweep, run_bench
@@ -109,8 +88,9 @@ def bench(model, prompts_spec, limit, methods, rewards_spec, k, steps_list, guid
     if inversion_guidance is not None and not math.isfinite(inversion_guidance):  # FloatRange lets nan through
         raise StablenoiseError(f"--inversion-guidance must be a finite number, got {inversion_guidance}")
     world, device = join(device)  # under a launch: this rank, and its own GPU for --device cuda (docs/scaling.md)
+    out = out_path(out, "bench")
     world.agree(lambda: check_run_folder(out))  # a user's folder or a broken store: refused before any model loads
-    prompt_set = load_prompts(prompts_spec, limit=limit)
+    prompt_set = gather_prompts(prompt_list, prompts_spec, limit)
     check_seed_range(first_seed, len(prompt_set.prompts) * k)
     backend = load(model, device=device, dtype=dtype, variant=variant, timestep_spacing=timestep_spacing,
                    inversion_point=inversion_point)
@@ -168,22 +148,20 @@ def report(run_dir, html_path, md_path, grid_prompts, bootstrap, methods):
 
 
 @click.command()
-@click.option("--model", default="shapes", show_default=True,
-              help="Hub id, local pipeline folder, or a shipped model name.")
+@model_option
 @click.option("--architecture", type=click.Choice(["sd15", "sdxl"]), default=None,
               help="Instead of --model: a full-size SD 1.5 or SDXL with random weights (same FLOPs; no download).")
 @click.option("--size", type=click.IntRange(min=64), default=None,
               help="Image size of --architecture (default: 512 for sd15, 1024 for sdxl).")
-@click.option("--prompts", "prompts_spec", default="shapes-heldout", show_default=True,
-              help="A shipped prompt set or a prompt file: the proxy and bank parts use its first prompts.")
+@prompt_options
 @click.option("--parts", default=None,
               help="Comma-separated parts to run; a rerun adds to OUT/perf.json [default: overhead,batching,memory,"
                    "proxies,bank; with --architecture: overhead,batching,memory].")
 @click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
               help="Steps of the full score (the bench's main setting on the shipped model).")
-@click.option("--guidance", type=click.FloatRange(min=0), default=None)
-@click.option("--inversion-guidance", type=click.FloatRange(min=0), default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@guidance_option
+@inversion_guidance_option
+@batch_size_option
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batching-k", type=click.IntRange(min=2), default=32, show_default=True,
               help="Seeds of the batched-vs-per-seed selection.")
@@ -195,18 +173,17 @@ def report(run_dir, html_path, md_path, grid_prompts, bootstrap, methods):
 @click.option("--judge", default="shapes-verifier", show_default=True, help="The reward that judges the bank's images.")
 @click.option("--bench-db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A bench.sqlite with full per-prompt selection on the same prompts and settings, to compare with.")
-@click.option("--device", default=None)
-@click.option("--dtype", default=None)
-@click.option("--compile", "compile_model", is_flag=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stablenoise-out/perf"),
-              show_default=True)
+@device_option
+@dtype_option
+@compile_option
+@out_option
 @guarded
-def perf(model, architecture, size, prompts_spec, parts, steps, guidance, inversion_guidance, batch_size, repeats, batching_k, proxy_prompts,
+def perf(model, architecture, size, prompt_list, prompts_spec, parts, steps, guidance, inversion_guidance, batch_size, repeats, batching_k, proxy_prompts,
          proxy_k, bank_seeds, bank_keep, bank_prompts, judge, bench_db, device, dtype, compile_model, out):
     """Measure what stability costs beyond the model calls and how much cheaper proxies, two-stage selection
     and a seed bank make it; prints a table and writes OUT/perf.json and OUT/perf.md."""
     from ..backends import load
-    from ..prompts import load_prompts
+    from ..batching import CPU_BATCH, auto_batch_size
     from ..rewards import load_reward
     from .perf import check_parts, run_perf
     from .perf_report import markdown
@@ -216,11 +193,13 @@ def perf(model, architecture, size, prompts_spec, parts, steps, guidance, invers
     part_list = _names(parts or ("overhead,batching,memory" if architecture else
                                  "overhead,batching,memory,proxies,bank"))
     check_parts(part_list)  # before the model loads
+    out = out_path(out, "perf")
     if out.exists() and not out.is_dir():
         raise StablenoiseError(f"--out {out} is a file, not a folder")
     if bench_db is not None and not bench_db.is_file():
         raise StablenoiseError(f"bench database not found: {bench_db}")
-    prompt_set = load_prompts(prompts_spec)
+    # the proxy and bank parts use the first prompts (default: the shapes world's held-out captions)
+    prompt_set = gather_prompts(prompt_list, prompts_spec or (None if prompt_list else "shapes-heldout"))
     if architecture:
         from ..backends import from_pipeline, parse_device, parse_dtype
         from .architectures import NATIVE_SIZE, random_pipeline
@@ -237,6 +216,8 @@ def perf(model, architecture, size, prompts_spec, parts, steps, guidance, invers
     else:
         backend = load(model, device=device, dtype=dtype, compile=compile_model)
     reward = load_reward(judge, device=backend.device) if "bank" in part_list else None
+    # automatic: the CPU batch for this latent, CPU_BATCH on a GPU (perf.json records the size it measured at)
+    batch_size = batch_size or auto_batch_size(backend.device, lambda: None, CPU_BATCH, math.prod(backend.latent_shape))
     command = shlex.join(["stablenoise", *sys.argv[1:]]) if sys.argv and "perf" in sys.argv[1:2] else ""
     result = run_perf(backend, out, part_list, [p.text for p in prompt_set], steps, guidance, inversion_guidance,
                       batch_size, repeats, k_batching=batching_k, proxy_prompts=proxy_prompts, proxy_k=proxy_k, bank_seeds=bank_seeds,

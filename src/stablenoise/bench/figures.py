@@ -1,4 +1,5 @@
-"""The report's pictures as PNG bytes: decile and sweep plots (matplotlib, headless) and image thumbnails."""
+"""The report's pictures as PNG bytes: decile, sweep and forest plots (through :mod:`stablenoise.plots`) and image
+thumbnails."""
 
 from __future__ import annotations
 
@@ -6,27 +7,10 @@ import io
 import math
 from pathlib import Path
 
+from ..plots import png, pyplot
+
 MIN_TILE = 96  # smaller images (the 32x32 shapes world) are enlarged, pixel for pixel
 MAX_TILE = 192  # larger ones are shrunk: the HTML report embeds every tile
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig, tight: bool = True) -> bytes:
-    plt = _pyplot()
-    buffer = io.BytesIO()
-    if tight:
-        fig.tight_layout()
-    fig.savefig(buffer, dpi=100, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _error_bars(ax, xs, cis, scale: float = 1.0, label=None) -> None:
@@ -43,7 +27,7 @@ def _error_bars(ax, xs, cis, scale: float = 1.0, label=None) -> None:
 
 def plot_deciles(deciles: dict[str, list], percent: dict[str, bool], title: str) -> bytes:
     """Mean reward per within-prompt stability decile, one panel per reward (0/1 rewards in %)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(deciles)
     cols = min(n, 3)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4 * cols, 3 * math.ceil(n / cols)), squeeze=False)
@@ -54,14 +38,14 @@ def plot_deciles(deciles: dict[str, list], percent: dict[str, bool], title: str)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.suptitle(title[:100], fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 def plot_sweep(xlabel: str, xs: list, series: dict[str, dict[str, list]], percent: dict[str, bool],
                title: str) -> bytes:
     """Each method's gain over random against the swept setting: ``series[reward][method]`` = one interval
     per x. One panel per reward (0/1 rewards in percentage points); the legend below the panels."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(series)
     fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4), squeeze=False)
     for ax, (reward, methods) in zip(axes[0], series.items()):
@@ -79,7 +63,7 @@ def plot_sweep(xlabel: str, xs: list, series: dict[str, dict[str, list]], percen
         rows = math.ceil(len(labels) / 3)
         fig.subplots_adjust(bottom=0.18 + 0.06 * rows)
         fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    return _png(fig, tight=False)
+    return png(fig, tight=False)
 
 
 def thumbnail(path: Path) -> bytes | None:
@@ -104,7 +88,7 @@ def thumbnail(path: Path) -> bytes | None:
 
 def plot_forest(rows: list[tuple[str, dict]], xlabel: str, scale: float = 1.0) -> bytes:
     """One row per (label, interval): each method's difference from a random seed, a vertical line at 0."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.1))
     ys = list(range(len(rows)))[::-1]
     for y, (_, ci) in zip(ys, rows):
@@ -115,4 +99,4 @@ def plot_forest(rows: list[tuple[str, dict]], xlabel: str, scale: float = 1.0) -
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(ys, [label[:70] for label, _ in rows], fontsize=8)
     ax.set_xlabel(xlabel)
-    return _png(fig)
+    return png(fig)

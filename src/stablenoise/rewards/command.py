@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import guarded
+from ..cli_common import batch_size_option, device_option, dtype_option, guarded, out_option, out_path, prompt_options
 from ..errors import StablenoiseError
 from ..loading import first_line
 
@@ -74,36 +74,44 @@ def open_image(path: Path, header_only: bool = False):
 @click.option("--reward", "reward_name", required=True,
               help="hpsv2, hpsv2.1, pickscore, imagereward, aesthetic, clipscore, shapes-verifier, shapes-clip; "
                    "a hub id; a local file or folder; or NAME:HUB_ID_OR_PATH.")
-@click.option("--prompt", "prompt_list", multiple=True, help="One prompt for all images, or one per image (repeat).")
-@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
-              help="A file of prompts, one per image (as --prompts of the other commands).")
-@click.option("--device", default=None, help="cpu, cuda, ... (default: cuda if available).")
-@click.option("--dtype", default=None, help="float32 (default), float16 or bfloat16.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON file of the scores (default: stablenoise-out/reward/REWARD.json).")
+@prompt_options
+@device_option
+@dtype_option
+@batch_size_option
+@out_option
 @guarded
-def reward(images, reward_name, prompt_list, prompts_file, device, dtype, batch_size, out):
-    """Score images (files, or the images of run folders) with a reward model; print and write JSON."""
-    from ..outputs import read_prompts, slug
+def reward(images, reward_name, prompt_list, prompts_spec, device, dtype, batch_size, out):
+    """Score images (files, or the images of run folders) with a reward model; print and write JSON. The prompts
+    (--prompt, --prompts) are one for all images, or one per image; a run folder brings its own."""
+    from ..batching import auto_batch_size, map_batches
+    from ..outputs import slug
+    from ..prompts import load_prompts
     from ..records import now, versions, write_json_atomic
-    from .registry import load_reward
+    from .registry import default_device, load_reward
 
-    prompts = list(prompt_list) + (read_prompts(prompts_file) if prompts_file else [])
+    if any(not p.strip() for p in prompt_list):
+        raise StablenoiseError("empty prompt")
+    prompts = list(prompt_list) + (load_prompts(prompts_spec).texts if prompts_spec else [])
     pairs = collect(list(images), prompts)
     for path, _ in pairs:  # a bad file fails here, not after the reward model loaded and half the images scored
         open_image(path, header_only=True)
     model = load_reward(reward_name, device=device, dtype=dtype)
     if model.needs_prompts and any(p is None for _, p in pairs):
         raise StablenoiseError(f"reward {model.name!r} needs a prompt: use --prompt TEXT")
-    results = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+
+    def score(chunk):
         scores = model([open_image(p) for p, _ in chunk], [q for _, q in chunk] if model.needs_prompts else None)
-        for (path, prompt), score in zip(chunk, scores.tolist()):
-            results.append({"image": str(path), "prompt": prompt, "score": score})
-            click.echo(f"{score:.6f}\t{path}" + (f"\t{prompt!r}" if prompt else ""))
-    out = out or Path("stablenoise-out") / "reward" / f"{slug(model.name)}.json"
+        return scores.tolist()
+
+    def show(chunk, scores):
+        for (path, prompt), value in zip(chunk, scores):
+            click.echo(f"{value:.6f}\t{path}" + (f"\t{prompt!r}" if prompt else ""))
+
+    # automatic: on a GPU one image measures the memory of a sample; on CPU up to batching.CPU_BATCH images
+    batch_size = batch_size or auto_batch_size(default_device(device), lambda: score(pairs[:1]), len(pairs))
+    results = [{"image": str(path), "prompt": prompt, "score": value}
+               for (path, prompt), value in zip(pairs, map_batches(score, pairs, batch_size, show))]
+    out = out_path(out, "reward", f"{slug(model.name)}.json")
     try:
         write_json_atomic(out, {"command": "reward", "created": now(), "reward": model.name, "source": reward_name,
                                 "higher_is_better": model.higher_is_better, "items": results,

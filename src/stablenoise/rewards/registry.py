@@ -3,19 +3,20 @@
 A reward is registered as a factory ``factory(source, device, dtype) -> Reward``; ``source`` is the
 hub id or local path given by the user, or None for the factory's default weights. Third parties
 register with ``register`` or with an entry point in the group ``stablenoise.rewards`` (the shapes
-world does so from its own package, so the core never imports it).
+world does so from its own package, so the core never imports it); both land in ``REWARDS``, a
+:class:`stablenoise.plugins.Registry`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..errors import StablenoiseError
+from ..plugins import Registry
 
 ENTRY_POINT_GROUP = "stablenoise.rewards"
 
@@ -31,52 +32,47 @@ class Entry:
     aliases: tuple[str, ...] = field(default=())
 
 
-_REGISTRY: dict[str, Entry] = {}
-_entry_points_loaded = False
-
-
 def register(name: str, factory: Callable, *, description: str = "", hub_ids=(), file_names=(), aliases=(),
              replace: bool = False) -> None:
-    """Make ``load_reward(name)`` (and ``load_reward("name:SOURCE")``) build ``factory(source, device, dtype)``."""
-    key = name.lower()
-    if key in _REGISTRY and not replace and _REGISTRY[key].factory is not factory:
-        raise StablenoiseError(f"reward {name!r} is already registered")
-    entry = Entry(key, factory, description, tuple(hub_ids), tuple(file_names), tuple(a.lower() for a in aliases))
-    _REGISTRY[key] = entry
+    """Make ``load_reward(name)`` (and ``load_reward("name:SOURCE")``) build ``factory(source, device, dtype)``.
+
+    Args:
+        name: the reward's short name.
+        factory: ``factory(source, device, dtype) -> Reward``; source is a hub id or path, or None.
+        description: one line on what it is.
+        hub_ids, file_names: how a hub id or a local file or folder is recognised as this reward.
+        aliases: other names it answers to.
+        replace: replace a reward already registered under the name.
+    """
+    entry = Entry(Registry.key(name), factory, description, tuple(hub_ids), tuple(file_names),
+                  tuple(a.lower() for a in aliases))
+    REWARDS.register(name, entry, replace=replace, same=lambda a, b: a.factory is b.factory)
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name.lower() not in _REGISTRY:
-            # Loaded lazily: an entry point is imported only when its reward is built.
-            register(ep.name, _lazy(ep), description=f"from {ep.value}")
-
-
-def _lazy(ep):
-    def factory(source, device, dtype):
+def _from_entry_point(registry: Registry, ep) -> None:
+    def factory(source, device, dtype):  # imported only now, when the reward is built
         return ep.load()(source, device, dtype)
-    return factory
+
+    registry.register(ep.name, Entry(Registry.key(ep.name), factory, f"from {ep.value}"))
+
+
+def _builtin() -> None:
+    from . import builtin  # noqa: F401  (registers the built-in rewards)
+
+
+REWARDS: Registry[Entry] = Registry("reward", ENTRY_POINT_GROUP, _from_entry_point, _builtin)
 
 
 def entries() -> dict[str, Entry]:
-    from . import builtin  # noqa: F401  (registers the built-in rewards)
-
-    _load_entry_points()
-    return dict(sorted(_REGISTRY.items()))
+    return REWARDS.entries()
 
 
 def available() -> list[str]:
-    return list(entries())
+    return REWARDS.names()
 
 
 def _find(name: str) -> Entry | None:
-    table = entries()
-    name = name.lower()
-    return table.get(name) or next((e for e in table.values() if name in e.aliases), None)
+    return REWARDS.find(name) or next((e for e in REWARDS.entries().values() if name.lower() in e.aliases), None)
 
 
 def resolve(name_or_path: str) -> tuple[Entry, str | None]:
@@ -103,8 +99,7 @@ def resolve(name_or_path: str) -> tuple[Entry, str | None]:
                                f"(NAME one of {', '.join(available())})")
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or sep:
         raise StablenoiseError(f"reward weights not found: {text}")
-    raise StablenoiseError(f"unknown reward {text!r}; known: {', '.join(available())} "
-                           f"(or NAME:HUB_ID_OR_PATH)")
+    raise REWARDS.unknown(text, " (or NAME:HUB_ID_OR_PATH)")
 
 
 def default_device(device) -> torch.device:

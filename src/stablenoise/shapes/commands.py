@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import click
 
-from ..cli_common import guarded
+from ..cli_common import (count_option, device_option, guarded, model_option, out_option, out_path, prompt_options,
+                          sweep_options)
 from ..errors import StablenoiseError
 
 DEMO_PROMPTS = ("a red circle left of a blue square", "three yellow triangles",
@@ -15,29 +15,31 @@ DEMO_PROMPTS = ("a red circle left of a blue square", "three yellow triangles",
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stablenoise-demo"),
-              show_default=True)
-@click.option("-k", type=click.IntRange(min=1), default=16, show_default=True, help="Seeds scored per prompt.")
+@out_option
+@count_option("-k", default=16, help="Seeds scored per prompt.")
 @click.option("--iterations", type=click.IntRange(min=0), default=20, show_default=True,
               help="Optimization iterations per lr (the paper uses 100; 20 keeps the demo near two minutes).")
-@click.option("--prompt", "prompt_list", multiple=True, help="Shapes-world captions (default: four examples).")
-@click.option("--device", default=None)
+@prompt_options
+@device_option
 @guarded
-def demo(out, k, iterations, prompt_list, device):
+def demo(out, k, iterations, prompt_list, prompts_spec, device):
     """Generate, score, select and optimize on the shipped shapes-world model; write an HTML summary.
+    The prompts must be shapes-world captions (default: four examples).
     A rerun into the same --out with the same settings resumes (finished prompts are kept)."""
     from .. import load
+    from ..cli_common import gather_prompts
     from ..outputs import RunFolder
     from .verifier import parse
 
-    prompts = list(prompt_list or DEMO_PROMPTS)
+    given = prompt_list or prompts_spec
+    prompts = gather_prompts(prompt_list, prompts_spec).texts if given else list(DEMO_PROMPTS)
     for p in prompts:
         parse(p)  # only captions the verifier can check
     backend = load("shapes", device=device)
     d = backend.defaults
-    run = RunFolder(out, "demo", {"prompts": prompts, "k": k, "iterations": iterations, "steps": d.steps,
-                                  "guidance": d.guidance, "inversion_guidance": d.inversion_guidance},
-                    backend.describe())
+    run = RunFolder(out_path(out, "demo"), "demo",
+                    {"prompts": prompts, "k": k, "iterations": iterations, "steps": d.steps, "guidance": d.guidance,
+                     "inversion_guidance": d.inversion_guidance}, backend.describe())
     with run:
         _demo(run, backend, prompts, k, iterations)
     click.echo(f"wrote {run.root / 'index.html'}")
@@ -88,23 +90,28 @@ def _demo(run, backend, prompts, k, iterations) -> None:
 
 
 def write_demo_summary(run) -> None:
+    """index.html (self-contained) and index.md (its images in index_files/) over the run's items, written by
+    the bench report's document renderers, which escape every prompt.
+
+    Args:
+        run: the demo's run folder (its ``root`` and ``record``), each item with a summary.png.
+    """
+    from ..bench.document import Heading, Image, Text, render_html, render_markdown
     from ..records import atomic_write
 
-    rows_md, rows_html = [], []
+    blocks = [Text("Each row: seed 0, the most and least stable of K seeds, and seed 0 after noise optimization "
+                   "with the paper's lr 100 and with the lr that makes the paper's relative step on this smaller "
+                   "latent; labels give inversion stability and the exact verifier's verdict.")]
     for item in run.record["items"]:
-        folder = item["folder"]
         cells = [f"{item['labels'][n]} — {'pass' if item['verifier'][n]['passed'] else 'fail'}"
                  for n in item["labels"]]
-        rows_md.append(f"## {item['prompt']}\n\n![]({folder}/summary.png)\n\n" + "; ".join(cells) + "\n")
-        rows_html.append(f"<h2>{html.escape(item['prompt'])}</h2><img src='{folder}/summary.png' "
-                         f"style='image-rendering:pixelated;width:640px'><p>{html.escape('; '.join(cells))}</p>")
-    intro = ("Each row: seed 0, the most and least stable of K seeds, and seed 0 after noise optimization with "
-             "the paper's lr 100 and with the lr that makes the paper's relative step on this smaller latent; "
-             "labels give inversion stability and the exact verifier's verdict.")
-    markdown = "# stablenoise demo\n\n" + intro + "\n\n" + "\n".join(rows_md)
-    page = ("<!doctype html><meta charset='utf-8'><title>stablenoise demo</title>"
-            f"<h1>stablenoise demo</h1><p>{intro}</p>" + "".join(rows_html))
+        png = (run.root / item["folder"] / "summary.png").read_bytes()
+        blocks += [Heading(item["prompt"]), Image(png, f"{item['folder']}.png", "; ".join(cells))]
+    markdown, images = render_markdown("stablenoise demo", blocks, "index_files")
+    for name, data in images.items():
+        atomic_write(run.root / "index_files" / name, lambda tmp, data=data: tmp.write_bytes(data))
     atomic_write(run.root / "index.md", lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    page = render_html("stablenoise demo", blocks)
     atomic_write(run.root / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
@@ -112,29 +119,26 @@ SHAPES_METHODS = ("random,most-stable,least-stable,best,inversion-ablation,optim
                   "optimize:preserve_norm=1,reno:shapes-clip=1")
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+@click.command()
 @click.argument("world", type=click.Choice(["shapes"]))
-@click.option("-k", type=click.IntRange(min=1), default=100, show_default=True, help="Seeds scored per prompt.")
-@click.option("--steps", default=None, help="DDIM steps; a list sweeps them (default: the model's).")
-@click.option("--guidance", default=None, help="CFG scale; a list sweeps it (default: the model's).")
+@count_option("-k", default=100, help="Seeds scored per prompt.")
+@sweep_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N held-out prompts.")
 @click.option("--methods", default=SHAPES_METHODS, show_default=True)
-@click.option("--model", default="shapes", show_default=True)
-@click.option("--device", default=None)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("stablenoise-experiment"), show_default=True)
+@model_option
+@device_option
+@out_option
 @click.pass_context
-def experiment(ctx, world, k, steps, guidance, limit, methods, model, device, out):
+def experiment(ctx, world, k, steps_list, guidance_list, limit, methods, model, device, out):
     """The paper's experiment on the shapes world, whose verifier checks every image exactly: a preset of
     ``stablenoise bench --prompts shapes-heldout --rewards shapes-verifier,shapes-clip`` with every method
     (ReNO-style optimization through the learned shapes-clip reward). Resumable; writes OUT/report.html."""
     from ..bench.command import bench
+    from ..cli_common import invoke
 
-    args = ["--model", model, "--prompts", "shapes-heldout", "--rewards", "shapes-verifier,shapes-clip",
-            "--methods", methods, "-k", str(k), "--out", str(out)]
-    for flag, value in (("--steps", steps), ("--guidance", guidance), ("--limit", limit), ("--device", device)):
-        if value is not None:
-            args += [flag, str(value)]
-    bench.main(args, standalone_mode=False, prog_name="stablenoise bench")
+    invoke(ctx, bench, model=model, prompts_spec="shapes-heldout", rewards_spec="shapes-verifier,shapes-clip",
+               methods=methods, k=k, steps_list=steps_list, guidance_list=guidance_list, limit=limit, device=device,
+               out=out_path(out, "experiment"))
 
 
 @click.command("train-shapes")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import guarded
+from ..cli_common import device_option, guarded, model_option, seed_option, steps_option
 from ..errors import StablenoiseError
 
 
@@ -50,8 +50,7 @@ def study():
               help="A:B, two methods of the run (random, most-stable, least-stable, best:REWARD, or an "
                    "optimizing method's label); repeat for several comparisons.")
 @click.option("--name", default=None, help="The study's name: RUN/study-NAME.sqlite (default: RUN/study.sqlite).")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
-              help="Seeds the sides shown and each rater's order.")
+@seed_option(help="Seeds the sides shown and each rater's order.")
 @guarded
 def create(run, pairs, name, seed):
     """Build blind pairs from RUN's stored images: per comparison, one pair per (config, prompt), sides drawn
@@ -111,9 +110,9 @@ def results(study_file, as_json):
 
 
 @study.command()
-@click.option("--model", default="shapes", show_default=True, help="As the other commands' --model.")
-@click.option("--device", default=None)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Round-trip steps (default: the family's).")
+@model_option
+@device_option
+@steps_option
 @_listen_options
 @guarded
 def demo(model, device, steps, host, port, allow_remote):
