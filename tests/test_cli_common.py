@@ -19,13 +19,18 @@ from stablenoise.noise import SEED_LIMIT
 
 SRC = Path(sn.__file__).parent
 SHARED = ("--model", "--device", "--dtype", "--batch-size", "--prompt", "--prompts", "--out", "--seed",
-          "--steps", "--guidance", "--inversion-guidance", "--variant", "--timestep-spacing", "--compile")
+          "--steps", "--guidance", "--inversion-guidance", "--variant", "--timestep-spacing", "--compile", "--inversion-point")
 # Options of the same name that mean something else, each with its reason:
 OWN = {("train-shapes", "--batch-size"): "training images per step, a hyperparameter of the recipe",
        ("train-shapes", "--device"): "where the model trains (default cpu: the recipe's provenance)",
        ("train-shapes", "--out"): "the training run folder (runs/shapes)",
        ("train-shapes", "--seed"): "the training seed",
        ("train-shapes", "--steps"): "training steps",
+       ("distill-shapes", "--batch-size"): "training pairs per step, a hyperparameter of the recipe",
+       ("distill-shapes", "--device"): "where the student trains (default cpu: the recipe's provenance)",
+       ("distill-shapes", "--out"): "the distillation run folder (runs/shapes-turbo)",
+       ("distill-shapes", "--seed"): "the distillation seed (unset: the recipe's)",
+       ("distill-shapes", "--steps"): "training steps", ("distill-shapes", "--guidance"): "the teacher's CFG scale",
        ("bank", "--prompt"): "the one prompt the bank scores under (default: the empty prompt)",
        ("bench", "--steps"): "a list to sweep", ("bench", "--guidance"): "a list to sweep",
        ("experiment", "--steps"): "a list to sweep", ("experiment", "--guidance"): "a list to sweep",
@@ -59,7 +64,7 @@ def test_each_shared_option_has_one_declaration_and_one_default():
 
 
 # Where the options of OWN are declared.
-OWN_DECLARED = {("shapes/commands.py", f) for f in ("--batch-size", "--device", "--out", "--seed", "--steps")} | {
+OWN_DECLARED = {("shapes/commands.py", f) for f in ("--batch-size", "--device", "--out", "--seed", "--steps", "--guidance")} | {
     ("cli.py", "--prompt"), ("bench/command.py", "--steps")}
 
 

@@ -1,5 +1,5 @@
-"""The one registry type (plugins.Registry) and the four registries built on it: rewards, model families,
-prompt sets and CLI commands."""
+"""The one registry type (plugins.Registry) and the five registries built on it: rewards, model families,
+prompt sets, CLI commands and bench methods."""
 
 import sys
 from importlib import metadata
@@ -75,13 +75,16 @@ def test_a_copy_is_independent_and_keeps_the_registration_order():
     assert "d" not in r and c.registered() == ["C", "A", "B", "D"] and c.names() == ["a", "b", "c", "d"]
 
 
-def test_the_four_registries_are_registries():
+def test_the_five_registries_are_registries():
     from stablenoise.backends.registry import FAMILIES, families
     from stablenoise.cli import COMMANDS, main
     from stablenoise.prompts import PROMPT_SETS
     from stablenoise.rewards.registry import REWARDS
 
-    assert all(isinstance(r, Registry) for r in (FAMILIES, COMMANDS, PROMPT_SETS, REWARDS))
+    from stablenoise.bench.methods import METHODS
+
+    assert all(isinstance(r, Registry) for r in (FAMILIES, COMMANDS, PROMPT_SETS, REWARDS, METHODS))
+    assert [k.name for k in METHODS.registered()][:3] == ["random", "most-stable", "least-stable"]
     assert {"shapes-verifier", "hpsv2"} <= set(REWARDS) and {"drawbench", "shapes-heldout"} <= set(PROMPT_SETS)
     assert {"shapes", "shapes-flow"} <= set(FAMILIES)
     assert [f.name for f in families()][-5:] == ["sd3", "flux", "sdxl", "sd", "shap-e"]  # built-ins last
@@ -108,3 +111,26 @@ def test_a_registered_family_wins_over_the_built_in_one(monkeypatch):
     with pytest.raises(StablenoiseError, match="model family 'mine' is already registered"):
         registry.register_family(registry.Family("mine", MyPipeline, sd.backend, Defaults(4, 1.0)))
     assert registry.families()[0] is mine and registry.families()[-2].name == "sd"
+
+
+def test_a_package_adds_a_bench_method_by_entry_point(monkeypatch, tmp_path):
+    from stablenoise.bench import methods
+
+    (tmp_path / "their_methods.py").write_text(
+        "import numpy as np\nfrom stablenoise.bench.methods import Kind\n"
+        "FIRST = Kind('first-seed', choose=lambda table, method: np.zeros(len(table.prompts), dtype=int))\n"
+        "NOT_A_KIND = 'first'\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = [metadata.EntryPoint("first-seed", "their_methods:FIRST", "stablenoise.methods")]
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [e for e in eps if e.group == group])
+    monkeypatch.setattr(methods, "METHODS", methods.METHODS.copy())
+    methods.METHODS.rescan()
+    assert methods.parse_methods("random,first-seed")[1].entry.choose is not None
+    assert "first-seed" in [k.name for k in methods.METHODS.registered()]
+    eps[0] = metadata.EntryPoint("bad", "their_methods:NOT_A_KIND", "stablenoise.methods")
+    monkeypatch.setattr(methods, "METHODS", methods.METHODS.copy())
+    methods.METHODS._entries.pop("first-seed")
+    methods.METHODS.rescan()
+    with pytest.raises(StablenoiseError, match="not a stablenoise.bench.methods.Kind"):
+        methods.parse_methods("random")
+    monkeypatch.delitem(sys.modules, "their_methods")

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from stablenoise.bench import methods as registry
-from stablenoise.bench.methods import REGISTRY, Kind, derive_methods, parse_methods, register, scoring_cost
+from stablenoise.bench import methods
+from stablenoise.bench.methods import Kind, derive_methods, parse_methods, register, scoring_cost
 from stablenoise.bench.results import load_results
 from stablenoise.cli import main
 from stablenoise.errors import StablenoiseError
@@ -31,10 +32,10 @@ def store(tmp_path_factory):
 @pytest.fixture
 def kinds():
     """Register kinds for one test; the registry is as before afterwards."""
-    before = dict(REGISTRY)
+    before = methods.METHODS
+    methods.METHODS = before.copy()
     yield register
-    REGISTRY.clear()
-    REGISTRY.update(before)
+    methods.METHODS = before
 
 
 def test_ids_round_trip_through_the_parser():

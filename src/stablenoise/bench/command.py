@@ -12,9 +12,8 @@ import click
 
 from ..cli_common import (batch_size_option, compile_option, count_option, device_option, dtype_option,
                           gather_prompts, guarded, guidance_option, inversion_guidance_option, inversion_point_option,
-                          model_option,
-                          out_option, out_path, prompt_options, seed_option, sweep_options, timestep_spacing_option,
-                          variant_option)
+                          model_option, out_option, out_path, prompt_options, seed_option, sweep_options,
+                          timestep_spacing_option, variant_option)
 from ..errors import StablenoiseError
 
 

@@ -11,7 +11,8 @@ method looks at the judging reward), never on display text.
   a finished run costs nothing.
 - Optimizing methods (``run``) add one optimized noise per prompt, started from the prompt's first seed.
 
-A new method is one ``register(Kind(...))``.
+A new method is one ``register(Kind(...))``; another package registers one under the entry-point group
+``stablenoise.methods`` (the entry point names a ``Kind``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..errors import StablenoiseError
+from ..plugins import Registry
 from ..settings import OptimizerSettings
 from .schema import STABILITY_PREFIX
 
@@ -59,21 +61,27 @@ class Kind:
     grid: bool = True  # a column of the report's image grid (and a side of a preference study)
 
 
-REGISTRY: dict[str, Kind] = {}
+def _from_entry_point(registry: Registry, ep) -> None:
+    kind = ep.load()
+    if not isinstance(kind, Kind):
+        raise StablenoiseError(f"entry point {ep.name} = {ep.value} is not a stablenoise.bench.methods.Kind")
+    register(kind, into=registry)
 
 
-def register(kind: Kind, replace: bool = False) -> None:
+METHODS: Registry[Kind] = Registry("method", "stablenoise.methods", _from_entry_point)
+
+
+def register(kind: Kind, replace: bool = False, into: Registry[Kind] | None = None) -> None:
     """Add a method to ``--methods``, the bench and the report.
 
     Args:
         kind: what the method is (``Kind``); its name is the method's id, or the id's head before a colon.
         replace: replace a kind of the same name instead of refusing it.
+        into: the registry (default: ``METHODS``).
     """
-    if kind.name in REGISTRY and not replace:
-        raise StablenoiseError(f"method {kind.name!r} is already registered")
-    if ":" in kind.name or "," in kind.name or kind.name == "seed":
+    if ":" in kind.name or "," in kind.name or kind.name == "seed" or kind.name != Registry.key(kind.name):
         raise StablenoiseError(f"{kind.name!r} cannot name a method")
-    REGISTRY[kind.name] = kind
+    (METHODS if into is None else into).register(kind.name, kind, replace=replace)
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ class Method:
     @property
     def entry(self) -> Kind:
         """The registered kind; ``STORED`` for rows a store names in a way this version does not register."""
-        return REGISTRY.get(self.kind, STORED)
+        return METHODS.find(self.kind) or STORED
 
     @property
     def id(self) -> str:
@@ -123,9 +131,7 @@ class Method:
 def parse_method(item: str) -> Method:
     """``best:shapes-clip``, ``optimize:lr=18.75;preserve_norm=1`` (settings separated by ; or ,)."""
     kind, _, arg = (x.strip() for x in item.partition(":"))
-    if kind not in REGISTRY:
-        raise StablenoiseError(f"unknown method {kind!r}; use {', '.join(REGISTRY)}")
-    entry = REGISTRY[kind]
+    entry = METHODS.get(kind)
     if entry.run is not None:
         return Method(kind, settings=OptimizerSettings.parse(arg.replace(";", ","), entry.defaults()))
     if not arg:
@@ -158,7 +164,7 @@ def _split(spec: str) -> list[str]:
         piece = piece.strip()
         if not piece:
             continue
-        if parts and piece.partition(":")[0].strip() not in REGISTRY and ":" in parts[-1]:
+        if parts and piece.partition(":")[0].strip() not in METHODS and ":" in parts[-1]:
             parts[-1] += ";" + piece  # a setting of the previous optimizing method
         else:
             parts.append(piece)
@@ -205,7 +211,7 @@ def expand(table: "ConfigTable", method: Method) -> list[Method]:
 
 def every_method(table: "ConfigTable") -> list[Method]:
     """Every method a config can show: each selection kind for every argument, each optimizing method stored."""
-    return [*(Method(k) for k, e in REGISTRY.items() if e.run is None), *map(stored_method, table.optimized)]
+    return [*(Method(e.name) for e in METHODS.registered() if e.run is None), *map(stored_method, table.optimized)]
 
 
 def derive_methods(table: "ConfigTable", methods: list[Method] | None = None) -> dict[str, Outcome]:
@@ -221,7 +227,7 @@ def derive_methods(table: "ConfigTable", methods: list[Method] | None = None) ->
     """
     wanted = every_method(table) if methods is None else [Method(BASELINE), *methods]
     found = list(dict.fromkeys(m for method in wanted for m in expand(table, method)))
-    kinds, stored = list(REGISTRY), list(table.optimized)
+    kinds, stored = [e.name for e in METHODS.registered()], list(table.optimized)
     found.sort(key=lambda m: (m.optimizing, stored.index(m.id) if m.optimizing else kinds.index(m.kind)))
     return {m.id: derive(table, m) for m in found}
 
