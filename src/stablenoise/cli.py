@@ -165,6 +165,31 @@ def score(seed, num, noise_file, batch_size, noise_norm, **kw):
     click.echo(f"wrote {run.root}")
 
 
+def _selection_proxy(seed, k, keep, proxy_steps, proxy_prompt, proxy_guidance, bank_file, by):
+    """``select``'s two-stage options checked: (the bank or None, the proxy or None, the --proxy-* setting, the
+    seeds)."""
+    from .bank import SeedBank
+    from .noise import check_seed_range
+    from .selection import Proxy, check_keep
+
+    bank, proxy, seeds = None, None, list(check_seed_range(seed, k))
+    setting = Proxy(proxy_steps, proxy_guidance, None, proxy_prompt)
+    if bank_file is not None:
+        if setting != Proxy():
+            raise StablenoiseError("--bank is the proxy: do not combine it with --proxy-* options")
+        bank = SeedBank.load(bank_file)
+        proxy, seeds = bank.scores, bank.seeds
+    elif setting != Proxy():
+        proxy = setting
+    if (proxy is None) != (keep is None):
+        raise StablenoiseError("two-stage selection needs --keep and a proxy (--bank or --proxy-steps/-prompt/-guidance)")
+    if keep is not None:
+        check_keep(keep, len(seeds))
+    if by != "stability" and bank_file is not None:
+        raise StablenoiseError("a seed bank ranks by stability: use --proxy-steps as the proxy of --by REWARD")
+    return bank, proxy, setting, seeds
+
+
 @main.command()
 @model_options
 @count_option("-k", default=100, help="Seeds to score per prompt.")
@@ -188,28 +213,12 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
     the worst for comparison."""
     import torch
 
-    from .bank import SeedBank
     from .generation import generate as gen
-    from .noise import check_seed_range
     from .outputs import side_by_side
-    from .selection import Proxy, check_keep
     from .selection import select as sel
 
-    proxy, seeds = None, list(check_seed_range(seed, k))
-    setting = Proxy(proxy_steps, proxy_guidance, None, proxy_prompt)
-    if bank_file is not None:
-        if setting != Proxy():
-            raise StablenoiseError("--bank is the proxy: do not combine it with --proxy-* options")
-        bank = SeedBank.load(bank_file)
-        proxy, seeds = bank.scores, bank.seeds
-    elif setting != Proxy():
-        proxy = setting
-    if (proxy is None) != (keep is None):
-        raise StablenoiseError("two-stage selection needs --keep and a proxy (--bank or --proxy-steps/-prompt/-guidance)")
-    if keep is not None:
-        check_keep(keep, len(seeds))
-    if by != "stability" and bank_file is not None:
-        raise StablenoiseError("a seed bank ranks by stability: use --proxy-steps as the proxy of --by REWARD")
+    bank, proxy, setting, seeds = _selection_proxy(seed, k, keep, proxy_steps, proxy_prompt, proxy_guidance,
+                                                   bank_file, by)
     s = Session("select", **kw)
     if bank_file is not None:
         bank.check(s.backend, bank_file)  # before the run folder exists: a refused bank writes nothing
