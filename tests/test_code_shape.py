@@ -26,3 +26,31 @@ def test_the_check_sees_a_long_function(tmp_path):
     (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * LIMIT, encoding="utf-8")  # 61 lines
     (tmp_path / "ok.py").write_text("def g():\n" + "    x = 1\n" * (LIMIT - 1), encoding="utf-8")  # 60 lines
     assert long_functions(tmp_path) == {("m.py", "f")}
+
+
+def test_select_reaches_the_unet_through_few_modules(monkeypatch, tmp_path):
+    """`stablenoise select --model shapes` to the UNet's forward: the package's modules on the call stack, in call
+    order (issue #19 counted twelve modules to read before its refactor)."""
+    import inspect
+
+    import diffusers
+    from click.testing import CliRunner
+
+    from stablenoise.cli import main
+
+    stack = []
+    forward = diffusers.UNet2DConditionModel.forward
+
+    def recording(self, *args, **kwargs):
+        if not stack:
+            stack.extend(f.frame.f_globals.get("__name__") or "" for f in inspect.stack())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "forward", recording)
+    result = CliRunner().invoke(main, ["select", "--model", "shapes", "--prompt", "a red circle", "-k", "2",
+                                       "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    modules = list(dict.fromkeys(m for m in reversed(stack) if m.startswith("stablenoise")))
+    assert modules == ["stablenoise.cli_common", "stablenoise.cli", "stablenoise.selection", "stablenoise.stability",
+                       "stablenoise.batching", "stablenoise.backends.base", "stablenoise.ddim",
+                       "stablenoise.backends.denoiser"]
