@@ -12,6 +12,7 @@ from transformers import CLIPTextModelWithProjection
 
 from stablenoise.shapes.pipeline import build_tokenizer
 from tiny import WORDS, _text_config
+from toy import ExactGaussian
 
 EMBED, RENDER = 16, 8  # latent width; renderer MLP width
 TOKENS = 4 * RENDER  # the renderer projects RENDER latent rows into each of its 4 MLP layers
@@ -37,7 +38,7 @@ def tiny_shap_e(seed: int = 0) -> ShapEPipeline:
                          scheduler=shap_e_scheduler(), shap_e_renderer=renderer)
 
 
-class GaussianPrior(torch.nn.Module):
+class GaussianPrior(ExactGaussian):
     """The exact x0 prediction E[x0 | x_t] for data x0 ~ N(mu, sigma^2 I), shaped as a PriorTransformer's output
     (predicted x0, then a 'variance' half filled with a constant that must be ignored).
 
@@ -45,18 +46,8 @@ class GaussianPrior(torch.nn.Module):
     """
 
     def __init__(self, alphas_cumprod, mu=0.1, sigma=0.2):
-        super().__init__()
-        self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64))
-        self.mu, self.sigma = mu, sigma
+        super().__init__(alphas_cumprod, mu, sigma)
         self.config = SimpleNamespace(num_embeddings=TOKENS, embedding_dim=EMBED)
-
-    @property
-    def device(self):
-        return self.alphas_cumprod.device
-
-    @property
-    def dtype(self):
-        return torch.float64
 
     def forward(self, x, timestep, proj_embedding=None):
         a = self.alphas_cumprod[int(timestep)]

@@ -69,18 +69,13 @@ class ToyBackend:
         return {"backend": "ToyBackend"}
 
 
-class GaussianEps(torch.nn.Module):
-    """The exact E[eps | x_t] for data x0 ~ N(mu, sigma^2 I), as a UNet-shaped module.
+class ExactGaussian(torch.nn.Module):
+    """A model of data x0 ~ N(mu, sigma^2 I) on a DDPM schedule, in float64: subclasses give the exact prediction."""
 
-    x_t = sqrt(a) x0 + sqrt(1 - a) eps  =>  E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a sigma^2 + 1 - a);
-    for v-prediction, v = sqrt(a) eps - sqrt(1 - a) x0.
-    """
-
-    def __init__(self, alphas_cumprod, mu=0.3, sigma=0.5, prediction_type="epsilon"):
+    def __init__(self, alphas_cumprod, mu, sigma):
         super().__init__()
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64))
-        self.mu, self.sigma, self.prediction_type = mu, sigma, prediction_type
-        self.config = SimpleNamespace(in_channels=1, sample_size=8)
+        self.mu, self.sigma = mu, sigma
 
     @property
     def device(self):
@@ -89,6 +84,19 @@ class GaussianEps(torch.nn.Module):
     @property
     def dtype(self):
         return torch.float64
+
+
+class GaussianEps(ExactGaussian):
+    """The exact E[eps | x_t] for data x0 ~ N(mu, sigma^2 I), as a UNet-shaped module.
+
+    x_t = sqrt(a) x0 + sqrt(1 - a) eps  =>  E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a sigma^2 + 1 - a);
+    for v-prediction, v = sqrt(a) eps - sqrt(1 - a) x0.
+    """
+
+    def __init__(self, alphas_cumprod, mu=0.3, sigma=0.5, prediction_type="epsilon"):
+        super().__init__(alphas_cumprod, mu, sigma)
+        self.prediction_type = prediction_type
+        self.config = SimpleNamespace(in_channels=1, sample_size=8)
 
     def forward(self, x, t, encoder_hidden_states=None):
         a = self.alphas_cumprod[int(t)]
