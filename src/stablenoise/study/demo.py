@@ -10,7 +10,7 @@ import itertools
 import threading
 
 from ..errors import StablenoiseError
-from .server import HttpError, _static, make_server
+from .server import HttpError, make_server, static_page
 
 MAX_K = 32
 MAX_ITERATIONS = 100
@@ -110,8 +110,9 @@ def _job(server, match, query, body) -> dict:
     return {**job, "history": list(job["history"])}  # a copy: the optimizer thread appends to it
 
 
-DEMO_ROUTES = {("GET", "/"): _static("demo.html"), ("GET", "/static/app.css"): _static("app.css"),
-               ("GET", "/static/demo.js"): _static("demo.js"), ("GET", "/static/api.js"): _static("api.js"), ("POST", "/api/candidates"): _candidates,
+DEMO_ROUTES = {("GET", "/"): static_page("demo.html"), ("GET", "/static/app.css"): static_page("app.css"),
+               ("GET", "/static/demo.js"): static_page("demo.js"), ("GET", "/static/api.js"): static_page("api.js"),
+               ("POST", "/api/candidates"): _candidates,
                ("POST", "/api/optimize"): _optimize, ("GET", r"/api/optimize/(\d{1,9})"): _job}
 
 

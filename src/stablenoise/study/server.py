@@ -109,7 +109,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _static(name: str):
+def static_page(name: str):
+    """A route handler that serves the packaged static file ``name`` with its content type."""
     return lambda server, match, query, body: (static_file(name), STATIC[name])
 
 
@@ -149,8 +150,8 @@ def _results(server, match, query, body) -> dict:
     return strict_json(analyze(server.study, n_boot=server.n_boot))
 
 
-STUDY_ROUTES = {("GET", "/"): _static("study.html"), ("GET", "/results"): _static("study.html"),
-                **{("GET", f"/static/{re.escape(n)}"): _static(n) for n in STATIC},
+STUDY_ROUTES = {("GET", "/"): static_page("study.html"), ("GET", "/results"): static_page("study.html"),
+                **{("GET", f"/static/{re.escape(n)}"): static_page(n) for n in STATIC},
                 ("GET", "/api/next"): _next, ("POST", "/api/vote"): _vote, ("GET", "/api/results"): _results,
                 ("GET", r"/image/(\d{1,9})/(left|right)"): _image}
 
