@@ -173,18 +173,35 @@ def build_bank(backend: Backend, n: int, first_seed: int = 0, prompt: str = "", 
                guidance: float | None = None, inversion_guidance: float | None = None, batch_size: int | None = None,
                progress: bool = True, noise_norm: str = "keep", inversion_point: str | None = None,
                world: World = ALONE, shards: str | Path | None = None) -> SeedBank | None:
-    """Score seeds ``first_seed .. first_seed + n - 1`` once, under ``prompt`` (default: the empty prompt).
+    """Score seeds ``first_seed .. first_seed + n - 1`` once, under one prompt: a proxy for two-stage selection.
+
+    :func:`stablenoise.select` then takes the bank as its ``proxy`` only with the same ``noise_norm``, and only
+    for the same model, latent shape and schedule (:meth:`SeedBank.check`).
 
     Args:
-        noise_norm: as in :func:`stablenoise.select`, which then takes the bank only with the same setting.
-        inversion_point: as there too (None: the backend's), and recorded.
-        batch_size: seeds per model call (None: from free memory; halved on out-of-memory).
+        backend: the model.
+        n: how many seeds to score (>= 1).
+        first_seed: the first seed.
+        prompt: the one prompt the seeds are scored under (default: the empty prompt).
+        steps, guidance, inversion_guidance: the round trip (None: the model family's).
+        batch_size: noises per model call (None: picked from free memory; halved on out-of-memory).
+        progress: show a progress bar.
+        noise_norm: as in :func:`stablenoise.select`: "keep" (each seed's noise as drawn) or "shell" (rescaled to
+            norm sqrt(d)).
+        inversion_point: as in :func:`stablenoise.select`, "destination" or "source" (None: the backend's); it is
+            recorded in the bank.
         world, shards: with a ``shards`` folder the seeds are scored in units of one batch, shared by the ranks
             of ``world`` (a launched job; :func:`stablenoise.distributed.join`), each unit's scores kept there
             until the bank is whole, so that a killed run's rerun, with any number of processes, scores only
             what is missing. The folder is held by one job at a time and removed at the end.
+
     Returns:
-        The bank; None on ranks other than 0.
+        A :class:`SeedBank`: each seed's stability (None where not finite), with the model, schedule and settings
+        it was scored under; None on ranks other than 0.
+
+    Raises:
+        StablenoiseError: n < 1, a prompt that is not one string, a seed outside [0, 2**63), or a bad round-trip
+            setting, ``noise_norm`` or ``inversion_point``.
     """
     if n < 1:
         raise StablenoiseError(f"a bank needs n >= 1 seeds, got {n}")

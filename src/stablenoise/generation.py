@@ -23,6 +23,20 @@ def generate(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor,
     scheduler started from the noise; a stochastic (ancestral) scheduler draws its fresh noise from a CPU
     generator per image seeded by the noise itself (:func:`~stablenoise.noise.generator_seed`), so the
     same noise still gives the same image, but not the scored one.
+
+    Args:
+        backend: the model.
+        prompt: one prompt, or one per noise.
+        noise: [B, ...] or [...] noises.
+        steps, guidance: the denoising (None: the model family's).
+        sampler: "ddim" (the scored image) or "pipeline" (the pipeline's own scheduler).
+
+    Returns:
+        A list of PIL images, one per noise, in order.
+
+    Raises:
+        StablenoiseError: an unknown sampler, a bad ``steps`` or ``guidance``, a noise that is not a finite
+            floating-point tensor of the model's latent shape, or prompts that do not match the noises.
     """
     if sampler not in SAMPLERS:
         raise StablenoiseError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")

@@ -28,7 +28,20 @@ def check_seed_range(first: int, n: int, limit: int = SEED_LIMIT) -> range:
 
 
 def noise_from_seed(seed: int, shape: Sequence[int]) -> torch.Tensor:
-    """Standard Gaussian noise of ``shape`` (one sample, no batch dimension) from ``seed``."""
+    """Standard Gaussian noise of ``shape`` (one sample, no batch dimension) from ``seed``.
+
+    A seed means one noise everywhere: drawn by a CPU generator, whatever device it is used on.
+
+    Args:
+        seed: an integer in [0, 2**63).
+        shape: the noise's shape, without a batch dimension.
+
+    Returns:
+        A float32 CPU tensor of ``shape``.
+
+    Raises:
+        StablenoiseError: a seed that is not an integer in [0, 2**63).
+    """
     generator = torch.Generator("cpu").manual_seed(check_seed(seed))
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
@@ -50,7 +63,19 @@ def on_shell(x: torch.Tensor) -> torch.Tensor:
 
 
 def noises_from_seeds(seeds: Iterable[int], shape: Sequence[int], noise_norm: str = "keep") -> torch.Tensor:
-    """One noise per seed, stacked. ``noise_norm="shell"`` puts each on the sqrt(d) shell (:func:`on_shell`)."""
+    """One noise per seed, stacked.
+
+    Args:
+        seeds: the seeds, each as in :func:`noise_from_seed`.
+        shape: each noise's shape, without a batch dimension.
+        noise_norm: "keep" (each noise as drawn) or "shell" (each put on the sqrt(d) shell, :func:`on_shell`).
+
+    Returns:
+        A float32 CPU tensor [len(seeds), *shape], in the order of ``seeds``.
+
+    Raises:
+        StablenoiseError: a seed outside [0, 2**63), or a ``noise_norm`` other than "keep" or "shell".
+    """
     noise = torch.stack([noise_from_seed(s, shape) for s in seeds])
     return on_shell(noise) if check_noise_norm(noise_norm) == "shell" else noise
 

@@ -30,6 +30,14 @@ def paper_equivalent_lr(latent_shape, lr: float = 100.0, reference_shape=PAPER_L
     The gradient of cos(eps, F) with respect to eps has norm sin(angle) / |eps|, and Gaussian noise has
     |eps| ~ sqrt(d); so one step changes eps by about lr * sin / d of its norm. lr 100 on SDXL-turbo's
     16,384-dimensional latent is therefore a 5x larger relative step on a 3,072-dimensional one.
+
+    Args:
+        latent_shape: the latent's shape, without a batch dimension.
+        lr: the learning rate on the reference latent (default: the paper's, 100).
+        reference_shape: the latent ``lr`` is meant for (default: SDXL-turbo's at 512x512, (4, 64, 64)).
+
+    Returns:
+        ``lr`` scaled by the ratio of the two latents' dimensions.
     """
     return lr * math.prod(latent_shape) / math.prod(reference_shape)
 

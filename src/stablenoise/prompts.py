@@ -140,8 +140,19 @@ def _fail(message: str, known: bool = False) -> StablenoiseError:
 # ---------------------------------------------------------------- loading
 
 def load_prompts(spec: str | os.PathLike, limit: int | None = None) -> PromptSet:
-    """The prompt set a registered name or a prompt file means; with ``limit``, its first ``limit``
-    prompts."""
+    """The prompt set a registered name or a prompt file means; with ``limit``, its first ``limit`` prompts.
+
+    Args:
+        spec: a registered prompt set's name, or a prompt file's path (a path object is always read as a file).
+        limit: keep only the first ``limit`` prompts (a positive integer; None: all).
+
+    Returns:
+        The :class:`PromptSet`.
+
+    Raises:
+        StablenoiseError: a ``limit`` that is not a positive integer, an unknown name, a path that is missing or
+            not a file, or a prompt set that fails to load or has no prompts.
+    """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise _fail(f"prompt limit must be a positive integer, not {limit!r}")
     entry = None if isinstance(spec, os.PathLike) else PROMPT_SETS.find(str(spec))

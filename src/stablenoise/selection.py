@@ -114,18 +114,41 @@ def select(backend: Backend, prompt: str, k: int = 100, seeds: Sequence[int] | N
            keep: int | None = None, progress: bool = True,
            callback: Callable[[dict], None] | None = None, scorer: Scorer | Reward | None = None,
            noise_norm: str = "keep", inversion_point: str | None = None) -> SelectionResult:
-    """Score ``k`` noises (seeds ``0..k-1`` unless ``seeds`` is given) in batches; return all scores
-    with the best and worst seed. ``scorer``: None ranks by inversion stability (most stable wins); a
-    :class:`stablenoise.rewards.Reward` (or a :class:`RewardScorer`) ranks by that reward of each noise's image.
-    A non-finite score is recorded as None and never wins. ``noise_norm="shell"`` scores (and returns) each
-    seed's noise rescaled to norm sqrt(d), so that the noise's length cannot decide the ranking.
-    ``inversion_point``: where inversion evaluates the network, "destination" or "source" (None: the backend's).
-    The prompt is encoded once; ``batch_size=None`` picks one from free accelerator memory (CPU: up to 16, fewer
-    for large latents), and a batch that runs out of memory is retried at half the size.
-    With ``proxy`` and ``keep``, only the ``keep`` seeds the proxy ranks highest get the full score.
-    ``callback`` gets ``{"seeds", "scores"}`` after each batch of full scores.
-    A :class:`stablenoise.bank.SeedBank` as ``proxy`` is checked against the backend first (same weights, latent
-    shape and schedule); a plain mapping is taken as the caller's word."""
+    """Score ``k`` noises in batches; return all scores with the best and worst seed.
+
+    A non-finite score is recorded as None and never wins. The prompt is encoded once. With ``proxy`` and
+    ``keep`` (two-stage selection), only the ``keep`` seeds the proxy ranks highest get the full score.
+
+    Args:
+        backend: the model.
+        prompt: one prompt (a string; call once per prompt for several).
+        k: how many seeds, ``0..k-1``, when ``seeds`` is not given.
+        seeds: the seeds to score, distinct, each in [0, 2**63) (None: ``0..k-1``).
+        batch_size: noises per model call; None picks one from free accelerator memory (CPU: up to 16, fewer for
+            large latents), and a batch that runs out of memory is retried at half the size.
+        steps, guidance, inversion_guidance: the round trip (None: the model family's).
+        proxy: the cheap first stage: a :class:`Proxy`, a mapping seed -> score computed earlier (taken as the
+            caller's word), or a :class:`stablenoise.bank.SeedBank` (checked against the backend first: same
+            weights, latent shape and schedule, and the same ``noise_norm``). Needs ``keep``.
+        keep: how many of the seeds the proxy ranks highest get the full score (1..number of seeds). Needs ``proxy``.
+        progress: show progress bars.
+        callback: gets ``{"seeds", "scores"}`` after each batch of full scores.
+        scorer: None ranks by inversion stability (most stable wins); a :class:`stablenoise.rewards.Reward` (or a
+            :class:`RewardScorer`) ranks by that reward of each noise's image.
+        noise_norm: "keep" (each seed's noise as drawn) or "shell": each seed's noise is scored (and returned)
+            rescaled to norm sqrt(d), so that the noise's length cannot decide the ranking.
+        inversion_point: where inversion evaluates the network, "destination" or "source" (None: the backend's).
+
+    Returns:
+        A :class:`SelectionResult`: every seed's full score in order (None: not finite, or pruned by the proxy),
+        the proxy's scores, and the best and worst seed with their noises.
+
+    Raises:
+        StablenoiseError: a prompt that is not one string; a bad scorer, ``noise_norm``, ``inversion_point``,
+            round-trip setting, ``k``, ``batch_size`` or seed (empty, repeated, outside [0, 2**63)); ``proxy``
+            without ``keep`` or the reverse, or ``keep`` out of range; a seed bank from another model or
+            ``noise_norm``, or a mapping that lacks a seed; or no finite score at all (proxy or full).
+    """
     from .bank import SeedBank  # here: bank.py imports this module
 
     check_one_prompt(prompt, "select")
@@ -214,14 +237,23 @@ def score_seeds(backend: Backend, prompt: str, seeds: Sequence[int], scorer: Sco
     """Each seed's score by ``scorer`` (None: stability), the prompt encoded once, in batches that fit.
 
     Args:
-        backend: the model; prompt: one prompt; seeds: the seeds, each one noise (CPU generator).
+        backend: the model.
+        prompt: one prompt.
+        seeds: the seeds, each one noise (CPU generator).
+        scorer: a :class:`Stability` or :class:`RewardScorer`, or a Reward (None: stability).
         batch_size: noises per model call (None: picked from free memory; halved on out-of-memory).
         steps, guidance, inversion_guidance: the round trip (None: the model family's).
+        progress: show a progress bar.
         callback: gets ``{"seeds", "scores"}`` after each batch.
+        desc: the progress bar's label.
         noise_norm: "keep" (each seed's noise as drawn) or "shell" (rescaled to norm sqrt(d)).
         inversion_point: where inversion evaluates the network, "destination" or "source" (None: the backend's).
+
     Returns:
         One score per seed, in order; None where the score is not finite.
+
+    Raises:
+        StablenoiseError: a bad scorer, round-trip setting, seed, ``noise_norm`` or ``inversion_point``.
     """
     scorer = as_scorer(scorer)
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)

@@ -51,7 +51,15 @@ def conditioning(backend: Backend, prompt: str | Sequence[str], n: int, guidance
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample cosine similarity over all non-batch dimensions, in float32 (float64 if given)."""
+    """Per-sample cosine similarity over all non-batch dimensions, in float32 (float64 if given).
+
+    Args:
+        a: [B, ...] tensor.
+        b: [B, ...] tensor with as many values per sample as ``a``.
+
+    Returns:
+        A [B] tensor of cosines, float32 (float64 when either input is float64).
+    """
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     return torch.nn.functional.cosine_similarity(a.flatten(1).to(dtype), b.flatten(1).to(dtype), dim=1)
 
@@ -71,8 +79,24 @@ def invert(backend: Backend, latents: torch.Tensor, cond: Conditioning, steps: i
 def round_trip(backend: Backend, cond: Conditioning, noise: torch.Tensor, steps: int, guidance: float,
                inversion_guidance: float, checkpoint: bool = False,
                inversion_point: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_0, F(eps)): the denoised latent and its inversion, both under the prompt, with gradients if enabled
-    (``checkpoint``: see :meth:`stablenoise.backends.base.DiffusersBackend.denoiser`)."""
+    """(z_0, F(eps)): the denoised latent and its inversion, both under the prompt, with gradients if enabled.
+
+    Nothing is checked or filled in here: callers pass resolved settings (see :func:`stability`).
+
+    Args:
+        backend: the model.
+        cond: the batch's conditioning, one row per noise (encoded for max(guidance, inversion_guidance)).
+        noise: [B, ...] noises eps.
+        steps: denoising (and inversion) steps.
+        guidance: the denoising half's guidance scale.
+        inversion_guidance: the inversion half's guidance scale.
+        checkpoint: recompute each network call in the backward pass instead of storing it (see
+            :meth:`stablenoise.backends.base.DiffusersBackend.denoiser`).
+        inversion_point: where inversion evaluates the network, "destination" or "source" (None: the backend's).
+
+    Returns:
+        ``(z0, inverted)``: the denoised latents [B, ...] and their inversion F(eps) [B, ...].
+    """
     z0 = backend.denoise(noise, cond, steps, guidance, checkpoint=checkpoint)
     return z0, invert(backend, z0, cond, steps, inversion_guidance, checkpoint, inversion_point)
 
@@ -172,9 +196,24 @@ def stability(backend: Backend, prompt: str | Sequence[str], noise: torch.Tensor
               inversion_point: str | None = None) -> torch.Tensor:
     """Inversion stability of each noise in a batch: a tensor [B] of cosines in [-1, 1].
 
-    ``inversion_point``: where inversion evaluates the network, "destination" or "source" (None: the backend's;
-    see :mod:`stablenoise.ddim`). A noise the model cannot handle (say, scaled by 1e30) scores NaN: callers must treat
-    a non-finite score as "no score", never as a value (``select`` excludes it).
+    A noise the model cannot handle (say, scaled by 1e30) scores NaN: callers must treat a non-finite score as
+    "no score", never as a value (``select`` excludes it). Runs without gradients; the prompt is encoded once
+    when it is one string.
+
+    Args:
+        backend: the model.
+        prompt: one prompt, or one per noise.
+        noise: [B, ...] or [...] noises.
+        steps, guidance, inversion_guidance: the round trip (None: the model family's).
+        inversion_point: where inversion evaluates the network, "destination" or "source" (None: the backend's;
+            see :mod:`stablenoise.ddim`).
+
+    Returns:
+        A [B] CPU tensor of cos(eps, F(eps)), one per noise; NaN where the model cannot handle the noise.
+
+    Raises:
+        StablenoiseError: a bad round-trip setting or ``inversion_point``, a noise that is not a finite floating-point
+            tensor of the model's latent shape, or prompts that do not match the noises.
     """
     steps, guidance, inversion_guidance = resolve(backend, steps, guidance, inversion_guidance)
     check_point(inversion_point)

@@ -28,10 +28,27 @@ DEFAULT_MODEL = "shapes"  # the CLI's default: the shapes world's shipped model 
 
 def from_pipeline(pipe, name: str | None = None, height: int | None = None, width: int | None = None,
                   timestep_spacing: str | None = None, inversion_point: str | None = None) -> DiffusersBackend:
-    """Wrap a loaded diffusers pipeline. The DDIM round trip takes the pipeline scheduler's config
-    (see :func:`stablenoise.ddim.settings`); ``timestep_spacing`` overrides its spacing
-    ("leading", "trailing" or "linspace"); ``inversion_point`` where inversion evaluates the network
-    ("destination" or "source"; None: the family's, see :mod:`stablenoise.ddim`)."""
+    """Wrap a loaded diffusers pipeline in the backend of its registered family.
+
+    The DDIM round trip takes the pipeline scheduler's config (see :func:`stablenoise.ddim.settings`). The family
+    is decided by the pipeline's class (the most derived registered class wins); a name containing "turbo" gets
+    the family's turbo defaults, where it has them.
+
+    Args:
+        pipe: a loaded diffusers pipeline of a registered family.
+        name: the model's name (default: the pipeline's ``name_or_path``, else the family's name).
+        height, width: the image size, for families without a fixed size (None: the network's native size).
+        timestep_spacing: overrides the scheduler's spacing ("leading", "trailing" or "linspace").
+        inversion_point: where inversion evaluates the network ("destination" or "source"; None: the family's,
+            see :mod:`stablenoise.ddim`).
+
+    Returns:
+        The backend wrapping ``pipe``.
+
+    Raises:
+        StablenoiseError: a pipeline class no registered family supports, ``height``/``width`` for a family with a
+            fixed image size, or an unknown ``inversion_point``.
+    """
     scheduler_overrides = {"timestep_spacing": timestep_spacing} if timestep_spacing else {}
     name = name or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "")
     mro = type(pipe).__mro__
@@ -97,9 +114,23 @@ def load(model: str | Path | None = None, device: str | torch.device | None = No
 
     ``None`` or ``"shapes"`` is the shapes-world model shipped inside the package (no network); other
     registered families may ship more names (``shapes-cosine``).
-    ``variant`` picks weight files as in diffusers (``"fp16"``); ``height``/``width`` set the image size
-    of SD/SDXL (default: the UNet's native size); ``inversion_point`` as in :func:`from_pipeline`; ``compile``
-    runs the network through ``torch.compile``.
+
+    Args:
+        model: a hub id, a local pipeline folder, or a shipped model name (None: ``"shapes"``).
+        device: "cpu", "cuda", "cuda:N", "mps" or a torch.device (None: cuda if available, else cpu).
+        dtype: "float32"/"fp32", "float16"/"fp16", "bfloat16"/"bf16" or a torch.dtype (None: as diffusers loads it).
+        height, width: the image size of SD/SDXL (default: the UNet's native size).
+        variant: which weight files to load, as in diffusers (``"fp16"``).
+        timestep_spacing: as in :func:`from_pipeline`.
+        inversion_point: as in :func:`from_pipeline`.
+        compile: run the network through ``torch.compile``.
+
+    Returns:
+        The backend, on ``device``, progress bars of the pipeline off.
+
+    Raises:
+        StablenoiseError: an unknown dtype, a device this machine lacks, a folder that is not a diffusers pipeline,
+            a model path that does not exist, a model that cannot be loaded, or what :func:`from_pipeline` refuses.
     """
     from diffusers import DiffusionPipeline
 

@@ -111,7 +111,20 @@ def default_device(device) -> torch.device:
 
 def load_reward(name_or_path, device=None, dtype=None):
     """Build a reward from a short name (``hpsv2``, ``pickscore``, ...), a hub id
-    (``yuvalkirstain/PickScore_v1``), a local file or folder, or ``NAME:HUB_ID_OR_PATH``."""
+    (``yuvalkirstain/PickScore_v1``), a local file or folder, or ``NAME:HUB_ID_OR_PATH``.
+
+    Args:
+        name_or_path: the short name, hub id, local path, or ``NAME:HUB_ID_OR_PATH``.
+        device: where the reward runs (None: cuda if available, else cpu).
+        dtype: as in :func:`stablenoise.load` (None: the reward's own default).
+
+    Returns:
+        The :class:`~stablenoise.rewards.base.Reward`.
+
+    Raises:
+        StablenoiseError: an unknown name, weights that are not found, a source that holds more than one reward
+            or whose reward cannot be told, or an unknown dtype.
+    """
     from ..backends import parse_dtype
 
     entry, source = resolve(name_or_path)
