@@ -1,4 +1,5 @@
-"""Every public function of stablenoise documents each of its parameters (Args:) and what it returns (Returns:)."""
+"""Every public function of stablenoise, and every public method of its public classes, documents each of its
+parameters (Args:) and what it returns (Returns:)."""
 
 import inspect
 import re
@@ -8,6 +9,10 @@ import pytest
 import stablenoise
 
 FUNCTIONS = sorted(n for n in stablenoise.__all__ if inspect.isfunction(getattr(stablenoise, n)))
+CLASSES = sorted(n for n in stablenoise.__all__ if inspect.isclass(getattr(stablenoise, n)))
+# Methods the class itself defines (not dataclass or Protocol machinery, not properties: those are attributes).
+METHODS = sorted(f"{c}.{m}" for c in CLASSES for m, v in vars(getattr(stablenoise, c)).items()
+                 if not m.startswith("_") and (inspect.isfunction(v) or isinstance(v, (staticmethod, classmethod))))
 
 
 def parameters(fn) -> list[str]:
@@ -37,13 +42,24 @@ def documented(doc: str) -> list[str]:
     return names
 
 
-def test_the_list_is_the_public_functions():
+def test_the_lists_are_the_public_functions_and_methods():
     assert len(FUNCTIONS) >= 16 and {"select", "stability", "generate", "load"} <= set(FUNCTIONS)
+    assert {"Backend.encode", "SeedBank.load", "OptimizerSettings.parse", "Conditioning.expand"} <= set(METHODS)
+    assert not any(m.endswith((".scores", ".batch_size", ".__init__")) for m in METHODS)
 
 
-@pytest.mark.parametrize("name", FUNCTIONS)
+def resolve(name: str):
+    """``"select"`` -> stablenoise.select; ``"SeedBank.top"`` -> the function SeedBank defines."""
+    owner, _, method = name.rpartition(".")
+    if not owner:
+        return getattr(stablenoise, name)
+    v = vars(getattr(stablenoise, owner))[method]
+    return v.__func__ if isinstance(v, (staticmethod, classmethod)) else v
+
+
+@pytest.mark.parametrize("name", FUNCTIONS + METHODS)
 def test_every_parameter_and_the_return_are_documented(name):
-    fn = getattr(stablenoise, name)
+    fn = resolve(name)
     doc = inspect.getdoc(fn) or ""
     params = parameters(fn)
     assert section(doc, "Returns"), f"{name}: no Returns: section"

@@ -86,16 +86,35 @@ class SeedBank:
 
     @property
     def scores(self) -> dict[int, float | None]:
+        """seed -> stability (None: non-finite), what :func:`stablenoise.select` takes as a proxy."""
         return dict(zip(self.seeds, self.stability))
 
     def top(self, m: int) -> list[int]:
-        """The m most stable seeds of the bank (finite scores only), most stable first."""
+        """The m most stable seeds of the bank (finite scores only), most stable first.
+
+        Args:
+            m: how many seeds (fewer come back when fewer have a finite score).
+
+        Returns:
+            The seeds, most stable first; ties keep the bank's order.
+        """
         ranked = sorted((i for i, v in enumerate(self.stability) if v is not None),
                         key=lambda i: (-self.stability[i], i))
         return [self.seeds[i] for i in ranked[:m]]
 
     def check(self, backend: Backend, where: str | Path = "the seed bank") -> None:
-        """Refuse a bank scored on another model, latent shape or schedule, naming what differs."""
+        """Refuse a bank scored on another model, latent shape or schedule, naming what differs.
+
+        Args:
+            backend: the model the bank is to be used with.
+            where: how the bank is named in messages (its file, say).
+
+        Returns:
+            None: a bank that passes may be used with ``backend``.
+
+        Raises:
+            StablenoiseError: a bank that recorded no model, or whose weights, latent shape or schedule differ.
+        """
         if not self.identity:
             raise StablenoiseError(f"{where} was built before banks recorded their model: rebuild it with "
                                    "stablenoise bank")
@@ -116,10 +135,30 @@ class SeedBank:
                                    f"{ours.get(k)!r} here): rebuild the bank with these settings")
 
     def save(self, path: str | Path) -> None:
+        """Write the bank as JSON, atomically (a reader never sees half a file).
+
+        Args:
+            path: the file to write.
+
+        Returns:
+            None.
+        """
         write_json_atomic(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> "SeedBank":
+        """Read a bank that :meth:`save` wrote, checked; null, NaN and inf scores all read as None (no score).
+
+        Args:
+            path: the bank's JSON file.
+
+        Returns:
+            The :class:`SeedBank`.
+
+        Raises:
+            StablenoiseError: a missing file, a folder, or a file that is not a valid seed bank (bad JSON or fields,
+                seeds outside [0, 2**63), scores that are not numbers, an unknown noise_norm or inversion_point).
+        """
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             bank = cls(**data)

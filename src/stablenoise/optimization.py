@@ -258,6 +258,7 @@ class OptimizationResult:
 
     @property
     def initial_stability(self) -> list[float | None]:
+        """Each sample's stability at its first iterate, ``history[j][0]`` (None: never evaluated)."""
         return [h[0] if h else None for h in self.history]
 
 

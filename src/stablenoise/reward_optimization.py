@@ -36,6 +36,7 @@ class RewardOptimizationResult:
 
     @property
     def initial_reward(self) -> list[float | None]:
+        """Each sample's weighted reward at its first iterate, ``history[j][0]`` (None: never evaluated)."""
         return [h[0] if h else None for h in self.history]
 
 

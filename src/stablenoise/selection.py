@@ -34,11 +34,27 @@ class Stability:
     higher_is_better = True
 
     def inversions(self, inversion_guidance: float) -> tuple[float, ...]:
-        """The inversion guidances whose round trips the score needs (one)."""
+        """The inversion guidances whose round trips the score needs (one).
+
+        Args:
+            inversion_guidance: the round trip's inversion guidance.
+
+        Returns:
+            ``(inversion_guidance,)``.
+        """
         return (inversion_guidance,)
 
     def read(self, backend: Backend, prompts: list[str], trip: RoundTrip) -> list[float]:
-        """One score per noise of a batch's round trip."""
+        """One score per noise of a batch's round trip.
+
+        Args:
+            backend: the model (unused: the round trip holds the stability).
+            prompts: one prompt per noise (unused).
+            trip: the batch's round trip.
+
+        Returns:
+            Each noise's stability, in order (NaN kept: the caller drops non-finite scores).
+        """
         return trip.stability[0].tolist()
 
 
@@ -52,9 +68,27 @@ class RewardScorer:
         self.higher_is_better = reward.higher_is_better
 
     def inversions(self, inversion_guidance: float) -> tuple[float, ...]:
+        """The inversion guidances whose round trips the score needs: none, the image is the denoising half alone.
+
+        Args:
+            inversion_guidance: the round trip's inversion guidance (unused).
+
+        Returns:
+            ``()``.
+        """
         return ()  # the denoising half alone: the image
 
     def read(self, backend: Backend, prompts: list[str], trip: RoundTrip) -> list[float]:
+        """The reward of each noise's image: z_0 decoded to 8-bit images, judged with the prompts.
+
+        Args:
+            backend: the model that decodes the latents.
+            prompts: one prompt per noise.
+            trip: the batch's round trip (its ``z0``).
+
+        Returns:
+            Each noise's reward, in order.
+        """
         with torch.no_grad():
             images = backend.decode(trip.z0)
         return self.reward(images, prompts).detach().float().cpu().tolist()
@@ -103,7 +137,11 @@ class SelectionResult:
     inversion_point: str | None = None  # where inversion evaluated the network (None: the backend's own)
 
     def ranked(self) -> list[tuple[int, float]]:
-        """(seed, score) of the scored seeds, best first."""
+        """(seed, score) of the scored seeds, best first.
+
+        Returns:
+            Pairs for every seed with a score (not None), ordered by ``higher_is_better``; ties keep seed order.
+        """
         sign = -1 if self.higher_is_better else 1
         return sorted(((s, v) for s, v in zip(self.seeds, self.scores) if v is not None), key=lambda p: sign * p[1])
 

@@ -81,7 +81,11 @@ class OptimizerSettings:
 
     @classmethod
     def paper(cls) -> "OptimizerSettings":
-        """Qi et al.: 100 iterations of SGD, lr 100, momentum 0.5, on 1 - stability."""
+        """Qi et al.: 100 iterations of SGD, lr 100, momentum 0.5, on 1 - stability.
+
+        Returns:
+            The paper's settings (the defaults of every field).
+        """
         return cls()
 
     @classmethod
@@ -90,13 +94,25 @@ class OptimizerSettings:
         Nesterov momentum 0.9, lr 5, gradient-norm clipping 0.1, noise-norm regularizer 0.01, and reward
         weights HPSv2.1 5, ImageReward 1, PickScore 0.05, CLIP 0.01 on ReNO's reward scales. ReNO's HPS term
         is 1 - cos, ours 100 * cos: its weight 5 is 0.05 here; the other three are on the same scale.
-        ReNO scores 50 images (49 updates); ``iterations`` counts updates, as everywhere."""
+        ReNO scores 50 images (49 updates); ``iterations`` counts updates, as everywhere.
+
+        Returns:
+            ReNO's settings.
+        """
         return cls(iterations=49, lr=5.0, momentum=0.9, nesterov=True, grad_clip=0.1, reg_weight=0.01,
                    reward_weights=(("hpsv2.1", 0.05), ("imagereward", 1.0), ("pickscore", 0.05),
                                    ("clipscore", 0.01)))
 
     def changes(self, base: "OptimizerSettings") -> str:
-        """The settings that differ from ``base``, as a spec (the empty string when none)."""
+        """The settings that differ from ``base``, as a spec (the empty string when none).
+
+        Args:
+            base: the settings to compare with.
+
+        Returns:
+            ``"KEY=VALUE,..."`` as :meth:`parse` reads it over ``base`` (booleans as 0/1, no clipping as ``none``,
+            reward weights as ``NAME=WEIGHT``).
+        """
         out = []
         for f in fields(self):
             value, default = getattr(self, f.name), getattr(base, f.name)
@@ -114,9 +130,22 @@ class OptimizerSettings:
 
     @classmethod
     def parse(cls, spec: str, base: "OptimizerSettings | None" = None) -> "OptimizerSettings":
-        """``"lr=18.75,preserve_norm=1"`` over ``base`` (default: the paper's). A key that is not a setting
-        is a reward weight (``shapes-clip=1``); naming any reward weight replaces the base's weights;
-        ``grad_clip=none`` turns clipping off."""
+        """``"lr=18.75,preserve_norm=1"`` over ``base`` (default: the paper's).
+
+        A key that is not a setting is a reward weight (``shapes-clip=1``); naming any reward weight replaces the
+        base's weights; ``grad_clip=none`` turns clipping off.
+
+        Args:
+            spec: comma-separated ``KEY=VALUE`` items (``-`` in a setting's name reads as ``_``; empty items skipped).
+            base: the settings the spec changes (None: :meth:`paper`).
+
+        Returns:
+            The settings, checked.
+
+        Raises:
+            StablenoiseError: an item that is not ``KEY=VALUE``, a value of the wrong kind, or a setting out of
+                range.
+        """
         base = base or cls.paper()
         values, weights = {}, []
         for item in filter(None, (x.strip() for x in spec.split(","))):

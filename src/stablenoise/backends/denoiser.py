@@ -28,10 +28,21 @@ class Conditioning:
 
     @property
     def batch_size(self) -> int:
+        """The number of rows: the first dimension of the conditional branch's first tensor."""
         return first_dim(self.cond)
 
     def expand(self, n: int) -> "Conditioning":
-        """Repeat a batch-1 conditioning to n samples (one prompt for a whole batch of noises)."""
+        """Repeat a batch-1 conditioning to n samples (one prompt for a whole batch of noises).
+
+        Args:
+            n: the batch size wanted.
+
+        Returns:
+            This conditioning when it has n rows already, else its one row expanded (a view, not a copy) to n.
+
+        Raises:
+            StablenoiseError: a conditioning of more than one row, but not n.
+        """
         if self.batch_size == n:
             return self
         if self.batch_size != 1:
@@ -40,7 +51,14 @@ class Conditioning:
                             None if self.uncond is None else map_tree(self.uncond, lambda t: t.expand(n, *t.shape[1:])))
 
     def select(self, index: Sequence[int]) -> "Conditioning":
-        """The conditioning of the samples at ``index`` (in that order)."""
+        """The conditioning of the samples at ``index`` (in that order).
+
+        Args:
+            index: row positions.
+
+        Returns:
+            This conditioning when ``index`` is every row in order, else those rows.
+        """
         if list(index) == list(range(self.batch_size)):
             return self
         idx = torch.as_tensor(list(index), dtype=torch.long)

@@ -53,9 +53,28 @@ class Reward:
         return prompts
 
     def score_pil(self, images: list[Image.Image], prompts: list[str] | None) -> torch.Tensor:
+        """Score PIL images through the original model's own preprocessing (called without gradients).
+
+        Args:
+            images: RGB images, at least one.
+            prompts: one prompt per image (None when the reward does not need prompts).
+
+        Returns:
+            A tensor [B] of scores.
+        """
         raise NotImplementedError
 
     def score_tensor(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
+        """Score an image tensor through the same preprocessing written in torch (with gradients when
+        ``differentiable``).
+
+        Args:
+            pixels: float images [B, 3, H, W] in [0, 1].
+            prompts: one prompt per image (None when the reward does not need prompts).
+
+        Returns:
+            A tensor [B] of scores.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
