@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -146,6 +147,15 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch):
     assert log_a["losses"] == pytest.approx(log_b["losses"], rel=1e-5) and len(log_a["losses"]) == 4
     assert list(log_a["validation_x0_mse"]) == ["2", "4"] and log_a["train_pairs"] == 4
     assert (straight / "loss.png").exists() and not (tmp_path / "a" / "checkpoint").exists()
+
+    # A second run can start from the student (--init): its first weights are the student's, its pairs the same.
+    shutil.copytree(tmp_path / "a" / "pairs", tmp_path / "c" / "pairs")
+    further = D.DistillConfig(**{**TINY, "init": str(straight)})
+    start = D._student(further).unet.state_dict()
+    assert all(torch.equal(start[k], a[k]) for k in a)
+    longer = _unet(D.distill(tmp_path / "c", further, progress=False))
+    assert any(not torch.equal(longer[k], a[k]) for k in a)
+    assert json.loads((tmp_path / "c" / "model" / "train_log.json").read_text())["config"]["init"] == str(straight)
 
 
 @pytest.mark.parametrize("teacher, message", [("shapes-flow", "must be a DDIM shapes model"),

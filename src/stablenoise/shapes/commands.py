@@ -182,6 +182,9 @@ def train_shapes(out, steps, batch_size, seed, schedule, threads, init, objectiv
               show_default=True)
 @click.option("--teacher", default="shapes", show_default=True,
               help="The DDIM shapes model to distil (a shipped name or a pipeline folder).")
+@click.option("--init", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start the student from this pipeline folder (say, a student to train further; its teacher's "
+                   "pairs are reused from OUT/pairs) instead of the teacher's weights.")
 @click.option("--pairs", type=click.IntRange(min=1), default=None,
               help="Teacher (noise, image) training pairs, in whole shards of 64; more pairs extend the set.")
 @click.option("--val-pairs", type=click.IntRange(min=1), default=None, help="Held-back pairs (validation curve).")

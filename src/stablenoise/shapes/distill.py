@@ -43,6 +43,7 @@ PAIR_STREAM, TRAIN_STREAM = 1, 2  # independent random streams under one seed
 @dataclass
 class DistillConfig:
     teacher: str = "shapes"  # a shipped model name or a shapes pipeline folder
+    init: str | None = None  # the student's starting weights (a student to train on); None: the teacher's
     pairs: int = 1024  # training pairs (whole shards); the shipped student's (2,048 did not fit a session's CPU)
     val_pairs: int = 128  # held-back pairs for the validation curve (whole shards, drawn first)
     shard_size: int = 64
@@ -229,7 +230,8 @@ def _lines(paths: list[Path], a_start: float, a_end: float) -> dict:
 def _student(cfg: DistillConfig) -> ShapesPipeline:
     from ..backends import shipped_models
 
-    folder = shipped_models().get(cfg.teacher, Path(cfg.teacher))
+    start = cfg.init or cfg.teacher
+    folder = shipped_models().get(start, Path(start))
     pipe = ShapesPipeline.from_pretrained(str(folder))
     pipe.text_encoder.requires_grad_(False)  # the captions' encoding stays the teacher's
     pipe.set_progress_bar_config(disable=True)
