@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from stablenoise.bench.methods import parse_methods, pick
 from stablenoise.bench.report import analyze
-from stablenoise.bench.results import ConfigTable, load_results
+from stablenoise.bench.results import ConfigTable, Rows, load_results
 from stablenoise.records import write_json_atomic
 from stablenoise.stats import mean_ci, within_prompt_spearman
 
@@ -29,32 +30,49 @@ MOST_STABLE = parse_methods("most-stable")
 
 
 def point(table: ConfigTable) -> str:
-    """The inversion point a store's config ran at (configs record it only when not the family's default)."""
+    """The inversion point a store's config ran at; configs record it only when it is not the family's default,
+    which is then named as the other point of the pair."""
     return table.config.settings.get("backend", {}).get("inversion_point", "default")
 
 
-def shared(a: ConfigTable, b: ConfigTable) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The stability of the (prompt, seed) pairs both tables hold, as two (P, K) arrays, and the captions."""
+def _rows(rows: Rows, idx: list[int]) -> Rows:
+    return Rows(**{f.name: ({k: v[idx] for k, v in value.items()} if isinstance(value, dict) else value[idx])
+                   for f in fields(rows) for value in [getattr(rows, f.name)]})
+
+
+def subset(table: ConfigTable, idx: list[int]) -> ConfigTable:
+    """The table's prompts ``idx`` only (in that order)."""
+    return replace(table, prompt_idx=[table.prompt_idx[i] for i in idx], texts=[table.texts[i] for i in idx],
+                   tags=[table.tags[i] for i in idx], seeds=_rows(table.seeds, idx),
+                   optimized={k: _rows(v, idx) for k, v in table.optimized.items()},
+                   starts={k: _rows(v, idx) for k, v in table.starts.items()})
+
+
+def shared(a: ConfigTable, b: ConfigTable) -> tuple[ConfigTable, ConfigTable]:
+    """Both tables cut to the prompts they share with the same seeds (same caption, same seeds), row for row."""
     rows_b = {(text, tuple(seeds)): i for i, (text, seeds) in enumerate(zip(b.texts, b.seeds.seed.tolist()))}
     pairs = [(i, rows_b[(text, tuple(seeds))]) for i, (text, seeds) in enumerate(zip(a.texts, a.seeds.seed.tolist()))
              if (text, tuple(seeds)) in rows_b]
     if not pairs:
         raise SystemExit(f"{a.config.label()} and {b.config.label()} share no prompt with the same seeds")
     ia, ib = map(list, zip(*pairs))
-    return a.seeds.stability[ia], b.seeds.stability[ib], [a.texts[i] for i in ia]
+    return subset(a, ia), subset(b, ib)
 
 
 def compare(run_a: Path, run_b: Path, judge: str, n_boot: int) -> dict:
     (a,), (b,) = load_results(run_a).tables, load_results(run_b).tables  # one config each
-    sa, sb, captions = shared(a, b)
+    a, b = shared(a, b)  # every number below is over the shared prompts only
+    sa, sb, captions = a.seeds.stability, b.seeds.stability, a.texts
     same_pick = (pick(sa) == pick(sb)).astype(float)  # a NaN score never wins, as in the report
     out = {"model": a.config.model, "steps": a.config.steps, "k": sa.shape[1], "prompts": len(captions),
            "captions": len(set(captions)),
            "spearman_between_points": within_prompt_spearman(sa, sb, n_boot, 0, captions),
            "same_most_stable_seed": mean_ci(same_pick, n_boot, 0, captions), "points": {}}
+    other = point(b)
+    names = {"default": {"source": "destination", "destination": "source"}.get(other, "default"), other: other}
     for run, table, s in ((run_a, a, sa), (run_b, b, sb)):
         verdict = analyze(table, n_boot, 0, MOST_STABLE, judge).vs_random.get("most-stable", {}).get(judge)
-        out["points"][point(table)] = {"run": str(run), "round_trip_cosine": mean_ci(s.ravel(), n_boot, 0),
+        out["points"][names[point(table)]] = {"run": str(run), "round_trip_cosine": mean_ci(s.ravel(), n_boot, 0),
                                        "round_trip_cosine_min": float(np.min(s)),
                                        "most_stable_minus_random": verdict}
     return out

@@ -456,12 +456,20 @@ def test_the_inversion_point_comparison_pairs_the_same_seeds(tmp_path):
     assert row["spearman_between_points"]["mean"] == pytest.approx(-1.0)
     assert row["same_most_stable_seed"]["mean"] == 0.0
     stab = truth["stab"]
-    cos = row["points"]["default"]["round_trip_cosine"]["mean"]
+    assert set(row["points"]) == {"destination", "source"}  # the store without a recorded point: the other one
+    cos = row["points"]["destination"]["round_trip_cosine"]["mean"]
     assert cos == pytest.approx(np.nanmean(stab)) and row["points"]["source"]["round_trip_cosine"]["mean"] == \
         pytest.approx(np.nanmean(1.45 - stab))
     most, least = np.nanargmax(stab, axis=1), np.nanargmin(stab, axis=1)
     v = truth["verifier"]
     rows = np.arange(PROMPTS)
-    for name, pick in (("default", most), ("source", least)):
+    for name, pick in (("destination", most), ("source", least)):
         d = row["points"][name]["most_stable_minus_random"]
         assert d["mean"] == pytest.approx(np.mean(v[rows, pick] - v.mean(axis=1)))
+    with sqlite3.connect(b / "bench.sqlite") as db:  # b lacks prompt 0: every number is over prompts 1.. only
+        db.execute("DELETE FROM scores WHERE sample_id IN (SELECT id FROM samples WHERE prompt_idx = 0)")
+        db.execute("DELETE FROM samples WHERE prompt_idx = 0")
+    row = _benchmark("inversion_point").compare(a, b, "shapes-verifier", N_BOOT)
+    assert row["prompts"] == PROMPTS - 1
+    d = row["points"]["destination"]["most_stable_minus_random"]
+    assert d["mean"] == pytest.approx(np.mean(v[rows, most][1:] - v.mean(axis=1)[1:]))
