@@ -1,6 +1,7 @@
 import json
 import math
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+import stablenoise as sn
 from stablenoise import load
 from stablenoise.backends import shipped_models
 from stablenoise.errors import StablenoiseError
@@ -164,3 +166,23 @@ def test_distill_shapes_refuses_a_teacher_it_cannot_distil(tmp_path, teacher, me
     r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--teacher", teacher, "--pairs", "4"])
     assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
+    """shapes-turbo loads by name with turbo defaults (4 steps, no CFG), is not the teacher, and its logs say how
+    it was made: the recipe from the teacher (stage 1), then the same recipe from that student (stage 2)."""
+    folder = shipped_models()["shapes-turbo"]
+    backend = load("shapes-turbo")
+    assert (backend.defaults.steps, backend.defaults.guidance) == (4, 1.0)
+    student, teacher = _unet(folder), _unet(shipped_models()["shapes"])
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
+    stage1 = json.loads((folder / "train_log_stage1.json").read_text())
+    stage2 = json.loads((folder / "train_log.json").read_text())
+    assert stage1["config"].get("init") is None and stage2["config"]["init"].endswith("model")  # stage 1 predates it
+    recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1}
+    for log in (stage1, stage2):
+        assert {**log["config"], "init": None, "steps": None} == {**recipe, "init": None, "steps": None}
+    assert (stage1["config"]["steps"], stage2["config"]["steps"]) == (800, 1600)
+    noise = sn.noises_from_seeds([0], backend.latent_shape)
+    image = backend.denoise(noise, backend.encode(["a red circle"], 1.0), 4, 1.0)
+    assert torch.isfinite(image).all() and image.abs().max() <= 1.5
