@@ -65,3 +65,14 @@ def test_select_reaches_the_unet_through_few_modules(monkeypatch, tmp_path):
     assert modules == ["stablenoise.cli_common", "stablenoise.cli", "stablenoise.selection", "stablenoise.stability",
                        "stablenoise.batching", "stablenoise.backends.base", "stablenoise.ddim",
                        "stablenoise.backends.denoiser"]
+
+
+def test_only_the_stores_open_a_database():
+    """The bench's Store and the study's store are the only code that opens or queries SQLite; others may only
+    catch its errors (issue #19: the report read the store with its own SQL)."""
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel in ("bench/store.py", "study/store.py"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "sqlite3.connect" not in text and ".execute(" not in text and ".executemany(" not in text, rel

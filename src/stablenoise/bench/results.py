@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import StablenoiseError
 from ..loading import first_line
 from .schema import SEED_METHOD, STABILITY_PREFIX, START_SUFFIX
-from .store import STORE_NAME, check_db
+from .store import STORE_NAME, Store
 
 
 
@@ -107,39 +107,35 @@ def load_results(run_dir) -> Results:
     if not path.is_file():
         raise StablenoiseError(f"{run}: no bench results store ({STORE_NAME})")
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        store = Store.reference(path)  # checked first: damage, schema version, non-numbers
         try:
-            return _read(db, run, path)
+            data = store.snapshot()
         finally:
-            db.close()
+            store.close()
     except sqlite3.DatabaseError as e:
         raise StablenoiseError(f"{path}: not a readable bench store ({first_line(e)})") from None
+    return _tables(data, run, path)
 
 
-def _read(db: sqlite3.Connection, run: Path, path: Path) -> Results:
-    if not check_db(db, path):
-        raise StablenoiseError(f"{path}: not a bench store (no tables)")
-    meta = dict(db.execute("SELECT key, value FROM meta"))
-    samples = db.execute("SELECT id, config_id, prompt_idx, method, seed, seed_rank, stability, image_path, "
-                         "unet_calls, image_calls, reward_calls, seconds, extra FROM samples ORDER BY id").fetchall()
+def _tables(data: dict, run: Path, path: Path) -> Results:
+    samples = data["samples"]
     if not samples:
         raise StablenoiseError(f"{path}: the store has no samples yet")
     scores: dict[int, dict[str, float]] = {}
-    for sample_id, name, value in db.execute("SELECT sample_id, name, value FROM scores"):
+    for sample_id, name, value in data["scores"]:
         scores.setdefault(sample_id, {})[name] = _float(value)
     prompts: dict[int, dict[int, tuple[str, str]]] = {}
-    for cid, idx, text, tag in db.execute("SELECT config_id, idx, text, tag FROM prompts"):
+    for cid, idx, text, tag in data["prompts"]:
         prompts.setdefault(cid, {})[idx] = (text, tag or "")
     by_config: dict[int, list] = {}
     for row in samples:
         by_config.setdefault(row[1], []).append(row)
     tables = []
-    for r in db.execute("SELECT id, prompt_set, model, steps, guidance, inversion_guidance, k, first_seed, json, "
-                        "versions FROM configs ORDER BY id"):
+    for r in data["configs"]:
         if r[0] in by_config:  # a config whose first batch has not committed yet has nothing to show
             config = Config(*r[:8], settings=_json(r[8]), versions=_json(r[9]))
             tables.append(_table(config, prompts.get(config.id, {}), by_config[config.id], scores))
-    return Results(run, meta, tables)
+    return Results(run, data["meta"], tables)
 
 
 def _empty_rows(shape) -> Rows:

@@ -326,6 +326,29 @@ class Store:
         store.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         return store
 
+    def snapshot(self) -> dict:
+        """Every table a report reads, as plain rows (``results.load_results`` shapes them into arrays).
+
+        Returns:
+            ``meta`` (key -> value), ``samples`` (rows by id: id, config_id, prompt_idx, method, seed, seed_rank,
+            stability, image_path, unet_calls, image_calls, reward_calls, seconds, extra), ``scores``
+            ((sample_id, name, value) rows), ``prompts`` ((config_id, idx, text, tag) rows) and ``configs`` (rows
+            by id: id, prompt_set, model, steps, guidance, inversion_guidance, k, first_seed, json, versions).
+
+        Raises:
+            StablenoiseError: the database has no tables yet (not a bench store).
+        """
+        if not check_db(self.db, self.path):
+            raise StablenoiseError(f"{self.path}: not a bench store (no tables)")
+        q = self.db.execute
+        return {"meta": dict(q("SELECT key, value FROM meta")),
+                "samples": q("SELECT id, config_id, prompt_idx, method, seed, seed_rank, stability, image_path, "
+                             "unet_calls, image_calls, reward_calls, seconds, extra FROM samples ORDER BY id").fetchall(),
+                "scores": q("SELECT sample_id, name, value FROM scores").fetchall(),
+                "prompts": q("SELECT config_id, idx, text, tag FROM prompts").fetchall(),
+                "configs": q("SELECT id, prompt_set, model, steps, guidance, inversion_guidance, k, first_seed, json, "
+                             "versions FROM configs ORDER BY id").fetchall()}
+
     def config_with(self, steps: int, guidance: float, inversion_guidance: float) -> tuple[int, int] | None:
         """(id, K) of the first config run with these round-trip settings, or None."""
         return self.db.execute("SELECT id, k FROM configs WHERE steps=? AND guidance=? AND inversion_guidance=? "
