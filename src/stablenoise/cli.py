@@ -51,8 +51,12 @@ class Session:
         params = {"prompts": self.prompts, **self.round_trip_kwargs(), **parameters}
         return RunFolder(self.out, self.command, params, self.backend.describe())
 
-    def each_prompt(self):
-        return enumerate(tqdm(self.prompts, desc=self.command, unit="prompt", disable=len(self.prompts) < 2))
+    def each_prompt(self, world=None):
+        """(index, prompt) of every prompt, or under a launch of this rank's share (prompt i to rank i % N);
+        only rank 0 draws a bar."""
+        rank, size = (world.rank, world.size) if world else (0, 1)
+        mine = [(i, p) for i, p in enumerate(self.prompts) if i % size == rank]
+        return tqdm(mine, desc=self.command, unit="prompt", disable=len(mine) < 2 or rank != 0)
 
 
 def _load_noise(path: Path, shape):
@@ -210,15 +214,12 @@ def _selection_proxy(seed, k, keep, proxy_steps, proxy_prompt, proxy_guidance, b
 @_guarded
 def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance, bank_file, by, noise_norm, **kw):
     """Score K seeds per prompt and keep the best (most stable by default; the best by a reward with --by), and
-    the worst for comparison."""
-    import torch
-
-    from .generation import generate as gen
-    from .outputs import side_by_side
-    from .selection import select as sel
+    the worst for comparison. Under ``accelerate launch`` the ranks share the prompts (docs/scaling.md)."""
+    from .distributed import join
 
     bank, proxy, setting, seeds = _selection_proxy(seed, k, keep, proxy_steps, proxy_prompt, proxy_guidance,
                                                    bank_file, by)
+    world, kw["device"] = join(kw["device"])  # this rank's own GPU under a launch
     s = Session("select", **kw)
     if bank_file is not None:
         bank.check(s.backend, bank_file)  # before the run folder exists: a refused bank writes nothing
@@ -233,27 +234,71 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
     params = {"k": len(seeds), "first_seed": seeds[0], "batch_size": batch_size, "keep": keep, "by": by,
               "noise_norm": noise_norm,
               "proxy": None if proxy is None else (str(bank_file) if bank_file else setting.__dict__)}
-    with s.folder(**params) as run:
-        for i, prompt in s.each_prompt():
-            if run.done(i, prompt):
-                continue
-            r = sel(s.backend, prompt, seeds=seeds, batch_size=batch_size, proxy=proxy, keep=keep, scorer=scorer,
-                    noise_norm=noise_norm, **s.round_trip_kwargs())
-            best, worst = gen(s.backend, prompt, torch.cat([r.best_noise, r.worst_noise]), s.steps, s.guidance)
-            score = dict(zip(r.seeds, r.scores))
-            excluded = r.scores.count(None) if proxy is None else 0  # pruned seeds have no full score
-            images = {"best": best, "worst": worst, "best_vs_worst": side_by_side(
-                [best, worst], [f"best {r.best_seed}: {score[r.best_seed]:.4f}",
-                                f"worst {r.worst_seed}: {score[r.worst_seed]:.4f}"])}
-            run.add(i, prompt, {"scorer": r.scorer, "seeds": r.seeds, "scores": r.scores, "best_seed": r.best_seed,
-                                "worst_seed": r.worst_seed, "best_score": score[r.best_seed],
-                                "worst_score": score[r.worst_seed], "proxy_scores": r.proxy_scores,
-                                "excluded_non_finite": excluded if proxy is None else None},
-                    images, {"best": r.best_noise, "worst": r.worst_noise})
-            click.echo(f"{prompt!r}: best seed by {r.scorer} {r.best_seed} ({score[r.best_seed]:.4f}), "
-                       f"worst seed {r.worst_seed} ({score[r.worst_seed]:.4f})"
-                       + (f"; {excluded} seed(s) scored NaN/inf and were excluded" if excluded else ""))
-    click.echo(f"wrote {run.root}")
+    with _select_run(world, s, params) as run:
+        for i, prompt in s.each_prompt(world):
+            if not run.done(i, prompt):
+                _select_prompt(s, run, i, prompt, dict(seeds=seeds, batch_size=batch_size, proxy=proxy, keep=keep,
+                                                       scorer=scorer, noise_norm=noise_norm))
+        if world.size > 1 and world.main:
+            _gather_items(run, s.prompts)
+    if world.main:
+        click.echo(f"wrote {run.root}")
+
+
+def _select_run(world, s: Session, params: dict):
+    """``select``'s run folder. Rank 0 (or the only process) creates it, or resumes it adopting the item folders
+    a killed rank finished, before any rank starts, and alone writes ``run.json``; every other rank writes only
+    its items' folders (docs/scaling.md)."""
+    from .outputs import RankItems
+
+    held = []
+
+    def open_run():
+        held.append(s.folder(**params))
+        held[0].adopt()
+        return held[0].record["items"]
+
+    items = world.agree(open_run)
+    return held[0] if world.main else RankItems(s.out, items)
+
+
+def _gather_items(run, prompts) -> None:
+    """Under a launch, rank 0 once its share is done: wait until every prompt's item folder is in place (on
+    files, not a collective: a slow prompt elsewhere cannot time a barrier out; a rank that fails ends the job
+    through its launcher), then record the other ranks' items."""
+    import time
+
+    from .distributed import POLL_SECONDS
+
+    while not all(run.item_dir(i, p).is_dir() for i, p in enumerate(prompts)):
+        time.sleep(POLL_SECONDS)
+    run.adopt()
+
+
+def _select_prompt(s: Session, run, i: int, prompt: str, how: dict) -> None:
+    """One prompt of ``select``: its K seeds scored, the best and worst images, its item folder."""
+    import torch
+
+    from .generation import generate as gen
+    from .outputs import side_by_side
+    from .selection import select as sel
+
+    proxy = how["proxy"]
+    r = sel(s.backend, prompt, **how, **s.round_trip_kwargs())
+    best, worst = gen(s.backend, prompt, torch.cat([r.best_noise, r.worst_noise]), s.steps, s.guidance)
+    score = dict(zip(r.seeds, r.scores))
+    excluded = r.scores.count(None) if proxy is None else 0  # pruned seeds have no full score
+    images = {"best": best, "worst": worst, "best_vs_worst": side_by_side(
+        [best, worst], [f"best {r.best_seed}: {score[r.best_seed]:.4f}",
+                        f"worst {r.worst_seed}: {score[r.worst_seed]:.4f}"])}
+    run.add(i, prompt, {"scorer": r.scorer, "seeds": r.seeds, "scores": r.scores, "best_seed": r.best_seed,
+                        "worst_seed": r.worst_seed, "best_score": score[r.best_seed],
+                        "worst_score": score[r.worst_seed], "proxy_scores": r.proxy_scores,
+                        "excluded_non_finite": excluded if proxy is None else None},
+            images, {"best": r.best_noise, "worst": r.worst_noise})
+    click.echo(f"{prompt!r}: best seed by {r.scorer} {r.best_seed} ({score[r.best_seed]:.4f}), "
+               f"worst seed {r.worst_seed} ({score[r.worst_seed]:.4f})"
+               + (f"; {excluded} seed(s) scored NaN/inf and were excluded" if excluded else ""))
 
 
 @main.command()

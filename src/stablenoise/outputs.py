@@ -143,12 +143,56 @@ class RunFolder:
         self.flush()
         return final
 
+    def adopt(self) -> int:
+        """Record the item folders that are whole but not in ``run.json``: those a rank of a launched run wrote
+        (rank 0 alone keeps ``run.json``), or finished before the job was killed. An item folder appears whole
+        or not at all (renamed into place), so one whose ``record.json`` names this run's prompt at its index is
+        adopted, not redone; any other folder is left alone. Items are kept in prompt order.
+
+        Returns:
+            How many items were adopted.
+        """
+        known = {it.get("folder") for it in self.record["items"]}
+        prompts = self.record["parameters"].get("prompts") or []
+        found = []
+        for d in sorted(self.root.iterdir()):
+            if d.name in known or d.name.startswith(".") or not d.is_dir():
+                continue
+            item = _item_record(d / "record.json")
+            i = item.get("index") if item else None
+            if isinstance(i, int) and 0 <= i < len(prompts) and item.get("prompt") == prompts[i] and \
+                    item.get("folder") == d.name == self.item_dir(i, prompts[i]).name:
+                found.append(strict_json(item))
+        if found:
+            self.record["items"] = sorted(self.record["items"] + found, key=lambda it: it.get("index", -1))
+            self.flush()
+        return len(found)
+
     def finish(self, status: str = "done", **extra) -> None:
         self.record.update(status=status, finished=now(), **extra)
         self.flush()
 
     def flush(self) -> None:
         write_json_atomic(self.root / "run.json", self.record)
+
+
+class RankItems(RunFolder):
+    """A launched run's folder on a rank other than 0: it writes its finished items' folders (as
+    :meth:`RunFolder.add`, whole or not at all) and never ``run.json``, which rank 0 alone keeps."""
+
+    def __init__(self, out: str | Path, items: list[dict]):
+        self.root, self.record = Path(out), {"items": list(items)}
+
+    def flush(self) -> None:
+        pass  # run.json is rank 0's: it adopts this rank's item folders
+
+
+def _item_record(path: Path) -> dict | None:
+    try:
+        item = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return item if isinstance(item, dict) else None
 
 
 def _umask() -> int:
