@@ -50,9 +50,10 @@ def test_two_processes_share_the_prompts_and_record_what_one_does(one, tmp_path)
     assert not list((tmp_path / "two").glob(".*"))  # no temporary folder left
 
 
-def test_rerun_after_a_killed_rank_adopts_its_finished_item(one, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_rerun_after_a_killed_rank_adopts_its_finished_item(one, tmp_path, processes):
     """As a 2-process job killed after rank 1 renamed prompt 1's folder into place and before rank 0 recorded
-    it, with prompts 2 and 3 never finished: a rerun (2 processes) adopts prompt 1 rather than refusing or
+    it, with prompts 2 and 3 never finished: a rerun (1 or 2 processes) adopts prompt 1 rather than refusing or
     redoing it, does 2 and 3, and deletes nothing it did not write."""
     items, files = one
     out = tmp_path / "run"
@@ -64,7 +65,7 @@ def test_rerun_after_a_killed_rank_adopts_its_finished_item(one, tmp_path):
     (out / "run.json").write_text(json.dumps(rec))
     (out / items[1]["folder"] / "mine.txt").write_text("written before the kill")  # shows it was not redone
     (out / "notes").mkdir()  # a user's folder: not an item, never adopted nor deleted
-    select(out, 2)
+    select(out, processes)
     assert (out / items[1]["folder"] / "mine.txt").read_text() == "written before the kill" and (out / "notes").is_dir()
     (out / items[1]["folder"] / "mine.txt").unlink()
     (out / "notes").rmdir()

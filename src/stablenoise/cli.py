@@ -238,7 +238,7 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
         for i, prompt in s.each_prompt(world):
             if not run.done(i, prompt):
                 _select_prompt(s, run, i, prompt, dict(seeds=seeds, batch_size=batch_size, proxy=proxy, keep=keep,
-                                                       scorer=scorer, noise_norm=noise_norm))
+                                                       scorer=scorer, noise_norm=noise_norm, progress=world.main))
         if world.size > 1 and world.main:
             _gather_items(run, s.prompts)
     if world.main:
