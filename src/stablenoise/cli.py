@@ -247,8 +247,8 @@ def select(k, seed, batch_size, keep, proxy_steps, proxy_prompt, proxy_guidance,
 
 def _select_run(world, s: Session, params: dict):
     """``select``'s run folder. Rank 0 (or the only process) creates it, or resumes it adopting the item folders
-    a killed rank finished, before any rank starts, and alone writes ``run.json``; every other rank writes only
-    its items' folders (docs/scaling.md)."""
+    a killed rank finished, before any rank starts, and is the only one to write ``run.json``; every other rank
+    writes only its items' folders (docs/scaling.md)."""
     from .outputs import RankItems
 
     held = []
