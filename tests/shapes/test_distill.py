@@ -116,6 +116,17 @@ def test_pairs_are_the_teachers_images_kept_and_extended(tmp_path):
     assert paths[0].read_bytes() == first
 
 
+def test_pairs_made_in_parts_equal_pairs_made_at_once(tmp_path):
+    cfg = D.DistillConfig(**{**TINY, "pairs": 8})
+    whole = D.ensure_pairs(tmp_path / "whole", cfg, progress=False)
+    odd = D.ensure_pairs(tmp_path / "parts", cfg, progress=False, part=(1, 2))
+    assert [p.exists() for p in odd] == [False, True, False]  # only index 1 of 0, 1, 2
+    D.ensure_pairs(tmp_path / "parts", cfg, progress=False, part=(0, 2))
+    for a, b in zip(odd, whole):  # the same tensors and captions; only the recorded seconds differ
+        (za, ya, ca, _), (zb, yb, cb, _) = D.load_pairs([a]), D.load_pairs([b])
+        assert torch.equal(za, zb) and torch.equal(ya, yb) and ca == cb
+
+
 def _unet(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
@@ -166,6 +177,17 @@ def test_distill_shapes_refuses_a_teacher_it_cannot_distil(tmp_path, teacher, me
     r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--teacher", teacher, "--pairs", "4"])
     assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_distill_shapes_pairs_part_makes_only_its_shards_and_trains_nothing(tmp_path):
+    args = ["--out", str(tmp_path / "t"), "--pairs", "4", "--val-pairs", "4", "--teacher-steps", "2"]
+    r = CliRunner().invoke(distill_shapes, [*args, "--pairs-part", "1/2"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "t" / "pairs").iterdir()) == ["shard-00001.safetensors"]
+    assert not (tmp_path / "t" / "model").exists() and not (tmp_path / "t" / "checkpoint").exists()
+    for bad in ("2/2", "1", "a/2", "-1/2"):
+        r = CliRunner().invoke(distill_shapes, [*args, "--pairs-part", bad])
+        assert r.exit_code == 2 and "R/N" in r.output
 
 
 def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():

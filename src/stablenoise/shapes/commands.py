@@ -177,6 +177,16 @@ def train_shapes(out, steps, batch_size, seed, schedule, threads, init, objectiv
     click.echo(f"wrote {final}; copy it to src/stablenoise/weights/{name} to ship it")
 
 
+def _part(ctx, param, value):
+    """R/N with 0 <= R < N, as (R, N)."""
+    if value is None:
+        return None
+    r, sep, n = value.partition("/")
+    if not (sep and r.isdigit() and n.isdigit() and int(r) < int(n)):
+        raise click.BadParameter(f"{value!r} is not R/N with 0 <= R < N (say 0/2)")
+    return int(r), int(n)
+
+
 @click.command("distill-shapes")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/shapes-turbo"),
               show_default=True)
@@ -197,14 +207,27 @@ def train_shapes(out, steps, batch_size, seed, schedule, threads, init, objectiv
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads (0: torch's default).")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--pairs-part", callback=_part, default=None, metavar="R/N",
+              help="Only make the teacher pairs whose shard index is R modulo N, then stop: N such processes "
+                   "share the teacher's sampling; the command without it then trains on all of them.")
 @guarded
-def distill_shapes(out, teacher, threads, device, **settings):
+def distill_shapes(out, teacher, threads, device, pairs_part, **settings):
     """Distil the DDIM shapes model into a 1-4 step student without guidance (shapes-turbo): reflow on the
     teacher's coupling. Unset options take the shipped recipe's values (stablenoise.shapes.distill.DistillConfig).
     Resumes: teacher pairs are kept in OUT/pairs, training restarts from OUT/checkpoint."""
     from ..backends import parse_device
-    from .distill import DistillConfig, distill
+    import torch
+
+    from .distill import DistillConfig, distill, ensure_pairs
 
     given = {k: v for k, v in settings.items() if v is not None}
-    final = distill(out, DistillConfig(teacher=teacher, threads=threads, device=str(parse_device(device)), **given))
+    cfg = DistillConfig(teacher=teacher, threads=threads, device=str(parse_device(device)), **given)
+    if pairs_part:
+        if threads:
+            torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+        paths = ensure_pairs(out, cfg, part=pairs_part)
+        click.echo(f"made part {pairs_part[0]}/{pairs_part[1]} of {len(paths)} shards in {out / 'pairs'}")
+        return
+    final = distill(out, cfg)
     click.echo(f"wrote {final}; copy it to src/stablenoise/weights/shapes-turbo to ship it")

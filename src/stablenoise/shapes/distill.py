@@ -119,9 +119,10 @@ def shard_count(n: int, cfg: DistillConfig) -> int:
     return -(-n // cfg.shard_size)
 
 
-def ensure_pairs(out: Path, cfg: DistillConfig, progress: bool = True) -> list[Path]:
+def ensure_pairs(out: Path, cfg: DistillConfig, progress: bool = True, part: tuple[int, int] = (0, 1)) -> list[Path]:
     """The shards of ``cfg.val_pairs + cfg.pairs`` pairs under OUT/pairs, making the missing ones (validation
-    shards first). A killed run loses at most the shard in progress."""
+    shards first). A killed run loses at most the shard in progress. ``part=(r, n)`` makes only the shards whose
+    index is r modulo n, so n processes can share the teacher's sampling (a shard depends on its index only)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -136,6 +137,8 @@ def ensure_pairs(out: Path, cfg: DistillConfig, progress: bool = True) -> list[P
     n = shard_count(cfg.val_pairs, cfg) + shard_count(cfg.pairs, cfg)
     paths = [out / "pairs" / f"shard-{i:05d}.safetensors" for i in range(n)]
     for i, path in enumerate(tqdm(paths, desc="teacher pairs", disable=not progress)):
+        if i % part[1] != part[0]:
+            continue
         if path.exists():
             with safe_open(path, "pt") as f:
                 if json.loads(f.metadata()["settings"]) != expected:
