@@ -7,6 +7,7 @@ from safetensors.torch import load_file, save_file
 
 import stablenoise as sn
 from stablenoise.cli import main
+from stablenoise.outputs import RUN_LOCK
 from tolerance import SHAPES, TINY_SD, cfg, f32, round_trip_n
 
 # Two runs' scores of the same seeds (other batches): a 2-step round trip of the tiny UNet under SD's CFG 7.5.
@@ -210,7 +211,7 @@ def test_interrupted_run_keeps_finished_prompts_then_resumes(common, tmp_path, m
     assert r.exit_code == 130
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "interrupted" and [it["prompt"] for it in rec["items"]] == ["a cat"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != RUN_LOCK]  # no temporary folder
     monkeypatch.setattr(stability_module, "stability", real)
     r = run(*args)
     assert r.exit_code == 0, r.output
@@ -304,7 +305,7 @@ def test_killed_process_ends_interrupted_with_finished_prompts_kept(sd_folder, t
     assert proc.wait(60) == 130
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "interrupted" and 1 <= len(rec["items"]) < 40
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != RUN_LOCK]  # no temporary folder
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(it["folder"] for it in rec["items"])
 
 
@@ -381,3 +382,29 @@ def test_score_and_generate_on_the_shell(tmp_path):
     save_file({"noise": noise[:1]}, str(saved))
     r = run("score", *args, "--noise", saved, "--out", tmp_path / "bad")
     assert r.exit_code != 0 and "--noise-norm applies to seeds" in r.output and not (tmp_path / "bad").exists()
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line(tmp_path):
+    """Another process holds the folder (a run in progress): select refuses in one line and changes nothing; once
+    the holder has finished, the folder takes the next run."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from stablenoise.outputs import RunFolder; "
+         f"r = RunFolder({str(out)!r}, 'select', {{}}, {{}}); print('held', flush=True); sys.stdin.read(); r.finish()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        r = CliRunner().invoke(main, ["select", "--prompt", "a red circle", "-k", "2", "--out", str(out)])
+        assert r.exit_code == 1
+        assert r.output.strip().splitlines() == [
+            f"Error: another run is writing to {out}: wait for it to finish, or use another --out"]
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    finally:
+        holder.communicate("", timeout=60)
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+    with sn.outputs.RunFolder(out, "select", {}, {}) as again:  # free again: the same run resumes
+        assert again.record["status"] == "running" and len(again.record["resumed"]) == 1

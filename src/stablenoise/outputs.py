@@ -15,6 +15,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
+from .distributed import hold
 from .errors import StablenoiseError
 from .records import now, strict_json, versions, write_json_atomic
 
@@ -48,6 +49,9 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str]) -> Image.
     return canvas
 
 
+RUN_LOCK = ".lock"
+
+
 class RunFolder:
     """One run's output folder: an item folder per prompt and a ``run.json`` with every parameter.
 
@@ -56,7 +60,8 @@ class RunFolder:
     half-written. A rerun into the same folder with the same command, parameters and model resumes: finished
     items are skipped (``done``). Any other non-empty folder is refused, and nothing is ever deleted that this
     class did not write. Used as a context manager, the run ends with a final status: ``done``,
-    ``interrupted`` or ``failed: why``.
+    ``interrupted`` or ``failed: why``. Until then this process holds ``.lock`` in the folder (the kernel frees
+    it if the process dies), so a second run into the folder meanwhile is refused, not mixed in.
     """
 
     def __init__(self, out: str | Path, command: str, parameters: dict, model: dict):
@@ -68,17 +73,26 @@ class RunFolder:
             raise StablenoiseError(f"output folder {self.root} is a file")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StablenoiseError(f"cannot write to output folder {self.root}: {e.strerror or e}") from None
+        # held until the run ends (or its process dies): a second run into this folder is refused in one line
+        self._lock = hold(self.root / RUN_LOCK, f"another run is writing to {self.root}: wait for it to finish, "
+                                                "or use another --out")
+        try:
             old = self._previous_run()
             if old is not None:
                 self._check_same_run(old, record)
                 record = {**old, "status": "running", "resumed": [*old.get("resumed", []), now()]}
-            elif any(self.root.iterdir()):
+            elif any(d.name != RUN_LOCK for d in self.root.iterdir()):
                 raise StablenoiseError(f"output folder {self.root} is not empty and holds no stablenoise run: "
                                        "use another --out")
             self.record = record
             self.flush()
-        except OSError as e:
-            raise StablenoiseError(f"cannot write to output folder {self.root}: {e.strerror or e}") from None
+        except BaseException as e:
+            self._release()
+            if isinstance(e, OSError):
+                raise StablenoiseError(f"cannot write to output folder {self.root}: {e.strerror or e}") from None
+            raise
 
     def _previous_run(self) -> dict | None:
         path = self.root / "run.json"
@@ -169,8 +183,17 @@ class RunFolder:
         return len(found)
 
     def finish(self, status: str = "done", **extra) -> None:
+        """Record the run's final status and let another run into the folder."""
         self.record.update(status=status, finished=now(), **extra)
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()
 
     def flush(self) -> None:
         write_json_atomic(self.root / "run.json", self.record)
