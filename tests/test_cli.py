@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 import stablenoise as sn
 from stablenoise.cli import main
-from stablenoise.outputs import RUN_LOCK
+from stablenoise.errors import StablenoiseError
 from tolerance import SHAPES, TINY_SD, cfg, f32, round_trip_n
 
 # Two runs' scores of the same seeds (other batches): a 2-step round trip of the tiny UNet under SD's CFG 7.5.
@@ -211,7 +212,7 @@ def test_interrupted_run_keeps_finished_prompts_then_resumes(common, tmp_path, m
     assert r.exit_code == 130
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "interrupted" and [it["prompt"] for it in rec["items"]] == ["a cat"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != RUN_LOCK]  # no temporary folder
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder
     monkeypatch.setattr(stability_module, "stability", real)
     r = run(*args)
     assert r.exit_code == 0, r.output
@@ -305,7 +306,7 @@ def test_killed_process_ends_interrupted_with_finished_prompts_kept(sd_folder, t
     assert proc.wait(60) == 130
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "interrupted" and 1 <= len(rec["items"]) < 40
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != RUN_LOCK]  # no temporary folder
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(it["folder"] for it in rec["items"])
 
 
@@ -408,3 +409,24 @@ def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line(tmp_path):
     assert json.loads((out / "run.json").read_text())["status"] == "done"
     with sn.outputs.RunFolder(out, "select", {}, {}) as again:  # free again: the same run resumes
         assert again.record["status"] == "running" and len(again.record["resumed"]) == 1
+
+
+@pytest.mark.parametrize("call", ["flock", "lockf"])
+def test_a_filesystem_that_cannot_lock_runs_unheld_and_only_a_held_lock_is_refused(tmp_path, monkeypatch, call):
+    """Only "held by another process" refuses a run; a filesystem without locks (ENOLCK, EBADF on NFS) does not."""
+    import errno
+    import fcntl
+
+    from stablenoise.distributed import hold
+
+    path = tmp_path if call == "flock" else tmp_path / "x.lock"
+    for code, refused in ((errno.ENOLCK, False), (errno.EBADF, False), (errno.EAGAIN, True), (errno.EACCES, True)):
+        def cannot(*_, code=code):
+            raise OSError(code, os.strerror(code))
+        monkeypatch.setattr(fcntl, call, cannot)
+        if refused:
+            with pytest.raises(StablenoiseError, match="^busy$"):
+                hold(path, "busy")
+        else:
+            hold(path, "busy").close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if call == "flock" else ["x.lock"])

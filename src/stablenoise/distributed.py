@@ -10,6 +10,7 @@ write shard files and rank 0 alone merges them into a store (docs/scaling.md).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -150,24 +151,49 @@ def rank_device(device: str | None, process_device: torch.device) -> str | None:
 
 
 def hold(path: Path, busy: str):
-    """Hold ``path`` (created if missing) with a POSIX record lock for this process, until the returned file is
-    closed or the process dies (the kernel frees it then, even after SIGKILL).
+    """Hold ``path`` for this process, until the returned object is closed or the process dies (the kernel frees
+    it then, even after SIGKILL). A folder is held itself (``flock`` on its descriptor), so nothing is left in it;
+    any other path is a lock file, created if missing, held with a POSIX record lock. Where the filesystem
+    cannot lock at all (an NFS mount with ``nolock``), nothing is held: only a lock held by another process is
+    refused.
 
     Args:
-        path: the lock file; busy: the error when another process holds it.
+        path: the folder or lock file; busy: the error when another process holds it.
     Returns:
-        The open lock file.
+        An object whose ``close()`` lets go.
     """
+    if path.is_dir():
+        return _FolderHold(path, busy)
     try:
         lock = open(path, "a")
     except OSError as e:
         raise StablenoiseError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     try:
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise StablenoiseError(busy) from None
+    except OSError as e:
+        if e.errno in _HELD:
+            lock.close()
+            raise StablenoiseError(busy) from None
     return lock
+
+
+_HELD = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # what a lock held elsewhere answers; other errors: no locks
+
+
+class _FolderHold:
+    def __init__(self, folder: Path, busy: str):
+        self.fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in _HELD:
+                os.close(self.fd)
+                raise StablenoiseError(busy) from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 @dataclass(frozen=True)

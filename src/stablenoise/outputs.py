@@ -49,9 +49,6 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str]) -> Image.
     return canvas
 
 
-RUN_LOCK = ".lock"
-
-
 class RunFolder:
     """One run's output folder: an item folder per prompt and a ``run.json`` with every parameter.
 
@@ -60,8 +57,9 @@ class RunFolder:
     half-written. A rerun into the same folder with the same command, parameters and model resumes: finished
     items are skipped (``done``). Any other non-empty folder is refused, and nothing is ever deleted that this
     class did not write. Used as a context manager, the run ends with a final status: ``done``,
-    ``interrupted`` or ``failed: why``. Until then this process holds ``.lock`` in the folder (the kernel frees
-    it if the process dies), so a second run into the folder meanwhile is refused, not mixed in.
+    ``interrupted`` or ``failed: why``. Until then this process holds the folder itself (a ``flock``, which the
+    kernel frees if the process dies; no file is left), so a second run into the folder meanwhile is refused,
+    not mixed in.
     """
 
     def __init__(self, out: str | Path, command: str, parameters: dict, model: dict):
@@ -76,14 +74,14 @@ class RunFolder:
         except OSError as e:
             raise StablenoiseError(f"cannot write to output folder {self.root}: {e.strerror or e}") from None
         # held until the run ends (or its process dies): a second run into this folder is refused in one line
-        self._lock = hold(self.root / RUN_LOCK, f"another run is writing to {self.root}: wait for it to finish, "
-                                                "or use another --out")
+        self._lock = hold(self.root, f"another run is writing to {self.root}: wait for it to finish, "
+                                     "or use another --out")
         try:
             old = self._previous_run()
             if old is not None:
                 self._check_same_run(old, record)
                 record = {**old, "status": "running", "resumed": [*old.get("resumed", []), now()]}
-            elif any(d.name != RUN_LOCK for d in self.root.iterdir()):
+            elif any(self.root.iterdir()):
                 raise StablenoiseError(f"output folder {self.root} is not empty and holds no stablenoise run: "
                                        "use another --out")
             self.record = record
