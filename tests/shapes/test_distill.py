@@ -58,8 +58,8 @@ def test_training_inputs_lie_on_each_pairs_line_and_start_at_its_noise():
     x0, eps = x0.float(), eps.float()
     captions = [f"pair {i}" for i in range(5)]
     alphas = torch.from_numpy(np.cumprod(1 - np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2))  # scaled-linear
-    x_t, t, target, weight, caps = D.distill_batch(cfg, 3, x0, eps, captions, grids, alphas)
-    idx = [captions.index(c) for c in caps]
+    x_t, t, target, weight, caps, idx = D.distill_batch(cfg, 3, x0, eps, captions, grids, alphas)
+    assert caps == [captions[i] for i in idx]
     a = alphas[t].view(-1, 1, 1, 1)
     assert torch.allclose(x_t.double(), a.sqrt() * x0[idx].double() + (1 - a).sqrt() * eps[idx].double(), atol=1e-6)
     assert torch.equal(target, eps[idx]) and torch.allclose(weight.double(), 1 / alphas[t], rtol=1e-6)
@@ -68,6 +68,57 @@ def test_training_inputs_lie_on_each_pairs_line_and_start_at_its_noise():
     assert first.any() and torch.allclose(x_t[first], z[idx][first], atol=1e-5)
     # diffusers takes the cumulative product in float32: 1,000 factors, relative error well under 1e-5
     assert a_start == pytest.approx(float(alphas[999]), rel=1e-5) and a_end == pytest.approx(float(alphas[0]), rel=1e-5)
+
+
+SCALED_LINEAR = torch.from_numpy(np.cumprod(1 - np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2))
+
+
+def _own_state_batch(rollout=1.0, n=5):
+    _, cfg, (_, _, grids) = _config_and_grids(batch_size=64, at_steps=1.0, rollout=rollout)
+    x0, eps = (v.float() for v in _gaussian_line(4, n=n))
+    batch = D.distill_batch(cfg, 7, x0, eps, [f"pair {i}" for i in range(n)], grids, SCALED_LINEAR)
+    return cfg, grids, x0, eps, batch, D.rollout_rows(cfg, 7, len(batch.t), grids)
+
+
+def test_rollout_rows_take_one_to_t_minus_1_steps_of_a_multistep_schedule():
+    cfg, grids, *_, picks = _own_state_batch(rollout=0.5)
+    assert 16 < len(picks) < 48 and len({row for row, _, _ in picks}) == len(picks)  # about half of 64 rows
+    assert {(s, taken) for _, s, taken in picks} == {(1, 1), (2, 1), (2, 2), (2, 3)}  # 2- and 4-step schedules
+    assert picks == D.rollout_rows(cfg, 7, 64, grids) != D.rollout_rows(cfg, 8, 64, grids)  # seeded by the step
+    assert D.rollout_rows(D.DistillConfig(**TINY), 7, 64, grids) == []  # the default: lines only
+    assert D.rollout_rows(cfg, 7, 64, grids[:1]) == []  # a 1-step schedule has no own states
+
+
+def test_an_exact_student_s_own_states_are_its_lines_points():
+    """With the line's own eps as the student's output, DDIM stays on the line: the own states are the line's
+    points at the timestep reached, and the target is the line's eps."""
+    _, grids, x0, eps, batch, picks = _own_state_batch()
+    exact = lambda x, t, rows: eps[batch.pairs[rows]]  # noqa: E731
+    own = D.own_states(batch, picks, x0, eps, grids, SCALED_LINEAR, exact)
+    rows = torch.tensor([row for row, _, _ in picks])
+    assert torch.equal(own.t[rows], torch.tensor([int(grids[s][taken]) for _, s, taken in picks]))
+    a = SCALED_LINEAR[own.t].view(-1, 1, 1, 1)
+    line = (a.sqrt() * x0[batch.pairs].double() + (1 - a).sqrt() * eps[batch.pairs].double()).float()
+    assert torch.allclose(own.x_t, line, atol=1e-5) and torch.allclose(own.target, eps[batch.pairs], atol=1e-4)
+    assert torch.allclose(own.weight.double(), 1 / SCALED_LINEAR[own.t], rtol=1e-6)
+    assert own.captions == batch.captions and torch.equal(own.pairs, batch.pairs)
+
+
+def test_an_inexact_student_s_own_states_are_its_ddim_steps_and_the_target_still_the_teacher_s_image():
+    """A student that predicts no noise (eps = 0): each of its DDIM steps rescales x by sqrt(a'/a), so after k
+    steps x = sqrt(a_k / a_0) z; off the line, the target is the eps whose x0 estimate is the pair's x0."""
+    _, grids, x0, eps, batch, picks = _own_state_batch(rollout=0.5)
+    own = D.own_states(batch, picks, x0, eps, grids, SCALED_LINEAR, lambda x, t, rows: torch.zeros_like(x))
+    for row, s, taken in picks:
+        a0, a = (float(SCALED_LINEAR[grids[s][i]]) for i in (0, taken))
+        z = math.sqrt(a0) * x0[batch.pairs[row]] + math.sqrt(1 - a0) * eps[batch.pairs[row]]
+        assert torch.allclose(own.x_t[row], math.sqrt(a / a0) * z, atol=1e-5)
+        x0_hat = (own.x_t[row] - math.sqrt(1 - a) * own.target[row]) / math.sqrt(a)
+        assert torch.allclose(x0_hat, x0[batch.pairs[row]], atol=1e-4)
+    untouched = torch.tensor(sorted(set(range(len(batch.t))) - {row for row, _, _ in picks}), dtype=torch.long)
+    assert len(untouched) > 16
+    for old, new in zip(batch[:4], own[:4]):
+        assert torch.equal(old[untouched], new[untouched])
 
 
 def test_the_loss_is_the_eps_error_plus_the_image_error():
@@ -131,8 +182,9 @@ def _unet(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = D.DistillConfig(**TINY)
+@pytest.mark.parametrize("rollout", [0.0, 0.5])
+def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout):
+    cfg = D.DistillConfig(**TINY, rollout=rollout)
     straight = D.distill(tmp_path / "a", cfg, progress=False)
     real = D.distill_batch
 
@@ -147,7 +199,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch):
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists() and not (tmp_path / "b" / "model").exists()
     monkeypatch.setattr(D, "distill_batch", real)
     with pytest.raises(StablenoiseError, match="other settings"):
-        D.distill(tmp_path / "b", D.DistillConfig(**{**TINY, "lr": 1e-3}), progress=False)
+        D.distill(tmp_path / "b", D.DistillConfig(**{**TINY, "lr": 1e-3, "rollout": rollout}), progress=False)
     resumed = D.distill(tmp_path / "b", cfg, progress=False)
     a, b = _unet(straight), _unet(resumed)
     assert a.keys() == b.keys()
@@ -155,15 +207,19 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch):
         assert torch.allclose(a[k], b[k], atol=1e-6), k  # same steps on the same batches: same sums
     teacher = _unet(shipped_models()["shapes"])
     assert any(not torch.equal(a[k], teacher[k]) for k in a)  # it trained
+    if rollout:  # on other batches than the lines alone
+        lines_only = _unet(D.distill(tmp_path / "d", D.DistillConfig(**TINY), progress=False))
+        assert any(not torch.allclose(a[k], lines_only[k], atol=1e-6) for k in a)
     log_a = json.loads((straight / "train_log.json").read_text())
     log_b = json.loads((resumed / "train_log.json").read_text())
     assert log_a["losses"] == pytest.approx(log_b["losses"], rel=1e-5) and len(log_a["losses"]) == 4
     assert list(log_a["validation_x0_mse"]) == ["2", "4"] and log_a["train_pairs"] == 4
+    assert list(log_a["validation_x0_mse_shipped"]) == ["999", "749", "499", "249", "2 steps", "4 steps"]
     assert (straight / "loss.png").exists() and not (tmp_path / "a" / "checkpoint").exists()
 
     # A second run can start from the student (--init): its first weights are the student's, its pairs the same.
     shutil.copytree(tmp_path / "a" / "pairs", tmp_path / "c" / "pairs")
-    further = D.DistillConfig(**{**TINY, "init": str(straight)})
+    further = D.DistillConfig(**{**TINY, "init": str(straight), "rollout": rollout})
     start = D._student(further).unet.state_dict()
     assert all(torch.equal(start[k], a[k]) for k in a)
     longer = _unet(D.distill(tmp_path / "c", further, progress=False))
@@ -192,19 +248,22 @@ def test_distill_shapes_pairs_part_makes_only_its_shards_and_trains_nothing(tmp_
 
 def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
     """shapes-turbo loads by name with turbo defaults (4 steps, no CFG), is not the teacher, and its logs say how
-    it was made: the recipe from the teacher (stage 1), then the same recipe from that student (stage 2)."""
+    it was made: the recipe from the teacher (stage 1), then the same recipe from that student (stage 2), then from
+    stage 2 on four times the pairs (stage 3)."""
     folder = shipped_models()["shapes-turbo"]
     backend = load("shapes-turbo")
     assert (backend.defaults.steps, backend.defaults.guidance) == (4, 1.0)
     student, teacher = _unet(folder), _unet(shipped_models()["shapes"])
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
-    stage1 = json.loads((folder / "train_log_stage1.json").read_text())
-    stage2 = json.loads((folder / "train_log.json").read_text())
-    assert stage1["config"].get("init") is None and stage2["config"]["init"].endswith("model")  # stage 1 predates it
-    recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1}
-    for log in (stage1, stage2):
-        assert {**log["config"], "init": None, "steps": None} == {**recipe, "init": None, "steps": None}
-    assert (stage1["config"]["steps"], stage2["config"]["steps"]) == (800, 1600)
+    logs = [json.loads((folder / name).read_text())
+            for name in ("train_log_stage1.json", "train_log_stage2.json", "train_log.json")]
+    assert logs[0]["config"].get("init") is None  # stage 1 predates --init
+    assert all(log["config"]["init"].endswith("model") for log in logs[1:])
+    recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1, "init": None, "steps": None}
+    assert [{"rollout": 0.0, **log["config"], "init": None, "steps": None} for log in logs] == [
+        recipe, recipe, {**recipe, "pairs": 4096, "threads": 2}]
+    assert [log["config"]["steps"] for log in logs] == [800, 1600, 2400]
+    assert [log["train_pairs"] for log in logs[1:]] == [1024, 4096]
     noise = sn.noises_from_seeds([0], backend.latent_shape)
     image = backend.denoise(noise, backend.encode(["a red circle"], 1.0), 4, 1.0)
     assert torch.isfinite(image).all() and image.abs().max() <= 1.5

@@ -201,6 +201,9 @@ def _part(ctx, param, value):
 @click.option("--teacher-steps", type=click.IntRange(1, 1000), default=None, help="The teacher's DDIM steps.")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None, help="The teacher's CFG scale.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Student training steps.")
+@click.option("--rollout", type=click.FloatRange(0, 1), default=None,
+              help="Share of each batch at the student's own states (its own first steps from the pair's noise) "
+                   "instead of the teacher's lines.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--seed", type=click.IntRange(min=0), default=None)

@@ -8,6 +8,13 @@ and run without classifier-free guidance (guidance folded in), learns to predict
 of it at the trailing 1-, 2- and 4-step timesteps and between them. A DDIM step keeps eps and x0 when the
 prediction is exact, so 1, 2 or 4 student steps land on the teacher's image, and DDIM inversion runs unchanged.
 
+Points of the teacher's lines are not where the student's later steps start when its first step errs: there
+x is the student's own state, which no line passes through. ``rollout`` puts a share of each batch there: the
+pair's noise taken 1 to T - 1 DDIM steps along a T-step student schedule by the student itself (no gradient),
+with the target still the teacher's image, so the later steps learn to correct the earlier ones (the
+"own-state" training of multistep distillation; on this model the first step's error was nearly all of the
+4-step error, and later steps trained on lines alone left it in place).
+
 Cost decides the recipe on a CPU: a pair costs one teacher sampling (teacher_steps x 2 UNet calls), paid once
 and stored in safetensors shards (resumable, each shard seeded by its index), after which a training step
 costs one student forward and backward; progressive and consistency distillation call the teacher inside
@@ -23,6 +30,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +45,7 @@ from . import world
 from .pipeline import ShapesPipeline
 from .train import atomic_dir, plot_losses
 
-PAIR_STREAM, TRAIN_STREAM = 1, 2  # independent random streams under one seed
+PAIR_STREAM, TRAIN_STREAM, ROLLOUT_STREAM = 1, 2, 3  # independent random streams under one seed
 
 
 @dataclass
@@ -51,6 +59,7 @@ class DistillConfig:
     guidance: float = 2.0  # the teacher's CFG; the student runs without CFG
     student_steps: tuple[int, ...] = (1, 2, 4)  # the step counts whose timesteps training covers
     at_steps: float = 0.5  # share of training timesteps exactly at those steps' timesteps; the rest between
+    rollout: float = 0.0  # share of each batch moved to the student's own states (module docstring)
     steps: int = 800
     batch_size: int = 16  # the shipped student's: 800 steps of 16 took 15 min on one CPU thread
     lr: float = 2e-4
@@ -179,9 +188,18 @@ def sample_timesteps(rng: np.random.Generator, n: int, grids: list[torch.Tensor]
     return torch.where(torch.from_numpy(rng.random(n) < at_steps), on_grid, between)
 
 
+class Batch(NamedTuple):
+    x_t: torch.Tensor  # the model's input
+    t: torch.Tensor  # its timesteps
+    target: torch.Tensor  # the eps whose x0 estimate is the teacher's image
+    weight: torch.Tensor  # the loss weight 1 / alpha_bar(t)
+    captions: list[str]
+    pairs: torch.Tensor  # which training pair each row is
+
+
 def distill_batch(cfg: DistillConfig, step: int, x0: torch.Tensor, eps: torch.Tensor, captions: list[str],
-                  grids: list[torch.Tensor], alphas_cumprod: torch.Tensor):
-    """(model input, timesteps, eps target, loss weight, captions) of training step ``step``: pairs drawn with
+                  grids: list[torch.Tensor], alphas_cumprod: torch.Tensor) -> Batch:
+    """The :class:`Batch` of training step ``step`` on the teacher's lines: pairs drawn with
     replacement, each moved to its timestep on its own line. The weight 1 / alpha_bar(t) makes the loss
     |eps error|^2 + |x0 error|^2 (Salimans & Ho 2022's "SNR + 1"), so the 1-step timestep, where an eps error
     is magnified 14x in the image, is not drowned by the easy low-noise ones."""
@@ -190,7 +208,47 @@ def distill_batch(cfg: DistillConfig, step: int, x0: torch.Tensor, eps: torch.Te
     t = sample_timesteps(rng, cfg.batch_size, grids, cfg.at_steps)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = (a.sqrt() * x0[idx].double() + (1 - a).sqrt() * eps[idx].double()).float()
-    return x_t, t, eps[idx], (1 / a).float().flatten(), [captions[i] for i in idx.tolist()]
+    return Batch(x_t, t, eps[idx], (1 / a).float().flatten(), [captions[i] for i in idx.tolist()], idx)
+
+
+def rollout_rows(cfg: DistillConfig, step: int, n: int, grids: list[torch.Tensor]) -> list[tuple[int, int, int]]:
+    """(row, schedule, steps taken) for the rows of training step ``step`` that go to the student's own states:
+    each row with probability ``cfg.rollout``, a uniform schedule of more than one step, 1 to T - 1 steps."""
+    multi = [j for j, g in enumerate(grids) if len(g) > 1]
+    if not multi:
+        return []
+    rng = np.random.default_rng([cfg.seed, ROLLOUT_STREAM, step])
+    chosen = np.flatnonzero(rng.random(n) < cfg.rollout)
+    picks = []
+    for row in chosen.tolist():
+        j = multi[int(rng.integers(len(multi)))]
+        picks.append((row, j, int(rng.integers(1, len(grids[j])))))
+    return picks
+
+
+@torch.no_grad()
+def own_states(batch: Batch, picks: list[tuple[int, int, int]], x0: torch.Tensor, eps: torch.Tensor,
+               grids: list[torch.Tensor], alphas_cumprod: torch.Tensor, eps_model) -> Batch:
+    """``batch`` with the rows of ``picks`` moved to the student's own states: each row's pair noise (its line at
+    the schedule's first timestep) taken its steps along its schedule by ``eps_model(x, t, rows) -> eps`` with
+    DDIM; the target is the eps that makes the x0 estimate there the teacher's image."""
+    x_t, t, target, weight = (v.clone() for v in batch[:4])
+    for j, grid in enumerate(grids):
+        mine = [(row, taken) for row, s, taken in picks if s == j]
+        if not mine:
+            continue
+        rows, taken = (torch.tensor(v) for v in zip(*mine))
+        pairs, a0 = batch.pairs[rows], float(alphas_cumprod[grid[0]])
+        x = (math.sqrt(a0) * x0[pairs].double() + math.sqrt(1 - a0) * eps[pairs].double()).float()
+        for k in range(int(taken.max())):
+            go = taken > k
+            e = eps_model(x[go], grid[k].expand(int(go.sum())), rows[go])
+            x[go] = ddim.step(e, x[go], float(alphas_cumprod[grid[k]]), float(alphas_cumprod[grid[k + 1]]))
+        t[rows] = grid[taken]
+        a = alphas_cumprod[t[rows]].view(-1, 1, 1, 1)
+        x_t[rows], weight[rows] = x, (1 / a).float().flatten()
+        target[rows] = ((x.double() - a.sqrt() * x0[pairs].double()) / (1 - a).sqrt()).float()
+    return batch._replace(x_t=x_t, t=t, target=target, weight=weight)
 
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -207,18 +265,31 @@ def lr_at(cfg: DistillConfig, step: int) -> float:
 
 @torch.no_grad()
 def validation_error(pipe: ShapesPipeline, lines: dict, grids: list[torch.Tensor], alphas_cumprod) -> dict:
-    """Mean squared x0 error of the student on the held-back pairs at each trailing timestep (image units,
-    [-1, 1] scale), by timestep."""
+    """Mean squared x0 error of the student on the held-back pairs (image units, [-1, 1] scale): from the line's
+    point at each trailing timestep (key: the timestep), and at the last step of the student's own T-step
+    sampling from the pair's noise (key: "T steps", for each schedule of more than one step)."""
     x0, eps, captions = lines["x0"], lines["eps"], lines["captions"]
     cond = pipe.encode_prompt(captions)
-    out = {}
-    for t in sorted({int(v) for g in grids for v in g}, reverse=True):
+
+    def x0_hat(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = float(alphas_cumprod[t])
-        x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
-        pred = pipe.unet(x_t.to(pipe.device), torch.full((len(x0),), t, device=pipe.device),
+        pred = pipe.unet(x.to(pipe.device), torch.full((len(x),), t, device=pipe.device),
                          encoder_hidden_states=cond).sample.float().cpu()
-        x0_hat = (x_t - math.sqrt(1 - a) * pred) / math.sqrt(a)
-        out[str(t)] = float((x0_hat - x0).square().mean())
+        return (x - math.sqrt(1 - a) * pred) / math.sqrt(a), pred
+
+    def on_line(t: int) -> torch.Tensor:
+        a = float(alphas_cumprod[t])
+        return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+
+    out = {str(t): float((x0_hat(on_line(t), t)[0] - x0).square().mean())
+           for t in sorted({int(v) for g in grids for v in g}, reverse=True)}
+    for grid in (g.tolist() for g in grids if len(g) > 1):
+        x = on_line(grid[0])
+        for t, nxt in zip(grid, [*grid[1:], None]):
+            estimate, pred = x0_hat(x, t)
+            if nxt is not None:
+                x = ddim.step(pred, x, float(alphas_cumprod[t]), float(alphas_cumprod[nxt]))
+        out[f"{len(grid)} steps"] = float((estimate - x0).square().mean())
     return out
 
 
@@ -259,9 +330,12 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
                disable=not progress)
     t0 = time.time()
     for step in bar:
-        x_t, t, target, weight, captions = distill_batch(cfg, step, train["x0"], train["eps"], train["captions"],
-                                                         grids, alphas_cumprod)
-        state.update(step, x_t, t, target, weight, captions)
+        batch = distill_batch(cfg, step, train["x0"], train["eps"], train["captions"], grids, alphas_cumprod)
+        picks = rollout_rows(cfg, step, len(batch.t), grids) if cfg.rollout else []
+        if picks:
+            batch = own_states(batch, picks, train["x0"], train["eps"], grids, alphas_cumprod,
+                               state.eps_model(batch.captions))
+        state.update(step, *batch[:5])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             state.log["validation"][str(step + 1)] = validation_error(pipe, val, grids, alphas_cumprod)
             val_mse = state.log["validation"][str(step + 1)]
@@ -302,6 +376,15 @@ class _Run:
             self.opt.load_state_dict(state["optimizer"])
             self.ema.load_state_dict(state["ema"])
             self.log, self.step = state["log"], int(state["step"])
+
+    def eps_model(self, captions: list[str]):
+        """The student as it is now, as ``(x, t, rows) -> eps`` for the rows of a batch with these captions."""
+        dev = self.pipe.device
+
+        def model(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            cond = self.pipe.encode_prompt([captions[i] for i in rows.tolist()])
+            return self.pipe.unet(x.to(dev), t.to(dev), encoder_hidden_states=cond).sample.float().cpu()
+        return model
 
     def update(self, step, x_t, t, target, weight, captions) -> None:
         dev = self.pipe.device
