@@ -182,7 +182,10 @@ _HELD = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # what a lock held else
 
 class _FolderHold:
     def __init__(self, folder: Path, busy: str):
-        self.fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:  # one line, as for a lock file that cannot be opened
+            raise StablenoiseError(f"cannot read {folder}: {e.strerror or e}") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
