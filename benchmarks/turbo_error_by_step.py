@@ -14,7 +14,6 @@ pairs and one training shard) are made if missing, about three minutes of teache
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -27,20 +26,12 @@ from stablenoise.shapes import distill as D
 from stablenoise.shapes.pipeline import ShapesPipeline
 
 
-@torch.no_grad()
 def errors_from(pipe, lines: dict, grid: list[int], alphas_cumprod, start: int) -> list[float]:
     """The x0 error after each step of the student's sampling along ``grid``, started on the line at grid[start]."""
     x0, eps = lines["x0"], lines["eps"]
-    cond = pipe.encode_prompt(lines["captions"])
-    a = float(alphas_cumprod[grid[start]])
-    x, out = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps, []
-    for t, nxt in zip(grid[start:], [*grid[start + 1:], None]):
-        a = float(alphas_cumprod[t])
-        pred = pipe.unet(x, torch.full((len(x),), t), encoder_hidden_states=cond).sample.float()
-        out.append(float(((x - math.sqrt(1 - a) * pred) / math.sqrt(a) - x0).square().mean()))
-        if nxt is not None:
-            x = ddim.step(pred, x, a, float(alphas_cumprod[nxt]))
-    return out
+    x = D.line_point(x0, eps, float(alphas_cumprod[grid[start]]))
+    _, estimates = D.own_sampling(D.student_eps(pipe, lines["captions"]), x, grid[start:], alphas_cumprod)
+    return [float((e - x0).square().mean()) for e in estimates]
 
 
 def main() -> None:

@@ -121,6 +121,26 @@ def test_an_inexact_student_s_own_states_are_its_ddim_steps_and_the_target_still
         assert torch.equal(old[untouched], new[untouched])
 
 
+def test_own_sampling_estimates_x0_at_every_call_and_stops_each_row_after_its_steps():
+    """An exact student (its line's eps) estimates the line's x0 at every call; an eps = 0 student's DDIM steps
+    rescale x by sqrt(a'/a), so a row that made k steps sits at sqrt(a_k / a_0) z, and its x0 estimate at call k
+    is z / sqrt(a_0) whatever k. Without ``taken`` every row makes every call, the last one without a step."""
+    x0, eps = (v.float() for v in _gaussian_line(5, n=4))
+    grid = [999, 749, 499, 249]
+    z = D.line_point(x0, eps, float(SCALED_LINEAR[999]))
+    exact = lambda x, t, rows: eps[rows]  # noqa: E731
+    x, estimates = D.own_sampling(exact, z, grid, SCALED_LINEAR)
+    assert len(estimates) == 4 and all(torch.allclose(e, x0, atol=1e-4) for e in estimates)
+    assert torch.allclose(x, D.line_point(x0, eps, float(SCALED_LINEAR[249])), atol=1e-5)  # no step after the last
+    taken = torch.tensor([1, 3, 2, 3])
+    x, estimates = D.own_sampling(lambda x, t, rows: torch.zeros_like(x), z, grid, SCALED_LINEAR, taken)
+    assert [len(e) for e in estimates] == [4, 3, 2]  # rows still going at each call
+    a0 = float(SCALED_LINEAR[999])
+    for row, k in enumerate(taken.tolist()):
+        assert torch.allclose(x[row], math.sqrt(float(SCALED_LINEAR[grid[k]]) / a0) * z[row], atol=1e-5)
+    assert all(torch.allclose(e, z[taken > k] / math.sqrt(a0), atol=1e-4) for k, e in enumerate(estimates))
+
+
 def test_the_loss_is_the_eps_error_plus_the_image_error():
     g = torch.Generator().manual_seed(3)
     x0, eps, pred = (torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))

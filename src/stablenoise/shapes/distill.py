@@ -207,8 +207,8 @@ def distill_batch(cfg: DistillConfig, step: int, x0: torch.Tensor, eps: torch.Te
     idx = torch.from_numpy(rng.integers(len(x0), size=cfg.batch_size))
     t = sample_timesteps(rng, cfg.batch_size, grids, cfg.at_steps)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
-    x_t = (a.sqrt() * x0[idx].double() + (1 - a).sqrt() * eps[idx].double()).float()
-    return Batch(x_t, t, eps[idx], (1 / a).float().flatten(), [captions[i] for i in idx.tolist()], idx)
+    return Batch(line_point(x0[idx], eps[idx], a), t, eps[idx], (1 / a).float().flatten(),
+                 [captions[i] for i in idx.tolist()], idx)
 
 
 def rollout_rows(cfg: DistillConfig, step: int, n: int, grids: list[torch.Tensor]) -> list[tuple[int, int, int]]:
@@ -226,6 +226,41 @@ def rollout_rows(cfg: DistillConfig, step: int, n: int, grids: list[torch.Tensor
     return picks
 
 
+def line_point(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
+    """The point of the DDIM line (x0, eps) at alpha_bar ``a`` (a number, or one per row), computed in float64."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    return (a.sqrt() * x0.double() + (1 - a).sqrt() * eps.double()).float()
+
+
+def student_eps(pipe: ShapesPipeline, captions: list[str]):
+    """The student as it is now, as ``eps_model(x, t, rows) -> eps`` for the rows of a batch with these captions
+    (inputs and outputs on the CPU, whatever the student's device)."""
+    dev = pipe.device
+
+    def model(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        cond = pipe.encode_prompt([captions[i] for i in rows.tolist()])
+        return pipe.unet(x.to(dev), t.to(dev), encoder_hidden_states=cond).sample.float().cpu()
+    return model
+
+
+@torch.no_grad()
+def own_sampling(eps_model, x: torch.Tensor, grid: list[int], alphas_cumprod: torch.Tensor,
+                 taken: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The student's own DDIM sampling along ``grid`` from ``x`` (its rows' states at grid[0]): row i takes
+    ``taken[i]`` model calls (default: all of them, the last one only estimating x0). Returns the rows' states
+    where they stopped and, for each call k, the x0 estimates of the rows that made it."""
+    rows = torch.arange(len(x))
+    taken = torch.full((len(x),), len(grid)) if taken is None else taken
+    x, estimates = x.clone(), []
+    for k, t in enumerate(grid[:int(taken.max())]):
+        go, a = taken > k, float(alphas_cumprod[t])
+        e = eps_model(x[go], torch.full((int(go.sum()),), int(t)), rows[go])
+        estimates.append((x[go] - math.sqrt(1 - a) * e) / math.sqrt(a))
+        if k + 1 < len(grid):
+            x[go] = ddim.step(e, x[go], a, float(alphas_cumprod[grid[k + 1]]))
+    return x, estimates
+
+
 @torch.no_grad()
 def own_states(batch: Batch, picks: list[tuple[int, int, int]], x0: torch.Tensor, eps: torch.Tensor,
                grids: list[torch.Tensor], alphas_cumprod: torch.Tensor, eps_model) -> Batch:
@@ -238,12 +273,10 @@ def own_states(batch: Batch, picks: list[tuple[int, int, int]], x0: torch.Tensor
         if not mine:
             continue
         rows, taken = (torch.tensor(v) for v in zip(*mine))
-        pairs, a0 = batch.pairs[rows], float(alphas_cumprod[grid[0]])
-        x = (math.sqrt(a0) * x0[pairs].double() + math.sqrt(1 - a0) * eps[pairs].double()).float()
-        for k in range(int(taken.max())):
-            go = taken > k
-            e = eps_model(x[go], grid[k].expand(int(go.sum())), rows[go])
-            x[go] = ddim.step(e, x[go], float(alphas_cumprod[grid[k]]), float(alphas_cumprod[grid[k + 1]]))
+        pairs = batch.pairs[rows]
+        start = line_point(x0[pairs], eps[pairs], float(alphas_cumprod[grid[0]]))
+        x, _ = own_sampling(lambda x, t, local: eps_model(x, t, rows[local]), start, grid.tolist(),
+                            alphas_cumprod, taken)
         t[rows] = grid[taken]
         a = alphas_cumprod[t[rows]].view(-1, 1, 1, 1)
         x_t[rows], weight[rows] = x, (1 / a).float().flatten()
@@ -268,28 +301,14 @@ def validation_error(pipe: ShapesPipeline, lines: dict, grids: list[torch.Tensor
     """Mean squared x0 error of the student on the held-back pairs (image units, [-1, 1] scale): from the line's
     point at each trailing timestep (key: the timestep), and at the last step of the student's own T-step
     sampling from the pair's noise (key: "T steps", for each schedule of more than one step)."""
-    x0, eps, captions = lines["x0"], lines["eps"], lines["captions"]
-    cond = pipe.encode_prompt(captions)
+    x0, eps, model = lines["x0"], lines["eps"], student_eps(pipe, lines["captions"])
 
-    def x0_hat(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a = float(alphas_cumprod[t])
-        pred = pipe.unet(x.to(pipe.device), torch.full((len(x),), t, device=pipe.device),
-                         encoder_hidden_states=cond).sample.float().cpu()
-        return (x - math.sqrt(1 - a) * pred) / math.sqrt(a), pred
+    def error(grid: list[int]) -> float:
+        start = line_point(x0, eps, float(alphas_cumprod[grid[0]]))
+        return float((own_sampling(model, start, grid, alphas_cumprod)[1][-1] - x0).square().mean())
 
-    def on_line(t: int) -> torch.Tensor:
-        a = float(alphas_cumprod[t])
-        return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
-
-    out = {str(t): float((x0_hat(on_line(t), t)[0] - x0).square().mean())
-           for t in sorted({int(v) for g in grids for v in g}, reverse=True)}
-    for grid in (g.tolist() for g in grids if len(g) > 1):
-        x = on_line(grid[0])
-        for t, nxt in zip(grid, [*grid[1:], None]):
-            estimate, pred = x0_hat(x, t)
-            if nxt is not None:
-                x = ddim.step(pred, x, float(alphas_cumprod[t]), float(alphas_cumprod[nxt]))
-        out[f"{len(grid)} steps"] = float((estimate - x0).square().mean())
+    out = {str(t): error([t]) for t in sorted({int(v) for g in grids for v in g}, reverse=True)}
+    out.update({f"{len(g)} steps": error(g.tolist()) for g in grids if len(g) > 1})
     return out
 
 
@@ -334,7 +353,7 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
         picks = rollout_rows(cfg, step, len(batch.t), grids) if cfg.rollout else []
         if picks:
             batch = own_states(batch, picks, train["x0"], train["eps"], grids, alphas_cumprod,
-                               state.eps_model(batch.captions))
+                               student_eps(pipe, batch.captions))
         state.update(step, *batch[:5])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             state.log["validation"][str(step + 1)] = validation_error(pipe, val, grids, alphas_cumprod)
@@ -376,15 +395,6 @@ class _Run:
             self.opt.load_state_dict(state["optimizer"])
             self.ema.load_state_dict(state["ema"])
             self.log, self.step = state["log"], int(state["step"])
-
-    def eps_model(self, captions: list[str]):
-        """The student as it is now, as ``(x, t, rows) -> eps`` for the rows of a batch with these captions."""
-        dev = self.pipe.device
-
-        def model(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            cond = self.pipe.encode_prompt([captions[i] for i in rows.tolist()])
-            return self.pipe.unet(x.to(dev), t.to(dev), encoder_hidden_states=cond).sample.float().cpu()
-        return model
 
     def update(self, step, x_t, t, target, weight, captions) -> None:
         dev = self.pipe.device
