@@ -269,21 +269,23 @@ def test_distill_shapes_pairs_part_makes_only_its_shards_and_trains_nothing(tmp_
 def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
     """shapes-turbo loads by name with turbo defaults (4 steps, no CFG), is not the teacher, and its logs say how
     it was made: the recipe from the teacher (stage 1), then the same recipe from that student (stage 2), then from
-    stage 2 on four times the pairs (stage 3)."""
+    stage 2 on four times the pairs (stage 3), then from stage 3 with half of each batch at its own states
+    (stage 4)."""
     folder = shipped_models()["shapes-turbo"]
     backend = load("shapes-turbo")
     assert (backend.defaults.steps, backend.defaults.guidance) == (4, 1.0)
     student, teacher = _unet(folder), _unet(shipped_models()["shapes"])
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
     logs = [json.loads((folder / name).read_text())
-            for name in ("train_log_stage1.json", "train_log_stage2.json", "train_log.json")]
+            for name in ("train_log_stage1.json", "train_log_stage2.json", "train_log_stage3.json", "train_log.json")]
     assert logs[0]["config"].get("init") is None  # stage 1 predates --init
     assert all(log["config"]["init"].endswith("model") for log in logs[1:])
     recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1, "init": None, "steps": None}
     assert [{"rollout": 0.0, **log["config"], "init": None, "steps": None} for log in logs] == [
-        recipe, recipe, {**recipe, "pairs": 4096, "threads": 2}]
-    assert [log["config"]["steps"] for log in logs] == [800, 1600, 2400]
-    assert [log["train_pairs"] for log in logs[1:]] == [1024, 4096]
+        recipe, recipe, {**recipe, "pairs": 4096, "threads": 2},
+        {**recipe, "pairs": 4096, "threads": 2, "rollout": 0.5}]
+    assert [log["config"]["steps"] for log in logs] == [800, 1600, 2400, 2400]
+    assert [log["train_pairs"] for log in logs[1:]] == [1024, 4096, 4096]
     noise = sn.noises_from_seeds([0], backend.latent_shape)
     image = backend.denoise(noise, backend.encode(["a red circle"], 1.0), 4, 1.0)
     assert torch.isfinite(image).all() and image.abs().max() <= 1.5

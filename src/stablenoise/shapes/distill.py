@@ -52,7 +52,7 @@ PAIR_STREAM, TRAIN_STREAM, ROLLOUT_STREAM = 1, 2, 3  # independent random stream
 class DistillConfig:
     teacher: str = "shapes"  # a shipped model name or a shapes pipeline folder
     init: str | None = None  # the student's starting weights (a student to train on); None: the teacher's
-    pairs: int = 1024  # training pairs (whole shards); the shipped student's (2,048 did not fit a session's CPU)
+    pairs: int = 1024  # training pairs (whole shards): stage 1 of the shipped student; its stages 3-4 had 4,096
     val_pairs: int = 128  # held-back pairs for the validation curve (whole shards, drawn first)
     shard_size: int = 64
     teacher_steps: int = 25  # DDIM at 25 steps is within 1-2 verifier points of 50 at half the cost
