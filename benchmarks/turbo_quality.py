@@ -2,8 +2,9 @@
 teacher bench store (default: docs/regimes/ddim50, the shipped DDIM model at 50 steps, the noise as drawn),
 generate the student's image of every (caption, seed) at each step count and compare, with the teacher's stored
 verifier verdicts: verifier accuracy, the paired difference student - teacher (95% intervals clustered over
-distinct captions), and the image's high-frequency share (benchmarks/stability_proxies.py's definition; the
-teacher's images are regenerated for it, and their verdicts must agree with the store's). Writes JSON.
+distinct captions), the image's high-frequency share (benchmarks/stability_proxies.py's definition; the
+teacher's images are regenerated for it, and their verdicts must agree with the store's), and what the verifier
+found in the images (each shape's share of the objects, the commonest failures). Writes JSON.
 
     python benchmarks/turbo_quality.py [--student shapes-turbo] [--teacher-run docs/regimes/ddim50]
         [--steps 1,2,4] [--json docs/regimes/turbo-quality.json]
@@ -12,6 +13,7 @@ teacher's images are regenerated for it, and their verdicts must agree with the 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +28,27 @@ from stablenoise.shapes.verifier import verify
 from stablenoise.stats import mean_ci, paired_diff_ci
 
 
-def judged_images(backend, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int) -> dict:
-    """Verifier verdicts and high-frequency shares of each (prompt, seed)'s image, in order."""
+def judged_images(backend, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int
+                  ) -> tuple[dict, list]:
+    """Verifier verdicts and high-frequency shares of each (prompt, seed)'s image, in order, and the verdicts."""
     def run(items):
         noise = sn.noises_from_seeds([s for _, s in items], backend.latent_shape)
         return sn.generate(backend, [p for p, _ in items], noise, steps=steps, guidance=guidance)
 
     images = map_batches(run, list(zip(prompts, seeds)), batch)
     pixels = [np.asarray(im.convert("RGB"), dtype=np.float64) / 127.5 - 1.0 for im in images]
-    return {"passed": np.array([verify(im, p).passed for im, p in zip(images, prompts)], dtype=float),
-            "high_frequency_share": np.array([high_frequency_share(x) for x in pixels])}
+    verdicts = [verify(im, p) for im, p in zip(images, prompts)]
+    return {"passed": np.array([v.passed for v in verdicts], dtype=float),
+            "high_frequency_share": np.array([high_frequency_share(x) for x in pixels])}, verdicts
+
+
+def what_it_drew(verdicts: list) -> dict:
+    """What the verifier found: objects per image, each shape's share of them, and the commonest failures (the
+    verifier's reason, by count). Where a student draws squares and triangles as circles, it shows here."""
+    shapes = Counter(d.shape for v in verdicts for d in v.detections)
+    n = sum(shapes.values())
+    return {"objects_per_image": n / len(verdicts), "shape_share": {k: shapes[k] / n for k in sorted(shapes)},
+            "failures": dict(Counter(v.reason for v in verdicts if not v.passed).most_common(10))}
 
 
 def teacher_table(run: Path):
@@ -82,19 +95,20 @@ def main() -> None:
     captions = prompts  # clusters: a distinct caption is one cluster, whichever prompts repeat it
     stored = table.seeds.scores["shapes-verifier"][:n].reshape(-1) > 0.5
     sub = np.arange(len(seeds)).reshape(-1, k)[:, :args.teacher_seeds or k].reshape(-1)
-    regenerated = judged_images(sn.load(c.model), [prompts[i] for i in sub], [seeds[i] for i in sub], c.steps,
-                                c.guidance, args.batch_size)
+    regenerated, drawn = judged_images(sn.load(c.model), [prompts[i] for i in sub], [seeds[i] for i in sub], c.steps,
+                                       c.guidance, args.batch_size)
     agree = int((regenerated["passed"].astype(bool) == stored[sub]).sum())
     teacher = {"passed": stored.astype(float)}
     hf = regenerated["high_frequency_share"]
     result = {"teacher": {"model": c.model, "steps": c.steps, "guidance": c.guidance, "run": str(args.teacher_run),
                           "images": len(seeds), "regenerated": len(sub), "verdicts_reproduced": agree,
                           "passed": summary(teacher["passed"], captions),
-                          "high_frequency_share": summary(hf, [captions[i] for i in sub])},
+                          "high_frequency_share": summary(hf, [captions[i] for i in sub]),
+                          "drawn": what_it_drew(drawn)},
               "student": {"model": args.student, "guidance": args.guidance, "by_steps": {}}}
     if args.coupling_steps:
-        coupling = judged_images(sn.load(c.model), [prompts[i] for i in sub], [seeds[i] for i in sub],
-                                 args.coupling_steps, c.guidance, args.batch_size)
+        coupling, _ = judged_images(sn.load(c.model), [prompts[i] for i in sub], [seeds[i] for i in sub],
+                                    args.coupling_steps, c.guidance, args.batch_size)
         sub_captions = [captions[i] for i in sub]
         result["coupling"] = {"steps": args.coupling_steps,
                               **compare(coupling, {"passed": stored[sub].astype(float), "high_frequency_share": hf},
@@ -104,19 +118,22 @@ def main() -> None:
               f"share {coupling['high_frequency_share'].mean():.4f}")
     student = sn.load(args.student)
     for steps in (int(s) for s in args.steps.split(",")):
-        judged = judged_images(student, prompts, seeds, steps, args.guidance, args.batch_size)
+        judged, drawn = judged_images(student, prompts, seeds, steps, args.guidance, args.batch_size)
         row = compare({"passed": judged["passed"]}, teacher, captions)
         row["high_frequency_share"] = summary(judged["high_frequency_share"], captions)
         row["high_frequency_share_minus_teacher"] = paired_diff_ci(judged["high_frequency_share"][sub], hf, rng=0,
                                                                    clusters=[captions[i] for i in sub])
+        row["drawn"] = what_it_drew(drawn)
         result["student"]["by_steps"][str(steps)] = row
         d = row["passed_minus_teacher"]
         print(f"{args.student} at {steps} steps: verifier {100 * row['passed']['mean']:.1f}% "
               f"({100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] vs the teacher), "
-              f"high-frequency share {row['high_frequency_share']['mean']:.4f}")
+              f"high-frequency share {row['high_frequency_share']['mean']:.4f}, shapes drawn "
+              + ", ".join(f"{k} {v:.2f}" for k, v in row["drawn"]["shape_share"].items()))
     print(f"teacher {c.model} at {c.steps} steps, guidance {c.guidance:g}: verifier "
           f"{100 * stored.mean():.1f}% over {len(seeds)} images ({len(set(captions))} captions), high-frequency share "
-          f"{hf.mean():.4f} ({len(sub)} regenerated images, verdicts reproduced {agree}/{len(sub)})")
+          f"{hf.mean():.4f} ({len(sub)} regenerated images, verdicts reproduced {agree}/{len(sub)}), shapes drawn "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result["teacher"]["drawn"]["shape_share"].items()))
     if args.json:
         write_json_atomic(args.json, result)
 
