@@ -4,6 +4,7 @@ line, and SIGKILL of one rank or the whole job at chosen points followed by a re
 that ends with the store of an uninterrupted run. Every process runs one thread: float32 sums are rounded
 alike only with the same thread count."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from stablenoise.bench.store import Store
@@ -181,19 +183,33 @@ def test_a_rank_killed_at_any_point_loses_and_duplicates_nothing(reference, tmp_
     assert_whole(out, reference)
 
 
+def kill_job(job: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every rank: torchrun starts each rank in a session of its own, out of reach of
+    a signal to the launcher's process group, and a rank left running keeps the run folder held."""
+    ranks = psutil.Process(job.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(job.pid, signal.SIGKILL)
+    for rank in ranks:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rank.kill()
+    job.wait()
+    psutil.wait_procs(ranks, timeout=30)
+
+
 def test_the_whole_job_killed_resumes_with_another_process_count(reference, tmp_path):
-    """SIGKILL to every process of a two-process job once its first shard exists, then a plain rerun."""
+    """SIGKILL to every process of a two-process job once rank 0 has handed a unit over, then a plain rerun.
+    Rank 1 is held on its first unit (never released), so the job cannot finish before the kill: waiting for a
+    shard file instead raced with rank 0, which merges and removes shards as they come."""
     out = tmp_path / "run"
-    job = subprocess.Popen(command(out, 2), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    job = subprocess.Popen(command(out, 2, faulty=True), env=env(SN_HOLD=f"1:{tmp_path / 'never'}"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + TIMEOUT
-        while job.poll() is None and time.time() < deadline and not list((out / "shards").glob("*.json")):
+        while job.poll() is None and time.time() < deadline and not list(out.glob("shards/claims/*/done-r0/*")):
             time.sleep(0.05)
-        assert job.poll() is None, "the job ended before its first shard"
+        assert job.poll() is None, "the job ended before rank 0 finished a unit"
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+        kill_job(job)
     assert len(Store(out, create=False).rows()) < ROWS
     r = bench(out, 1)
     assert r.returncode == 0, r.stderr
