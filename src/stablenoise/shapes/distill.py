@@ -234,12 +234,14 @@ def line_point(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor | float) -> 
 
 def student_eps(pipe: ShapesPipeline, captions: list[str]):
     """The student as it is now, as ``eps_model(x, t, rows) -> eps`` for the rows of a batch with these captions
-    (inputs and outputs on the CPU, whatever the student's device)."""
+    (inputs and outputs on the CPU, whatever the student's device). The captions are encoded once, not per call:
+    the text encoder is frozen."""
     dev = pipe.device
+    with torch.no_grad():
+        cond = pipe.encode_prompt(captions)
 
     def model(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        cond = pipe.encode_prompt([captions[i] for i in rows.tolist()])
-        return pipe.unet(x.to(dev), t.to(dev), encoder_hidden_states=cond).sample.float().cpu()
+        return pipe.unet(x.to(dev), t.to(dev), encoder_hidden_states=cond[rows.to(cond.device)]).sample.float().cpu()
     return model
 
 
