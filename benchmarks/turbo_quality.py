@@ -51,6 +51,10 @@ def what_it_drew(verdicts: list) -> dict:
             "failures": dict(Counter(v.reason for v in verdicts if not v.passed).most_common(10))}
 
 
+def shape_mix(drawn: dict) -> str:
+    return "shapes drawn " + ", ".join(f"{k} {v:.2f}" for k, v in drawn["shape_share"].items())
+
+
 def teacher_table(run: Path):
     """The bench table of the noise as drawn (the first config whose noise_norm is keep)."""
     tables = [t for t in load_results(run).tables if t.config.noise_norm == "keep"]
@@ -128,12 +132,11 @@ def main() -> None:
         d = row["passed_minus_teacher"]
         print(f"{args.student} at {steps} steps: verifier {100 * row['passed']['mean']:.1f}% "
               f"({100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] vs the teacher), "
-              f"high-frequency share {row['high_frequency_share']['mean']:.4f}, shapes drawn "
-              + ", ".join(f"{k} {v:.2f}" for k, v in row["drawn"]["shape_share"].items()))
+              f"high-frequency share {row['high_frequency_share']['mean']:.4f}, {shape_mix(row['drawn'])}")
     print(f"teacher {c.model} at {c.steps} steps, guidance {c.guidance:g}: verifier "
           f"{100 * stored.mean():.1f}% over {len(seeds)} images ({len(set(captions))} captions), high-frequency share "
-          f"{hf.mean():.4f} ({len(sub)} regenerated images, verdicts reproduced {agree}/{len(sub)}), shapes drawn "
-          + ", ".join(f"{k} {v:.2f}" for k, v in result["teacher"]["drawn"]["shape_share"].items()))
+          f"{hf.mean():.4f} ({len(sub)} regenerated images, verdicts reproduced {agree}/{len(sub)}), "
+          f"{shape_mix(result['teacher']['drawn'])}")
     if args.json:
         write_json_atomic(args.json, result)
 
