@@ -204,9 +204,10 @@ def _unet(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("rollout", [0.0, 0.5])
-def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout):
-    cfg = D.DistillConfig(**TINY, rollout=rollout)
+@pytest.mark.parametrize("rollout, adversarial", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5)])
+def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout, adversarial):
+    extra = {"rollout": rollout, "adversarial": adversarial, "adversarial_start": 1}
+    cfg = D.DistillConfig(**TINY, **extra)
     straight = D.distill(tmp_path / "a", cfg, progress=False)
     real = D.distill_batch
 
@@ -221,7 +222,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists() and not (tmp_path / "b" / "model").exists()
     monkeypatch.setattr(D, "distill_batch", real)
     with pytest.raises(StablenoiseError, match="other settings"):
-        D.distill(tmp_path / "b", D.DistillConfig(**{**TINY, "lr": 1e-3, "rollout": rollout}), progress=False)
+        D.distill(tmp_path / "b", D.DistillConfig(**{**TINY, **extra, "lr": 1e-3}), progress=False)
     resumed = D.distill(tmp_path / "b", cfg, progress=False)
     a, b = _unet(straight), _unet(resumed)
     assert a.keys() == b.keys()
@@ -229,24 +230,52 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
         assert torch.allclose(a[k], b[k], atol=1e-6), k  # same steps on the same batches: same sums
     teacher = _unet(shipped_models()["shapes"])
     assert any(not torch.equal(a[k], teacher[k]) for k in a)  # it trained
-    if rollout:  # on other batches than the lines alone
+    if rollout or adversarial:  # on other batches than the lines alone, or with another loss
         lines_only = _unet(D.distill(tmp_path / "d", D.DistillConfig(**TINY), progress=False))
         assert any(not torch.allclose(a[k], lines_only[k], atol=1e-6) for k in a)
     log_a = json.loads((straight / "train_log.json").read_text())
     log_b = json.loads((resumed / "train_log.json").read_text())
     assert log_a["losses"] == pytest.approx(log_b["losses"], rel=1e-5) and len(log_a["losses"]) == 4
+    if adversarial:  # the discriminator resumed too; the student felt it from step 1 on
+        assert log_a["discriminator_losses"] == pytest.approx(log_b["discriminator_losses"], rel=1e-5)
+        assert len(log_a["discriminator_losses"]) == 4 and len(log_a["adversarial_weights"]) == 3
+        assert all(math.isfinite(w) and w > 0 for w in log_a["adversarial_weights"])
+    else:
+        assert "discriminator_losses" not in log_a
     assert list(log_a["validation_x0_mse"]) == ["2", "4"] and log_a["train_pairs"] == 4
     assert list(log_a["validation_x0_mse_shipped"]) == ["999", "749", "499", "249", "2 steps", "4 steps"]
     assert (straight / "loss.png").exists() and not (tmp_path / "a" / "checkpoint").exists()
 
     # A second run can start from the student (--init): its first weights are the student's, its pairs the same.
     shutil.copytree(tmp_path / "a" / "pairs", tmp_path / "c" / "pairs")
-    further = D.DistillConfig(**{**TINY, "init": str(straight), "rollout": rollout})
+    further = D.DistillConfig(**{**TINY, **extra, "init": str(straight)})
     start = D._student(further).unet.state_dict()
     assert all(torch.equal(start[k], a[k]) for k in a)
     longer = _unet(D.distill(tmp_path / "c", further, progress=False))
     assert any(not torch.equal(longer[k], a[k]) for k in a)
     assert json.loads((tmp_path / "c" / "model" / "train_log.json").read_text())["config"]["init"] == str(straight)
+
+
+def test_the_discriminator_judges_the_student_s_one_step_images_against_the_teacher_s(tmp_path, monkeypatch):
+    """At step 0 the student is the teacher's weights: its fakes must be its x0 estimates at the first timestep,
+    without guidance, from the noises of that step's pairs, and the reals the teacher's images of those pairs."""
+    seen = []
+    real_step = D.discriminator_step
+    monkeypatch.setattr(D, "discriminator_step", lambda *a, **kw: seen.append(kw) or real_step(*a, **kw))
+    cfg = D.DistillConfig(**{**TINY, "steps": 1, "adversarial": 0.5})
+    D.distill(tmp_path, cfg, progress=False)
+    backend = load("shapes", device="cpu")
+    _, a_end, grids = D.coupling_levels(backend.ddim_config, cfg)
+    z, y, captions, _ = D.load_pairs(sorted((tmp_path / "pairs").iterdir())[1:])  # after the validation shard
+    a = backend.pipe.scheduler.alphas_cumprod.double()
+    x0, eps = D.line_through(z, y, float(a[999]), a_end)
+    pairs = D.distill_batch(cfg, 0, x0, eps, captions, grids, a).pairs
+    with torch.no_grad():
+        cond = backend.pipe.encode_prompt([captions[i] for i in pairs])
+        e = backend.pipe.unet(z[pairs], torch.full((len(pairs),), 999), encoder_hidden_states=cond).sample
+    assert len(seen) == 1 and torch.equal(seen[0]["real"], x0[pairs])
+    assert torch.allclose(seen[0]["fake"], D.x0_estimate(z[pairs], e, float(a[999])), atol=1e-4)
+    assert torch.allclose(seen[0]["text"], cond.mean(dim=1))
 
 
 @pytest.mark.parametrize("teacher, message", [("shapes-flow", "must be a DDIM shapes model"),
@@ -283,7 +312,8 @@ def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
     assert logs[0]["config"].get("init") is None  # stage 1 predates --init
     assert all(log["config"]["init"].endswith("model") for log in logs[1:])
     recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1, "init": None, "steps": None}
-    assert [{"rollout": 0.0, **log["config"], "init": None, "steps": None} for log in logs] == [
+    before = {"rollout": 0.0, "adversarial": 0.0, "adversarial_start": 100, "discriminator_lr": 4e-4}  # newer options
+    assert [{**before, **log["config"], "init": None, "steps": None} for log in logs] == [
         recipe, recipe, {**recipe, "pairs": 4096, "threads": 2},
         {**recipe, "pairs": 4096, "threads": 2, "rollout": 0.5}]
     assert [log["config"]["steps"] for log in logs] == [800, 1600, 2400, 2400]

@@ -204,6 +204,12 @@ def _part(ctx, param, value):
 @click.option("--rollout", type=click.FloatRange(0, 1), default=None,
               help="Share of each batch at the student's own states (its own first steps from the pair's noise) "
                    "instead of the teacher's lines.")
+@click.option("--adversarial", type=click.FloatRange(min=0), default=None,
+              help="Add a discriminator on the student's image estimates (ADD's adversarial term), pulling this "
+                   "hard relative to the regression (0: none).")
+@click.option("--adversarial-start", type=click.IntRange(min=0), default=None,
+              help="Steps the discriminator trains alone before the student feels it.")
+@click.option("--discriminator-lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--seed", type=click.IntRange(min=0), default=None)

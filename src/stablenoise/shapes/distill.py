@@ -15,6 +15,11 @@ with the target still the teacher's image, so the later steps learn to correct t
 "own-state" training of multistep distillation; on this model the first step's error was nearly all of the
 4-step error, and later steps trained on lines alone left it in place).
 
+``adversarial`` adds ADD's second loss (Sauer et al. 2023): a discriminator (discriminator.py) judges the
+student's one-step images against the teacher's, and the student is pulled toward fooling it as hard as toward
+the regression times ``adversarial``. Measured on the shipped student it did not help (docs/bench.md), so the
+shipped recipe has none.
+
 Cost decides the recipe on a CPU: a pair costs one teacher sampling (teacher_steps x 2 UNet calls), paid once
 and stored in safetensors shards (resumable, each shard seeded by its index), after which a training step
 costs one student forward and backward; progressive and consistency distillation call the teacher inside
@@ -42,6 +47,7 @@ from .. import ddim
 from ..errors import StablenoiseError
 from ..records import atomic_write, versions
 from . import world
+from .discriminator import Discriminator, adaptive_weight, discriminator_step
 from .pipeline import ShapesPipeline
 from .train import atomic_dir, plot_losses
 
@@ -60,6 +66,9 @@ class DistillConfig:
     student_steps: tuple[int, ...] = (1, 2, 4)  # the step counts whose timesteps training covers
     at_steps: float = 0.5  # share of training timesteps exactly at those steps' timesteps; the rest between
     rollout: float = 0.0  # share of each batch moved to the student's own states (module docstring)
+    adversarial: float = 0.0  # the adversarial term's pull relative to the regression's (discriminator.py); 0: none
+    adversarial_start: int = 100  # steps the discriminator trains alone before the student feels it
+    discriminator_lr: float = 4e-4  # faster than the student's (Heusel et al. 2017's two time-scale rule)
     steps: int = 800
     batch_size: int = 16  # the shipped student's: 800 steps of 16 took 15 min on one CPU thread
     lr: float = 2e-4
@@ -232,6 +241,12 @@ def line_point(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor | float) -> 
     return (a.sqrt() * x0.double() + (1 - a).sqrt() * eps.double()).float()
 
 
+def x0_estimate(x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
+    """The image a noise estimate implies at alpha_bar ``a`` (a number, or one per row): DDIM's x0."""
+    a = torch.as_tensor(a, dtype=torch.float64, device=x.device)  # the roots in float64, as line_point's
+    return (x - (1 - a).sqrt().to(x.dtype) * eps) / a.sqrt().to(x.dtype)
+
+
 def student_eps(pipe: ShapesPipeline, captions: list[str]):
     """The student as it is now, as ``eps_model(x, t, rows) -> eps`` for the rows of a batch with these captions
     (inputs and outputs on the CPU, whatever the student's device). The captions are encoded once, not per call:
@@ -257,7 +272,7 @@ def own_sampling(eps_model, x: torch.Tensor, grid: list[int], alphas_cumprod: to
     for k, t in enumerate(grid[:int(taken.max())]):
         go, a = taken > k, float(alphas_cumprod[t])
         e = eps_model(x[go], torch.full((int(go.sum()),), int(t)), rows[go])
-        estimates.append((x[go] - math.sqrt(1 - a) * e) / math.sqrt(a))
+        estimates.append(x0_estimate(x[go], e, a))
         if k + 1 < len(grid):
             x[go] = ddim.step(e, x[go], a, float(alphas_cumprod[grid[k + 1]]))
     return x, estimates
@@ -346,7 +361,7 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
     n_val = shard_count(cfg.val_pairs, cfg)
     val, train = _lines(paths[:n_val], a_start, a_end), _lines(paths[n_val:], a_start, a_end)
     alphas_cumprod = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.double()
-    state = _Run(out / "checkpoint", pipe, cfg)
+    state = _Run(out / "checkpoint", pipe, cfg, alphas_cumprod, first=int(grids[0][0]))
     bar = tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps, desc="distill shapes-turbo",
                disable=not progress)
     t0 = time.time()
@@ -356,7 +371,7 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
         if picks:
             batch = own_states(batch, picks, train["x0"], train["eps"], grids, alphas_cumprod,
                                student_eps(pipe, batch.captions))
-        state.update(step, *batch[:5])
+        state.update(step, batch, train["x0"][batch.pairs], train["eps"][batch.pairs])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             state.log["validation"][str(step + 1)] = validation_error(pipe, val, grids, alphas_cumprod)
             val_mse = state.log["validation"][str(step + 1)]
@@ -380,14 +395,24 @@ def run_identity(cfg: DistillConfig) -> dict:
 
 
 class _Run:
-    """The optimizer, the EMA and the log of one distillation run, resumed from a checkpoint if one exists."""
+    """The optimizer, the EMA, the discriminator (with ``cfg.adversarial``) and the log of one distillation run,
+    resumed from a checkpoint if one exists."""
 
-    def __init__(self, ckpt: Path, pipe: ShapesPipeline, cfg: DistillConfig):
+    def __init__(self, ckpt: Path, pipe: ShapesPipeline, cfg: DistillConfig, alphas_cumprod: torch.Tensor, first: int):
         self.ckpt, self.pipe, self.cfg = ckpt, pipe, cfg
+        self.first, self.a_first = first, float(alphas_cumprod[first])  # the timestep every schedule starts at
         params = list(pipe.unet.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         self.ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
         self.log = {"losses": [], "validation": {}, "seconds": []}
+        self.disc = self.disc_opt = None
+        if cfg.adversarial:
+            with torch.random.fork_rng(devices=[]):  # the discriminator's initial weights, from the seed
+                torch.manual_seed(cfg.seed)
+                self.disc = Discriminator(pipe.text_encoder.config.hidden_size, pipe.unet.config.in_channels)
+            self.disc.to(cfg.device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.discriminator_lr, betas=(0.0, 0.99))
+            self.log.update({"discriminator_losses": [], "adversarial_weights": []})
         self.step = 0
         if (ckpt / "state.pt").exists():
             state = torch.load(ckpt / "state.pt", weights_only=True, map_location=cfg.device)
@@ -396,26 +421,49 @@ class _Run:
             pipe.unet.load_state_dict(state["unet"])
             self.opt.load_state_dict(state["optimizer"])
             self.ema.load_state_dict(state["ema"])
+            if self.disc is not None:
+                self.disc.load_state_dict(state["discriminator"])
+                self.disc_opt.load_state_dict(state["discriminator_optimizer"])
             self.log, self.step = state["log"], int(state["step"])
 
-    def update(self, step, x_t, t, target, weight, captions) -> None:
+    def update(self, step: int, batch: Batch, x0: torch.Tensor, eps: torch.Tensor) -> None:
+        """One step of the student on ``batch`` (x0, eps: the lines of its pairs) and, with a discriminator, one of
+        the discriminator. The discriminator judges the student's one-step images of the pairs' noises against the
+        teacher's images of them: the first step is where the student is unsure (its later x0 estimates are all but
+        the teacher's, and with them in the fakes the discriminator learned nothing in 900 steps)."""
         dev = self.pipe.device
         with torch.no_grad():
-            cond = self.pipe.encode_prompt(captions)
-        pred = self.pipe.unet(x_t.to(dev), t.to(dev), encoder_hidden_states=cond).sample
-        loss = weighted_loss(pred, target.to(dev), weight.to(dev))
+            cond = self.pipe.encode_prompt(batch.captions)
+        pred = self.pipe.unet(batch.x_t.to(dev), batch.t.to(dev), encoder_hidden_states=cond).sample
+        loss = total = weighted_loss(pred, batch.target.to(dev), batch.weight.to(dev))
+        if self.disc is not None:
+            text, noise = cond.mean(dim=1), line_point(x0, eps, self.a_first).to(dev)
+            t = torch.full((len(noise),), self.first, device=dev)
+            with torch.set_grad_enabled(step >= self.cfg.adversarial_start):
+                fake = x0_estimate(noise, self.pipe.unet(noise, t, encoder_hidden_states=cond).sample.float(),
+                                   self.a_first)
+            if step >= self.cfg.adversarial_start:
+                fooled = -self.disc(fake, text).mean()
+                weight = adaptive_weight(loss, fooled, self.pipe.unet.conv_out.weight)
+                total = loss + self.cfg.adversarial * weight * fooled
+                self.log["adversarial_weights"].append(weight.item())
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.cfg, step)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(self.pipe.unet.parameters(), 1.0)
         self.opt.step()
         self.ema.step(self.pipe.unet.parameters())
         self.log["losses"].append(loss.item())
+        if self.disc is not None:
+            self.log["discriminator_losses"].append(
+                discriminator_step(self.disc, self.disc_opt, real=x0.to(dev), fake=fake, text=text))
 
     def save(self, step: int) -> None:
         state = {"unet": self.pipe.unet.state_dict(), "optimizer": self.opt.state_dict(),
                  "ema": self.ema.state_dict(), "log": self.log, "step": step, "config": run_identity(self.cfg)}
+        if self.disc is not None:
+            state.update(discriminator=self.disc.state_dict(), discriminator_optimizer=self.disc_opt.state_dict())
         atomic_dir(self.ckpt, lambda d: torch.save(state, d / "state.pt"))
 
     def finish(self, final: Path, provenance: dict) -> Path:
@@ -427,7 +475,8 @@ class _Run:
         log = {"config": asdict(self.cfg), "recipe": recipe,
                **provenance, "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
                "seconds_per_run": self.log["seconds"], "validation_x0_mse": self.log["validation"],
-               "device": self.cfg.device, "losses": losses}
+               "device": self.cfg.device, "losses": losses,
+               **{k: self.log[k] for k in ("discriminator_losses", "adversarial_weights") if k in self.log}}
 
         def write(d: Path) -> None:
             self.pipe.save_pretrained(d, safe_serialization=True)
