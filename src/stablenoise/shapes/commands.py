@@ -209,7 +209,8 @@ def _part(ctx, param, value):
                    "hard relative to the regression (0: none).")
 @click.option("--adversarial-start", type=click.IntRange(min=0), default=None,
               help="Steps the discriminator trains alone before the student feels it.")
-@click.option("--discriminator-lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--discriminator-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The discriminator's learning rate (with --adversarial).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--seed", type=click.IntRange(min=0), default=None)

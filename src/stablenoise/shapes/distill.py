@@ -430,7 +430,7 @@ class _Run:
         """One step of the student on ``batch`` (x0, eps: the lines of its pairs) and, with a discriminator, one of
         the discriminator. The discriminator judges the student's one-step images of the pairs' noises against the
         teacher's images of them: the first step is where the student is unsure (its later x0 estimates are all but
-        the teacher's, and with them in the fakes the discriminator learned nothing in 900 steps)."""
+        the teacher's: with them among the fakes its hinge loss was still 1.77 of 2 after 900 steps)."""
         dev = self.pipe.device
         with torch.no_grad():
             cond = self.pipe.encode_prompt(batch.captions)
