@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import stablenoise as sn
-from stablenoise import load
+from stablenoise import ddim, load
 from stablenoise.backends import shipped_models
 from stablenoise.errors import StablenoiseError
 from stablenoise.shapes import distill as D
@@ -200,13 +200,116 @@ def test_pairs_made_in_parts_equal_pairs_made_at_once(tmp_path):
         assert torch.equal(za, zb) and torch.equal(ya, yb) and ca == cb
 
 
+def test_line_through_takes_one_start_level_per_row():
+    x0, eps = _gaussian_line(5, n=4)
+    a = torch.tensor([A_START, 0.2, 0.5, 0.8], dtype=torch.float64)
+    z = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * eps
+    y = math.sqrt(A_END) * x0 + math.sqrt(1 - A_END) * eps
+    got_x0, got_eps = D.line_through(z.float(), y.float(), a, A_END)
+    assert torch.allclose(got_x0.double(), x0, atol=2e-5) and torch.allclose(got_eps.double(), eps, atol=2e-5)
+
+
+def _guided_ddim(pipe, x, captions, timesteps, a_levels, guidance=2.0):
+    """DDIM with CFG, written out: the check on the finishes does not go through the backend's sampler."""
+    with torch.no_grad():
+        cond, empty = pipe.encode_prompt(captions), pipe.encode_prompt([""] * len(captions))
+        for t, a, a_next in zip(timesteps, a_levels, a_levels[1:]):
+            tt = torch.full((len(x),), t)
+            u = pipe.unet(x, tt, encoder_hidden_states=empty).sample
+            c = pipe.unet(x, tt, encoder_hidden_states=cond).sample
+            x = ddim.step(u + guidance * (c - u), x, a, a_next)
+    return x
+
+
+def test_finishes_are_the_teacher_s_images_of_the_student_s_own_states(tmp_path):
+    """A finish is the starting student's state after k of T steps from a pair's noise (its own DDIM, no CFG) and
+    the teacher's guided DDIM from that state's timestep down through the coupling's timesteps below it."""
+    backend, cfg, (_, a_end, grids) = _config_and_grids(finish=0.5, finish_pairs=4)
+    paths = D.ensure_pairs(tmp_path, cfg, progress=False)
+    finishes = D.ensure_finishes(tmp_path, cfg, paths, progress=False)
+    assert [p.name for p in finishes] == ["shard-00001.safetensors"]  # the training shard, not the validation one
+    f = load_file(str(finishes[0]))
+    z, _, captions, _ = D.load_pairs(paths[1:])
+    assert f["timestep"].tolist() == [499] * 4 + [749] * 4 + [499] * 4 + [249] * 4 and f["row"].tolist() == [0, 1, 2, 3] * 4
+    a = backend.pipe.scheduler.alphas_cumprod.double()
+    pipe = backend.pipe
+    with torch.no_grad():
+        cond = pipe.encode_prompt(captions)
+        x = z.clone()
+        for i, (t, t_next) in enumerate([(999, 749), (749, 499), (499, 249)]):
+            e = pipe.unet(x, torch.full((4,), t), encoder_hidden_states=cond).sample
+            x = ddim.step(e, x, float(a[t]), float(a[t_next]))
+            assert torch.allclose(f["state"][4 * (i + 1):4 * (i + 2)], x, atol=1e-5), t_next
+        e = pipe.unet(z, torch.full((4,), 999), encoder_hidden_states=cond).sample
+        assert torch.allclose(f["state"][:4], ddim.step(e, z, float(a[999]), float(a[499])), atol=1e-5)
+    # the coupling's 2-step schedule is [999, 499]: from 749 the teacher visits 749 and 499, from 499 only 499
+    from_749 = _guided_ddim(pipe, f["state"][4:8], captions, [749, 499], [float(a[749]), float(a[499]), a_end])
+    from_249 = _guided_ddim(pipe, f["state"][12:], captions, [249], [float(a[249]), a_end])
+    assert torch.allclose(f["image"][4:8], from_749, atol=1e-4) and torch.allclose(f["image"][12:], from_249, atol=1e-4)
+    assert not torch.allclose(f["image"][4:8], f["image"][8:12], atol=1e-2)  # another state, another finish
+
+    first = finishes[0].read_bytes()
+    again = D.ensure_finishes(tmp_path, cfg, paths, progress=False)
+    assert again == finishes and finishes[0].read_bytes() == first  # kept, not remade
+    with pytest.raises(StablenoiseError, match="other settings"):  # another starting student: refused, kept
+        D.ensure_finishes(tmp_path, D.DistillConfig(**{**TINY, "finish": 0.5, "finish_pairs": 4,
+                                                       "init": str(shipped_models()["shapes-turbo"])}),
+                          paths, progress=False)
+    assert finishes[0].read_bytes() == first
+    with pytest.raises(StablenoiseError, match="cannot exceed"):
+        D.ensure_finishes(tmp_path, D.DistillConfig(**{**TINY, "finish": 0.5, "finish_pairs": 8}), paths, progress=False)
+
+
+def test_load_finishes_are_lines_through_state_and_image_numbered_by_training_pair(tmp_path):
+    from safetensors.torch import save_file
+
+    states, images = (v.float() for v in _gaussian_line(8, n=6))
+    t = torch.tensor([749, 249, 499, 749, 499, 249])
+    for i, rows in enumerate([slice(0, 2), slice(2, 6)]):
+        save_file({"state": states[rows].contiguous(), "image": images[rows].contiguous(), "timestep": t[rows],
+                   "row": torch.tensor([1, 0, 0, 3, 1, 2][rows])}, str(tmp_path / f"f{i}.safetensors"))
+    got = D.load_finishes([tmp_path / "f0.safetensors", tmp_path / "f1.safetensors"], [0, 64], SCALED_LINEAR, A_END)
+    assert got["pairs"].tolist() == [1, 0, 64, 67, 65, 66] and torch.equal(got["t"], t)
+    a = SCALED_LINEAR[t].view(-1, 1, 1, 1)
+    assert torch.allclose(D.line_point(got["x0"], got["eps"], a), states, atol=1e-5)
+    assert torch.allclose(D.line_point(got["x0"], got["eps"], A_END), images, atol=1e-5)
+
+
+def test_finish_rows_sit_at_their_states_with_the_teacher_s_finish_as_target():
+    _, cfg, (_, a_end, grids) = _config_and_grids(batch_size=64, finish=0.5)
+    x0, eps = (v.float() for v in _gaussian_line(6, n=3))
+    captions = ["pair 0", "pair 1", "pair 2"]
+    batch = D.distill_batch(cfg, 5, x0, eps, captions, grids, SCALED_LINEAR)
+    states, images = (v.float() for v in _gaussian_line(7, n=4))
+    t = torch.tensor([749, 499, 249, 499])
+    fx0, feps = D.line_through(states, images, SCALED_LINEAR[t], a_end)
+    finishes = {"x0": fx0, "eps": feps, "t": t, "pairs": torch.tensor([2, 0, 1, 2])}
+    out = D.with_finishes(cfg, 5, batch, finishes, captions, SCALED_LINEAR)
+    changed = [r for r in range(64) if not torch.equal(out.x_t[r], batch.x_t[r])]
+    assert 16 < len(changed) < 48
+    for r in range(64):
+        if r not in changed:
+            assert out.t[r] == batch.t[r] and torch.equal(out.target[r], batch.target[r])
+            assert out.captions[r] == batch.captions[r] and out.pairs[r] == batch.pairs[r]
+            continue
+        k = next(i for i in range(4) if torch.allclose(out.x_t[r], states[i], atol=1e-5))
+        a = float(SCALED_LINEAR[t[k]])
+        assert out.t[r] == t[k] and out.weight[r] == pytest.approx(1 / a, rel=1e-6)
+        # the eps whose x0 estimate lands, one DDIM step to a_end, on the teacher's image
+        assert torch.allclose(ddim.step(out.target[r], out.x_t[r], a, a_end), images[k], atol=1e-4)
+        assert out.pairs[r] == finishes["pairs"][k] and out.captions[r] == captions[int(finishes["pairs"][k])]
+    assert D.with_finishes(D.DistillConfig(**TINY), 5, batch, finishes, captions, SCALED_LINEAR) == batch
+
+
 def _unet(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("rollout, adversarial", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5)])
-def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout, adversarial):
-    extra = {"rollout": rollout, "adversarial": adversarial, "adversarial_start": 1}
+@pytest.mark.parametrize("rollout, adversarial, finish", [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 0.5, 0.0),
+                                                           (0.0, 0.0, 0.5)])
+def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout, adversarial, finish):
+    extra = {"rollout": rollout, "adversarial": adversarial, "adversarial_start": 1, "finish": finish,
+             "finish_pairs": 4}
     cfg = D.DistillConfig(**TINY, **extra)
     straight = D.distill(tmp_path / "a", cfg, progress=False)
     real = D.distill_batch
@@ -230,7 +333,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
         assert torch.allclose(a[k], b[k], atol=1e-6), k  # same steps on the same batches: same sums
     teacher = _unet(shipped_models()["shapes"])
     assert any(not torch.equal(a[k], teacher[k]) for k in a)  # it trained
-    if rollout or adversarial:  # on other batches than the lines alone, or with another loss
+    if rollout or adversarial or finish:  # on other batches than the lines alone, or with another loss
         lines_only = _unet(D.distill(tmp_path / "d", D.DistillConfig(**TINY), progress=False))
         assert any(not torch.allclose(a[k], lines_only[k], atol=1e-6) for k in a)
     log_a = json.loads((straight / "train_log.json").read_text())
@@ -243,6 +346,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
     else:
         assert "discriminator_losses" not in log_a
     assert list(log_a["validation_x0_mse"]) == ["2", "4"] and log_a["train_pairs"] == 4
+    assert log_a["finish_states"] == (16 if finish else 0) and ("own states" in log_a["recipe"]) == bool(finish)
     assert list(log_a["validation_x0_mse_shipped"]) == ["999", "749", "499", "249", "2 steps", "4 steps"]
     assert (straight / "loss.png").exists() and not (tmp_path / "a" / "checkpoint").exists()
 
@@ -292,6 +396,12 @@ def test_distill_shapes_pairs_part_makes_only_its_shards_and_trains_nothing(tmp_
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "t" / "pairs").iterdir()) == ["shard-00001.safetensors"]
     assert not (tmp_path / "t" / "model").exists() and not (tmp_path / "t" / "checkpoint").exists()
+    r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "f"), "--pairs", "8", "--val-pairs", "4",
+                                            "--teacher-steps", "2", "--finish", "0.5", "--finish-pairs", "8",
+                                            "--pairs-part", "1/2"])
+    assert r.exit_code == 0, r.output  # the finishes of the pair shard it made (1), not of the other's (2)
+    assert sorted(p.name for p in (tmp_path / "f" / "pairs").iterdir()) == ["shard-00001.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "f" / "finishes").iterdir()) == ["shard-00001.safetensors"]
     for bad in ("2/2", "1", "a/2", "-1/2"):
         r = CliRunner().invoke(distill_shapes, [*args, "--pairs-part", bad])
         assert r.exit_code == 2 and "R/N" in r.output

@@ -204,6 +204,11 @@ def _part(ctx, param, value):
 @click.option("--rollout", type=click.FloatRange(0, 1), default=None,
               help="Share of each batch at the student's own states (its own first steps from the pair's noise) "
                    "instead of the teacher's lines.")
+@click.option("--finish", type=click.FloatRange(0, 1), default=None,
+              help="Share of each batch at the starting student's own states with the teacher's finish from each "
+                   "state as target (DAgger; made once, in OUT/finishes).")
+@click.option("--finish-pairs", type=click.IntRange(min=1), default=None,
+              help="How many training pairs (the first ones) the teacher finishes the student's states of.")
 @click.option("--adversarial", type=click.FloatRange(min=0), default=None,
               help="Add a discriminator on the student's image estimates (ADD's adversarial term), pulling this "
                    "hard relative to the regression (0: none).")
@@ -218,8 +223,9 @@ def _part(ctx, param, value):
               help="CPU threads (0: torch's default).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--pairs-part", callback=_part, default=None, metavar="R/N",
-              help="Only make the teacher pairs whose shard index is R modulo N, then stop: N such processes "
-                   "share the teacher's sampling; the command without it then trains on all of them.")
+              help="Only make the teacher pairs (and, with --finish, finishes) whose shard index is R modulo N, "
+                   "then stop: N such processes share the teacher's sampling; the command without it then trains "
+                   "on all of them.")
 @guarded
 def distill_shapes(out, teacher, threads, device, pairs_part, **settings):
     """Distil the DDIM shapes model into a 1-4 step student without guidance (shapes-turbo): reflow on the
@@ -228,7 +234,7 @@ def distill_shapes(out, teacher, threads, device, pairs_part, **settings):
     from ..backends import parse_device
     import torch
 
-    from .distill import DistillConfig, distill, ensure_pairs
+    from .distill import DistillConfig, distill, ensure_finishes, ensure_pairs
 
     given = {k: v for k, v in settings.items() if v is not None}
     cfg = DistillConfig(teacher=teacher, threads=threads, device=str(parse_device(device)), **given)
@@ -238,6 +244,9 @@ def distill_shapes(out, teacher, threads, device, pairs_part, **settings):
         torch.set_flush_denormal(True)
         paths = ensure_pairs(out, cfg, part=pairs_part)
         click.echo(f"made part {pairs_part[0]}/{pairs_part[1]} of {len(paths)} shards in {out / 'pairs'}")
+        if cfg.finish:
+            done = ensure_finishes(out, cfg, paths, part=pairs_part)
+            click.echo(f"made part {pairs_part[0]}/{pairs_part[1]} of {len(done)} shards in {out / 'finishes'}")
         return
     final = distill(out, cfg)
     click.echo(f"wrote {final}; copy it to src/stablenoise/weights/shapes-turbo to ship it")

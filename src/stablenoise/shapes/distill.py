@@ -15,6 +15,16 @@ with the target still the teacher's image, so the later steps learn to correct t
 "own-state" training of multistep distillation; on this model the first step's error was nearly all of the
 4-step error, and later steps trained on lines alone left it in place).
 
+A state the student reached has its own right answer, and it is not the pair's image: the student's first step
+errs, and the teacher, run from the student's state, draws a somewhat different (but sound) image. Rows whose
+target is the pair's image teach the later steps to average over what that state could become, a blur that
+rounds squares into circles. ``finish`` puts a share of each batch at the starting student's own states with the
+*teacher's finish from that state* as target (the coupling's guided DDIM, from the state's timestep down):
+DAgger's remedy (Ross et al. 2011), an expert labelling the learner's own states, here paid once like the
+pairs, for ``finish_pairs`` of them. On the shipped student, its 3 steps then 10 teacher steps made 73.0%
+verifier accuracy where its own 4 steps made 56.5% (docs/bench.md): its states were sound and its last step
+was not.
+
 ``adversarial`` adds ADD's second loss (Sauer et al. 2023): a discriminator (discriminator.py) judges the
 student's one-step images against the teacher's, and the student is pulled toward fooling it as hard as toward
 the regression times ``adversarial``. Measured on the shipped student it did not help (docs/bench.md), so the
@@ -33,6 +43,7 @@ import json
 import math
 import shutil
 import time
+from types import SimpleNamespace
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -51,7 +62,7 @@ from .discriminator import Discriminator, adaptive_weight, discriminator_step
 from .pipeline import ShapesPipeline
 from .train import atomic_dir, plot_losses
 
-PAIR_STREAM, TRAIN_STREAM, ROLLOUT_STREAM = 1, 2, 3  # independent random streams under one seed
+PAIR_STREAM, TRAIN_STREAM, ROLLOUT_STREAM, FINISH_STREAM = 1, 2, 3, 4  # independent random streams, one seed
 
 
 @dataclass
@@ -66,6 +77,8 @@ class DistillConfig:
     student_steps: tuple[int, ...] = (1, 2, 4)  # the step counts whose timesteps training covers
     at_steps: float = 0.5  # share of training timesteps exactly at those steps' timesteps; the rest between
     rollout: float = 0.0  # share of each batch moved to the student's own states (module docstring)
+    finish: float = 0.0  # share of each batch at the starting student's states, the teacher's finish as target
+    finish_pairs: int = 2048  # training pairs (the first ones, whole shards) whose states the teacher finishes
     adversarial: float = 0.0  # the adversarial term's pull relative to the regression's (discriminator.py); 0: none
     adversarial_start: int = 100  # steps the discriminator trains alone before the student feels it
     discriminator_lr: float = 4e-4  # faster than the student's (Heusel et al. 2017's two time-scale rule)
@@ -89,15 +102,20 @@ def training_caption(rng: np.random.Generator) -> str:
     return world.caption_of(tag, world.sample_combo(rng, tag, "train"))
 
 
-def line_through(z: torch.Tensor, y: torch.Tensor, a_start: float, a_end: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DDIM line x(a) = sqrt(a) x0 + sqrt(1 - a) eps with x(a_start) = z and x(a_end) = y: (x0, eps).
+def line_through(z: torch.Tensor, y: torch.Tensor, a_start: float | torch.Tensor, a_end: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DDIM line x(a) = sqrt(a) x0 + sqrt(1 - a) eps with x(a_start) = z and x(a_end) = y: (x0, eps);
+    ``a_start`` a number, or one per row.
 
     Solves the 2x2 system per pixel. With a_end = 1 it is x0 = y, eps = (z - sqrt(a_start) y) / sqrt(1 - a_start);
     the shapes schedule ends at alpha_bar(0) < 1, where the teacher's image still holds sqrt(1 - a_end) of eps.
     """
-    sa, sb, ea, eb = (math.sqrt(v) for v in (a_start, 1 - a_start, a_end, 1 - a_end))
+    a = torch.as_tensor(a_start, dtype=torch.float64)
+    a = a.view(-1, *[1] * (z.dim() - 1)) if a.dim() else a
+    sa, sb = a.sqrt(), (1 - a).sqrt()
+    ea, eb = math.sqrt(a_end), math.sqrt(1 - a_end)
     det = sa * eb - ea * sb
-    if abs(det) < 1e-6:
+    if bool((det.abs() < 1e-6).any()):
         raise StablenoiseError("the teacher's first and last noise levels coincide: no line through the pair")
     z, y = z.double(), y.double()
     return ((eb * z - sb * y) / det).float(), ((sa * y - ea * z) / det).float()
@@ -137,24 +155,15 @@ def shard_count(n: int, cfg: DistillConfig) -> int:
     return -(-n // cfg.shard_size)
 
 
-def ensure_pairs(out: Path, cfg: DistillConfig, progress: bool = True, part: tuple[int, int] = (0, 1)) -> list[Path]:
-    """The shards of ``cfg.val_pairs + cfg.pairs`` pairs under OUT/pairs, making the missing ones (validation
-    shards first). A killed run loses at most the shard in progress. ``part=(r, n)`` makes only the shards whose
-    index is r modulo n, so n processes can share the teacher's sampling (a shard depends on its index only)."""
+def _ensure_shards(paths: list[Path], expected: dict, make, desc: str, progress: bool, part: tuple[int, int]) -> None:
+    """Make the missing shards of ``paths`` (``make(i) -> (tensors, metadata)``), each written atomically with
+    ``expected`` as its settings; a shard made under other settings is refused, not mixed or replaced. ``part=(r,
+    n)``: only the shards whose index is r modulo n, so n processes can share the work (a shard depends on its index
+    only). A killed run loses at most the shard in progress."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from .. import load
-    from ..bank import weights_fingerprint
-
-    backend = load(cfg.teacher, device=cfg.device)
-    if type(backend.pipe) is not ShapesPipeline:
-        raise StablenoiseError(f"the teacher must be a DDIM shapes model (ShapesPipeline), not {cfg.teacher!r}")
-    coupling_levels(backend.ddim_config, cfg)
-    expected = pair_settings(cfg, weights_fingerprint(backend))
-    n = shard_count(cfg.val_pairs, cfg) + shard_count(cfg.pairs, cfg)
-    paths = [out / "pairs" / f"shard-{i:05d}.safetensors" for i in range(n)]
-    for i, path in enumerate(tqdm(paths, desc="teacher pairs", disable=not progress)):
+    for i, path in enumerate(tqdm(paths, desc=desc, disable=not progress)):
         if i % part[1] != part[0]:
             continue
         if path.exists():
@@ -164,25 +173,129 @@ def ensure_pairs(out: Path, cfg: DistillConfig, progress: bool = True, part: tup
                                            "use another --out or the same settings")
             continue
         t0 = time.time()
-        tensors, captions = teacher_shard(backend, cfg, i)
-        meta = {"settings": json.dumps(expected), "captions": json.dumps(captions),
-                "seconds": f"{time.time() - t0:.3f}"}
+        tensors, meta = make(i)
+        meta = {"settings": json.dumps(expected), **meta, "seconds": f"{time.time() - t0:.3f}"}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _teacher(cfg: DistillConfig):
+    from .. import load
+
+    backend = load(cfg.teacher, device=cfg.device)
+    if type(backend.pipe) is not ShapesPipeline:
+        raise StablenoiseError(f"the teacher must be a DDIM shapes model (ShapesPipeline), not {cfg.teacher!r}")
+    coupling_levels(backend.ddim_config, cfg)
+    return backend
+
+
+def ensure_pairs(out: Path, cfg: DistillConfig, progress: bool = True, part: tuple[int, int] = (0, 1)) -> list[Path]:
+    """The shards of ``cfg.val_pairs + cfg.pairs`` pairs under OUT/pairs, making the missing ones (validation
+    shards first; ``part`` as in :func:`_ensure_shards`)."""
+    from ..bank import weights_fingerprint
+
+    backend = _teacher(cfg)
+    n = shard_count(cfg.val_pairs, cfg) + shard_count(cfg.pairs, cfg)
+    paths = [out / "pairs" / f"shard-{i:05d}.safetensors" for i in range(n)]
+
+    def make(i):
+        tensors, captions = teacher_shard(backend, cfg, i)
+        return tensors, {"captions": json.dumps(captions)}
+
+    _ensure_shards(paths, pair_settings(cfg, weights_fingerprint(backend)), make, "teacher pairs", progress, part)
     return paths
+
+
+# ---------------------------------------------------------------- the teacher's finishes of the student's states
+
+def finish_levels(levels: tuple[ddim.Level, ...], t: int, alpha_bar: float) -> tuple[ddim.Level, ...]:
+    """The coupling's sampler from timestep ``t`` (at ``alpha_bar``): a level there, then the levels of the
+    teacher's schedule (``levels``, noisiest first, ending at its clean level) whose timesteps are below it."""
+    here = ddim.alpha_level(alpha_bar, torch.tensor(t, device=levels[0].t.device))
+    return (here, *[lv for lv in levels[1:] if int(lv.t) < t])
+
+
+def own_states_of(pipe: ShapesPipeline, z: torch.Tensor, captions: list[str], grids: list[torch.Tensor],
+                  alphas_cumprod: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(timestep, states) where the student's own sampling of each noise pauses: after k of T steps, for each
+    schedule of T > 1 steps and 0 < k < T (every state its later steps start from)."""
+    model = student_eps(pipe, captions)
+    out = []
+    for grid in (g for g in grids if len(g) > 1):
+        for k in range(1, len(grid)):
+            x, _ = own_sampling(model, z, grid.tolist(), alphas_cumprod, torch.full((len(z),), k))
+            out.append((int(grid[k]), x))
+    return out
+
+
+def finish_settings(cfg: DistillConfig, teacher_fingerprint: str, student_fingerprint: str) -> dict:
+    """What a finish shard depends on beyond its pair shard."""
+    return {"teacher": cfg.teacher, "teacher_weights": teacher_fingerprint, "teacher_steps": cfg.teacher_steps,
+            "guidance": cfg.guidance, "student": cfg.init or cfg.teacher, "student_weights": student_fingerprint,
+            "student_steps": list(cfg.student_steps), "seed": cfg.seed}
+
+
+def ensure_finishes(out: Path, cfg: DistillConfig, pair_paths: list[Path], progress: bool = True,
+                    part: tuple[int, int] = (0, 1)) -> list[Path]:
+    """For the first ``cfg.finish_pairs`` training pairs (``pair_paths``: the training shards), the starting
+    student's own states (:func:`own_states_of`) and the teacher's image of each (guided DDIM from the state's
+    timestep, :func:`finish_levels`), as OUT/finishes/shard-i (i: the pair shard's index). Resumable like the pairs."""
+    from ..bank import weights_fingerprint
+
+    if cfg.finish_pairs > cfg.pairs:
+        raise StablenoiseError(f"finish_pairs ({cfg.finish_pairs}) cannot exceed the training pairs ({cfg.pairs})")
+    backend, student = _teacher(cfg), _student(cfg)
+    _, _, grids = coupling_levels(backend.ddim_config, cfg)
+    alphas_cumprod = DDPMScheduler.from_config(student.scheduler.config).alphas_cumprod.double()
+    levels = backend.levels(cfg.teacher_steps)
+    n_val = shard_count(cfg.val_pairs, cfg)
+    sources = pair_paths[n_val:n_val + shard_count(cfg.finish_pairs, cfg)]
+    paths = [out / "finishes" / p.name for p in sources]
+
+    def make(i):
+        z, _, captions, _ = load_pairs([sources[i]])
+        states, timesteps, rows, images = [], [], [], []
+        cond = backend.encode(captions, cfg.guidance)
+        for t, x in own_states_of(student, z, captions, grids, alphas_cumprod):
+            with torch.inference_mode():
+                y = ddim.to_data(backend.denoiser(cond, cfg.guidance), x.to(backend.device, backend.work_dtype),
+                                 finish_levels(levels, t, float(alphas_cumprod[t])))
+            states.append(x)
+            images.append(y.float().cpu())
+            timesteps.append(torch.full((len(x),), t))
+            rows.append(torch.arange(len(x)))
+        return ({"state": torch.cat(states).contiguous(), "timestep": torch.cat(timesteps),
+                 "row": torch.cat(rows), "image": torch.cat(images).contiguous()}, {})
+
+    expected = finish_settings(cfg, weights_fingerprint(backend), weights_fingerprint(SimpleNamespace(pipe=student)))
+    # a part finishes the pair shards it made itself: its index among all shards is r modulo n
+    _ensure_shards(paths, expected, make, "teacher finishes", progress, ((part[0] - n_val) % part[1], part[1]))
+    return paths
+
+
+def load_finishes(paths: list[Path], first_pair: list[int], alphas_cumprod: torch.Tensor, a_end: float) -> dict:
+    """The finishes as lines through each state and its teacher image: x0, eps, timestep, and the training pair
+    each came from (``first_pair[i]``: the index of shard i's first pair among the training pairs)."""
+    from safetensors.torch import load_file
+
+    parts = [load_file(p) for p in paths]
+    t = torch.cat([d["timestep"] for d in parts])
+    x0, eps = line_through(torch.cat([d["state"] for d in parts]), torch.cat([d["image"] for d in parts]),
+                           alphas_cumprod[t], a_end)
+    pairs = torch.cat([d["row"] + first for d, first in zip(parts, first_pair)])
+    return {"x0": x0, "eps": eps, "t": t, "pairs": pairs}
 
 
 def load_pairs(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor, list[str], float]:
     """(noises, teacher images, captions, teacher seconds spent) of the shards, in order."""
     from safetensors import safe_open
 
-    zs, ys, captions, seconds = [], [], [], 0.0
+    zs, ys, captions = [], [], []
     for path in paths:
         with safe_open(path, "pt") as f:
             zs.append(f.get_tensor("noise"))
             ys.append(f.get_tensor("image"))
             captions += json.loads(f.metadata()["captions"])
-            seconds += float(f.metadata()["seconds"])
-    return torch.cat(zs), torch.cat(ys), captions, seconds
+    return torch.cat(zs), torch.cat(ys), captions, _seconds(paths)
 
 
 # ---------------------------------------------------------------- the student's training batches
@@ -233,6 +346,25 @@ def rollout_rows(cfg: DistillConfig, step: int, n: int, grids: list[torch.Tensor
         j = multi[int(rng.integers(len(multi)))]
         picks.append((row, j, int(rng.integers(1, len(grids[j])))))
     return picks
+
+
+def with_finishes(cfg: DistillConfig, step: int, batch: Batch, finishes: dict, captions: list[str],
+                  alphas_cumprod: torch.Tensor) -> Batch:
+    """``batch`` with each row, with probability ``cfg.finish``, replaced by a uniformly drawn finish (a starting
+    student's state at its timestep; target: the eps whose x0 estimate there is the teacher's finish)."""
+    rng = np.random.default_rng([cfg.seed, FINISH_STREAM, step])
+    rows = torch.from_numpy(np.flatnonzero(rng.random(len(batch.t)) < cfg.finish))
+    if not len(rows):
+        return batch
+    pick = torch.from_numpy(rng.integers(len(finishes["t"]), size=len(rows)))
+    x_t, t, target, weight, caps, pairs = (v.clone() if torch.is_tensor(v) else list(v) for v in batch)
+    t[rows] = finishes["t"][pick]
+    a = alphas_cumprod[t[rows]]
+    x_t[rows] = line_point(finishes["x0"][pick], finishes["eps"][pick], a.view(-1, 1, 1, 1))
+    target[rows], weight[rows], pairs[rows] = finishes["eps"][pick], (1 / a).float(), finishes["pairs"][pick]
+    for r, pair in zip(rows.tolist(), pairs[rows].tolist()):
+        caps[r] = captions[pair]
+    return Batch(x_t, t, target, weight, caps, pairs)
 
 
 def line_point(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
@@ -356,11 +488,14 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
         torch.set_num_threads(cfg.threads)
     out = Path(out)
     paths = ensure_pairs(out, cfg, progress)
+    finish_paths = ensure_finishes(out, cfg, paths, progress) if cfg.finish else []
     pipe = _student(cfg)
     a_start, a_end, grids = coupling_levels(ddim.settings(pipe.scheduler.config), cfg)
     n_val = shard_count(cfg.val_pairs, cfg)
     val, train = _lines(paths[:n_val], a_start, a_end), _lines(paths[n_val:], a_start, a_end)
     alphas_cumprod = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.double()
+    finishes = load_finishes(finish_paths, [i * cfg.shard_size for i in range(len(finish_paths))], alphas_cumprod,
+                             a_end) if finish_paths else None
     state = _Run(out / "checkpoint", pipe, cfg, alphas_cumprod, first=int(grids[0][0]))
     bar = tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps, desc="distill shapes-turbo",
                disable=not progress)
@@ -371,6 +506,8 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
         if picks:
             batch = own_states(batch, picks, train["x0"], train["eps"], grids, alphas_cumprod,
                                student_eps(pipe, batch.captions))
+        if finishes is not None:
+            batch = with_finishes(cfg, step, batch, finishes, train["captions"], alphas_cumprod)
         state.update(step, batch, train["x0"][batch.pairs], train["eps"][batch.pairs])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             state.log["validation"][str(step + 1)] = validation_error(pipe, val, grids, alphas_cumprod)
@@ -384,8 +521,20 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
     shipped = validation_error(pipe, val, grids, alphas_cumprod)
     return state.finish(out / "model", {"train_pairs": len(train["x0"]), "val_pairs": len(val["x0"]),
                                         "teacher_seconds": train["teacher_seconds"] + val["teacher_seconds"],
+                                        "finish_states": 0 if finishes is None else len(finishes["t"]),
+                                        "finish_seconds": _seconds(finish_paths),
                                         "timesteps": sorted({int(v) for g in grids for v in g}),
                                         "validation_x0_mse_shipped": shipped})
+
+
+def _seconds(paths: list[Path]) -> float:
+    from safetensors import safe_open
+
+    total = 0.0
+    for path in paths:
+        with safe_open(path, "pt") as f:
+            total += float(f.metadata()["seconds"])
+    return total
 
 
 def run_identity(cfg: DistillConfig) -> dict:
@@ -471,7 +620,9 @@ class _Run:
         losses = self.log["losses"]
         c = self.cfg
         recipe = (f"reflow on {c.teacher}'s coupling: {c.teacher_steps}-step DDIM at guidance {c.guidance:g}; "
-                  f"student without CFG at the timesteps of {list(c.student_steps)} steps")
+                  f"student without CFG at the timesteps of {list(c.student_steps)} steps"
+                  + (f"; {c.finish:g} of each batch at its starting weights' own states of {c.finish_pairs} pairs, "
+                     "the teacher's finish from each as target" if c.finish else ""))
         log = {"config": asdict(self.cfg), "recipe": recipe,
                **provenance, "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
                "seconds_per_run": self.log["seconds"], "validation_x0_mse": self.log["validation"],
