@@ -411,23 +411,30 @@ def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
     """shapes-turbo loads by name with turbo defaults (4 steps, no CFG), is not the teacher, and its logs say how
     it was made: the recipe from the teacher (stage 1), then the same recipe from that student (stage 2), then from
     stage 2 on four times the pairs (stage 3), then from stage 3 with half of each batch at its own states
-    (stage 4)."""
+    (stage 4), then two rounds with half of each batch at the teacher's finishes of the starting student's own
+    states (stages 5 and 6)."""
     folder = shipped_models()["shapes-turbo"]
     backend = load("shapes-turbo")
     assert (backend.defaults.steps, backend.defaults.guidance) == (4, 1.0)
     student, teacher = _unet(folder), _unet(shipped_models()["shapes"])
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
-    logs = [json.loads((folder / name).read_text())
-            for name in ("train_log_stage1.json", "train_log_stage2.json", "train_log_stage3.json", "train_log.json")]
+    names = [f"train_log_stage{i}.json" for i in range(1, 6)] + ["train_log.json"]
+    logs = [json.loads((folder / name).read_text()) for name in names]
     assert logs[0]["config"].get("init") is None  # stage 1 predates --init
-    assert all(log["config"]["init"].endswith("model") for log in logs[1:])
+    # each stage from the one before: a run's model folder, or (stage 5) the shipped weights of stage 4
+    assert [log["config"]["init"] for log in logs[1:]] == [
+        "/work/runs/shapes-turbo/model", "/work/runs/shapes-turbo-b/model", "/work/runs/shapes-turbo-c/model",
+        "src/stablenoise/weights/shapes-turbo", "/work/runs/shapes-turbo-g/model"]
     recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1, "init": None, "steps": None}
-    before = {"rollout": 0.0, "adversarial": 0.0, "adversarial_start": 100, "discriminator_lr": 4e-4}  # newer options
+    before = {"rollout": 0.0, "adversarial": 0.0, "adversarial_start": 100, "discriminator_lr": 4e-4,
+              "finish": 0.0, "finish_pairs": 2048}  # newer options
+    finishing = {**recipe, "pairs": 4096, "threads": 2, "finish": 0.5, "lr": 1e-4}
     assert [{**before, **log["config"], "init": None, "steps": None} for log in logs] == [
         recipe, recipe, {**recipe, "pairs": 4096, "threads": 2},
-        {**recipe, "pairs": 4096, "threads": 2, "rollout": 0.5}]
-    assert [log["config"]["steps"] for log in logs] == [800, 1600, 2400, 2400]
-    assert [log["train_pairs"] for log in logs[1:]] == [1024, 4096, 4096]
+        {**recipe, "pairs": 4096, "threads": 2, "rollout": 0.5}, finishing, finishing]
+    assert [log["config"]["steps"] for log in logs] == [800, 1600, 2400, 2400, 2000, 1500]
+    assert [log["train_pairs"] for log in logs[1:]] == [1024, 4096, 4096, 4096, 4096]
+    assert [log.get("finish_states", 0) for log in logs] == [0, 0, 0, 0, 8192, 8192]
     noise = sn.noises_from_seeds([0], backend.latent_shape)
     image = backend.denoise(noise, backend.encode(["a red circle"], 1.0), 4, 1.0)
     assert torch.isfinite(image).all() and image.abs().max() <= 1.5

@@ -21,9 +21,9 @@ target is the pair's image teach the later steps to average over what that state
 rounds squares into circles. ``finish`` puts a share of each batch at the starting student's own states with the
 *teacher's finish from that state* as target (the coupling's guided DDIM, from the state's timestep down):
 DAgger's remedy (Ross et al. 2011), an expert labelling the learner's own states, here paid once like the
-pairs, for ``finish_pairs`` of them. On the shipped student, its 3 steps then 10 teacher steps made 73.0%
-verifier accuracy where its own 4 steps made 56.5% (docs/bench.md): its states were sound and its last step
-was not.
+pairs, for ``finish_pairs`` of them. The stage-4 student's 3 steps then the teacher's finish passed the
+verifier 71.5% of the time where its own 4 steps passed 56.0% (benchmarks/turbo_handoff.py, docs/bench.md): its
+states were sound and its last step was not.
 
 ``adversarial`` adds ADD's second loss (Sauer et al. 2023): a discriminator (discriminator.py) judges the
 student's one-step images against the teacher's, and the student is pulled toward fooling it as hard as toward
