@@ -220,10 +220,12 @@ def own_states_of(pipe: ShapesPipeline, z: torch.Tensor, captions: list[str], gr
     schedule of T > 1 steps and 0 < k < T (every state its later steps start from)."""
     model = student_eps(pipe, captions)
     out = []
-    for grid in (g for g in grids if len(g) > 1):
-        for k in range(1, len(grid)):
-            x, _ = own_sampling(model, z, grid.tolist(), alphas_cumprod, torch.full((len(z),), k))
-            out.append((int(grid[k]), x))
+    one = torch.ones(len(z), dtype=torch.long)
+    for grid in (g.tolist() for g in grids if len(g) > 1):
+        x = z
+        for k in range(1, len(grid)):  # one step at a time, each state from the last: no step is taken twice
+            x, _ = own_sampling(model, x, grid[k - 1:], alphas_cumprod, one)
+            out.append((grid[k], x))
     return out
 
 
