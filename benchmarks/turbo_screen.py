@@ -1,0 +1,72 @@
+"""Choose between few-step students without touching the images the bar is measured on: every student draws the
+same (caption, seed) images, on the captions of a stored teacher run but with seeds that run never drew, and each
+is compared with the first student, paired, with intervals that resample distinct captions.
+
+turbo_quality.py judges a student on the stored run's own seeds against the teacher's verdicts there; picking
+the best of several candidates on those same images would select on the noise of the measurement (the winner's
+curse), so candidates are screened here first and only the chosen one is measured there.
+
+    python benchmarks/turbo_screen.py shapes-turbo runs/candidate-a/model runs/candidate-b/model \
+        --steps 4,2,1 --seeds-per-prompt 4 --json docs/regimes/turbo-screen.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import stablenoise as sn
+from stablenoise.records import versions, write_json_atomic
+from stablenoise.stats import mean_ci, paired_diff_ci
+from turbo_quality import judged_images, shape_mix, teacher_table, what_it_drew
+
+FIRST_SEED = 7_000_000  # far above any seed a bench store draws (they count up from 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("students", nargs="+", help="shipped names or pipeline folders; the first is the reference")
+    ap.add_argument("--teacher-run", type=Path, default=Path("docs/regimes/ddim50"), help="whose captions")
+    ap.add_argument("--steps", default="4")
+    ap.add_argument("--seeds-per-prompt", type=int, default=4)
+    ap.add_argument("--first-seed", type=int, default=FIRST_SEED)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    table = teacher_table(args.teacher_run)
+    stored = {int(s) for s in table.seeds.seed.reshape(-1)}
+    prompts = [p for p in table.texts for _ in range(args.seeds_per_prompt)]
+    seeds = list(range(args.first_seed, args.first_seed + len(prompts)))
+    if stored & set(seeds):
+        raise SystemExit(f"--first-seed {args.first_seed}: the screen would reuse seeds of {args.teacher_run}")
+    result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
+              "seeds": [seeds[0], seeds[-1]], "students": args.students, "versions": versions(), "by_steps": {}}
+    backends = {s: sn.load(s) for s in args.students}
+    for steps in (int(s) for s in args.steps.split(",")):
+        rows, reference = {}, None
+        for name, backend in backends.items():
+            judged, drawn = judged_images(backend, prompts, seeds, steps, 1.0, args.batch_size)
+            passed = judged["passed"]
+            row = {"passed": mean_ci(passed, rng=0, clusters=prompts),
+                   "high_frequency_share": mean_ci(judged["high_frequency_share"], rng=0, clusters=prompts),
+                   "drawn": what_it_drew(drawn)}
+            line = (f"{steps} steps {name}: verifier {100 * passed.mean():.1f}%, high-frequency share "
+                    f"{judged['high_frequency_share'].mean():.4f}, {shape_mix(row['drawn'])}")
+            if reference is None:
+                reference = passed
+            else:
+                d = row["passed_minus_first"] = paired_diff_ci(passed, reference, rng=0, clusters=prompts)
+                line += f"; − {args.students[0]}: {100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+            rows[name] = row
+            print(line, flush=True)
+        result["by_steps"][str(steps)] = rows
+    if args.json:
+        write_json_atomic(args.json, result)
+
+
+if __name__ == "__main__":
+    torch.set_flush_denormal(True)
+    main()
