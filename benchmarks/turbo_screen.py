@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import stablenoise as sn
+from stablenoise.errors import StablenoiseError
 from stablenoise.records import versions, write_json_atomic
 from stablenoise.stats import mean_ci, paired_diff_ci
 from turbo_quality import judged_images, shape_mix, teacher_table, what_it_drew
@@ -44,7 +45,10 @@ def main() -> None:
         raise SystemExit(f"--first-seed {args.first_seed}: the screen would reuse seeds of {args.teacher_run}")
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
               "seeds": [seeds[0], seeds[-1]], "students": args.students, "versions": versions(), "by_steps": {}}
-    backends = {s: sn.load(s) for s in args.students}
+    try:  # every student loads before any is judged: a bad name fails in a second, not after the first model
+        backends = {s: sn.load(s) for s in args.students}
+    except StablenoiseError as e:
+        raise SystemExit(f"error: {e}") from None
     for steps in (int(s) for s in args.steps.split(",")):
         rows, reference = {}, None
         for name, backend in backends.items():
