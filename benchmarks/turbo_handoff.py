@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from turbo_quality import teacher_table
+from turbo_quality import points, teacher_table
 
 import stablenoise as sn
 from stablenoise import ddim
@@ -83,7 +83,7 @@ def main() -> None:
         d = row["minus_student_alone"]
         who = "the student alone" if k == len(grid) else f"then the teacher from t={grid[k]}"
         print(f"{k} student steps, {who}: verifier {100 * v.mean():.1f}% "
-              f"({100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] vs the student alone)")
+              f"({points(d)} vs the student alone)")
     if args.json:
         write_json_atomic(args.json, result)
 

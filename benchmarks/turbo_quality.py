@@ -51,6 +51,11 @@ def what_it_drew(verdicts: list) -> dict:
             "failures": dict(Counter(v.reason for v in verdicts if not v.passed).most_common(10))}
 
 
+def points(d: dict) -> str:
+    """A difference of shares with its interval, in percentage points: "+1.2 [-0.3, +2.8]"."""
+    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
 def shape_mix(drawn: dict) -> str:
     return "shapes drawn " + ", ".join(f"{k} {v:.2f}" for k, v in drawn["shape_share"].items())
 
@@ -131,7 +136,7 @@ def main() -> None:
         result["student"]["by_steps"][str(steps)] = row
         d = row["passed_minus_teacher"]
         print(f"{args.student} at {steps} steps: verifier {100 * row['passed']['mean']:.1f}% "
-              f"({100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] vs the teacher), "
+              f"({points(d)} vs the teacher), "
               f"high-frequency share {row['high_frequency_share']['mean']:.4f}, {shape_mix(row['drawn'])}")
     print(f"teacher {c.model} at {c.steps} steps, guidance {c.guidance:g}: verifier "
           f"{100 * stored.mean():.1f}% over {len(seeds)} images ({len(set(captions))} captions), high-frequency share "

@@ -22,7 +22,7 @@ import stablenoise as sn
 from stablenoise.errors import StablenoiseError
 from stablenoise.records import versions, write_json_atomic
 from stablenoise.stats import mean_ci, paired_diff_ci
-from turbo_quality import judged_images, shape_mix, teacher_table, what_it_drew
+from turbo_quality import judged_images, points, shape_mix, teacher_table, what_it_drew
 
 FIRST_SEED = 7_000_000  # far above any seed a bench store draws (they count up from 0)
 
@@ -63,7 +63,7 @@ def main() -> None:
                 reference = passed
             else:
                 d = row["passed_minus_first"] = paired_diff_ci(passed, reference, rng=0, clusters=prompts)
-                line += f"; − {args.students[0]}: {100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+                line += f"; − {args.students[0]}: {points(d)}"
             rows[name] = row
             print(line, flush=True)
         result["by_steps"][str(steps)] = rows
