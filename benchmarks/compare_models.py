@@ -16,7 +16,7 @@ import numpy as np
 from stablenoise.bench.methods import derive_methods
 from stablenoise.bench.results import load_results
 from stablenoise.records import write_json_atomic
-from stablenoise.stats import mean_ci, paired_diff_ci, within_prompt_spearman
+from stablenoise.stats import interval_text, mean_ci, paired_diff_ci, within_prompt_spearman
 
 METHODS = ("random", "most-stable", "least-stable", "most-stable-of:4")  # method ids
 
@@ -27,12 +27,6 @@ def _table(run: Path, config_id: int):
         if t.config.id == config_id:
             return t
     raise SystemExit(f"{run}: no config {config_id}")
-
-
-def _fmt(ci: dict | None, scale: float = 1.0, digits: int = 1) -> str:
-    if ci is None:
-        return "–"
-    return f"{scale * ci['mean']:.{digits}f} [{scale * ci['lo']:.{digits}f}, {scale * ci['hi']:.{digits}f}]"
 
 
 def compare(run_a: Path, run_b: Path, config_a: int = 1, config_b: int = 1) -> dict:
@@ -73,11 +67,11 @@ def print_markdown(c: dict) -> None:
         print("|---|---|---|---|---|---|---|---|")
         for name, row in c["methods"].items():
             v = row[r]
-            print(f"| {name} | {_fmt(v['a'], scale)}{unit} | {_fmt(v['a_vs_random'], scale)} | {_fmt(v['b'], scale)}{unit} "
-                  f"| {_fmt(v['b_vs_random'], scale)} | {_fmt(v['b_minus_a'], scale)} | {row['stability']['a']:.3f} "
+            print(f"| {name} | {interval_text(v['a'], scale)}{unit} | {interval_text(v['a_vs_random'], scale)} | {interval_text(v['b'], scale)}{unit} "
+                  f"| {interval_text(v['b_vs_random'], scale)} | {interval_text(v['b_minus_a'], scale)} | {row['stability']['a']:.3f} "
                   f"| {row['stability']['b']:.3f} |")
         s = c["spearman"][r]
-        print(f"\nwithin-prompt Spearman(stability, {r}): {a} {_fmt(s['a'], digits=3)}, {b} {_fmt(s['b'], digits=3)}\n")
+        print(f"\nwithin-prompt Spearman(stability, {r}): {a} {interval_text(s['a'], digits=3)}, {b} {interval_text(s['b'], digits=3)}\n")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from stablenoise.bench.methods import parse_methods, pick
 from stablenoise.bench.report import analyze
 from stablenoise.bench.results import ConfigTable, Rows, load_results
 from stablenoise.records import write_json_atomic
-from stablenoise.stats import mean_ci, within_prompt_spearman
+from stablenoise.stats import interval_text, mean_ci, within_prompt_spearman
 
 MOST_STABLE = parse_methods("most-stable")
 
@@ -78,12 +78,6 @@ def compare(run_a: Path, run_b: Path, judge: str, n_boot: int) -> dict:
     return out
 
 
-def ci(c: dict | None, scale: float = 1.0, digits: int = 1, sign: str = "+") -> str:
-    if c is None:
-        return "–"
-    return f"{scale * c['mean']:{sign}.{digits}f} [{scale * c['lo']:.{digits}f}, {scale * c['hi']:.{digits}f}]"
-
-
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | steps | K | prompts (captions) | inversion point | mean round-trip cosine | lowest | "
              "most stable − random (verifier points) | Spearman between the points | same most stable seed |",
@@ -91,9 +85,9 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         for name, p in r["points"].items():
             lines.append(f"| {r['model']} | {r['steps']} | {r['k']} | {r['prompts']} ({r['captions']}) | {name} | "
-                         f"{ci(p['round_trip_cosine'], digits=4, sign='')} | {p['round_trip_cosine_min']:.4f} | "
-                         f"{ci(p['most_stable_minus_random'], 100)} | {ci(r['spearman_between_points'], digits=3)} | "
-                         f"{ci(r['same_most_stable_seed'], 100, 0, '')}% |")
+                         f"{interval_text(p['round_trip_cosine'], digits=4)} | {p['round_trip_cosine_min']:.4f} | "
+                         f"{interval_text(p['most_stable_minus_random'], 100, sign='+')} | {interval_text(r['spearman_between_points'], digits=3, sign='+')} | "
+                         f"{interval_text(r['same_most_stable_seed'], 100, 0)}% |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ from stablenoise.bench.methods import BASELINE, parse_methods
 from stablenoise.bench.report import ALL, analyze
 from stablenoise.bench.results import load_results
 from stablenoise.records import write_json_atomic
+from stablenoise.stats import interval_text
 
 COLUMNS = (("most-stable", "most_stable"), ("least-stable", "least_stable"), ("best:{reward}", "best_by_reward"))
 
@@ -54,10 +55,8 @@ def rows_of(run: Path, judge: str, reward: str, n_boot: int, seed: int = 0) -> l
 
 
 def pct(ci: dict | None) -> str:
-    if ci is None:
-        return "–"
-    star = " *" if ci["lo"] > 0 or ci["hi"] < 0 else ""
-    return f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]{star}"
+    """A difference in verifier points, marked when its interval excludes 0."""
+    return interval_text(ci, 100, sign="+", mark=True)
 
 
 def markdown(rows: list[dict], reward: str) -> str:

@@ -25,7 +25,7 @@ from stablenoise.batching import map_batches
 from stablenoise.bench.results import load_results
 from stablenoise.records import write_json_atomic
 from stablenoise.shapes.verifier import verify
-from stablenoise.stats import mean_ci, paired_diff_ci
+from stablenoise.stats import interval_text, mean_ci, paired_diff_ci
 
 
 def judged_images(backend, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int
@@ -53,7 +53,7 @@ def what_it_drew(verdicts: list) -> dict:
 
 def points(d: dict) -> str:
     """A difference of shares with its interval, in percentage points: "+1.2 [-0.3, +2.8]"."""
-    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+    return interval_text(d, 100, sign="+", bound_sign="+")
 
 
 def shape_mix(drawn: dict) -> str:

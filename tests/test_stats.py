@@ -230,3 +230,20 @@ def test_rater_agreement_fleiss_kappa():
     perfect = stats.rater_agreement([1, 1, 2, 2], [1.0, 1.0, 0.0, 0.0])
     assert perfect["agreement"] == 1.0 and perfect["kappa"] == 1.0
     assert stats.rater_agreement([1, 2], [1.0, 0.0]) is None
+
+
+def test_interval_text_writes_every_report_s_interval_one_way():
+    d = {"mean": 0.0123, "lo": -0.0051, "hi": 0.0342, "n": 9}
+    assert stats.interval_text(d) == "0.0 [-0.0, 0.0]"
+    assert stats.interval_text(d, digits=3) == "0.012 [-0.005, 0.034]"
+    # a difference in percentage points: signed estimate; the bounds signed only when asked
+    assert stats.interval_text(d, 100, sign="+") == "+1.2 [-0.5, 3.4]"
+    assert stats.interval_text(d, 100, sign="+", bound_sign="+") == "+1.2 [-0.5, +3.4]"
+    assert stats.interval_text(d, 100, unit="%") == "1.2% [-0.5, 3.4]"
+    # the mark says the interval excludes 0: not here, on either side there
+    assert stats.interval_text(d, 100, mark=True) == "1.2 [-0.5, 3.4]"
+    assert stats.interval_text({**d, "lo": 0.001}, 100, mark=True).endswith("3.4] *")
+    assert stats.interval_text({"mean": -0.2, "lo": -0.3, "hi": -0.1}, mark=True) == "-0.2 [-0.3, -0.1] *"
+    # no interval, or NaN in it, is never written as a number
+    assert stats.interval_text(None) == "–" and stats.interval_text({}, missing="n/a") == "n/a"
+    assert stats.interval_text({**d, "hi": float("nan")}) == "–"

@@ -1,5 +1,5 @@
 """The package's statistics: bootstrap intervals over prompts, paired differences, win rates, Spearman
-correlations and stability deciles. Pure numpy/scipy.
+correlations and stability deciles, and the one way an interval is written as text. Pure numpy/scipy.
 
 Prompts are the independent units: a prompt's K seeds share the prompt, so resampling seeds instead of
 prompts would give intervals that are too narrow. Where prompts repeat a caption, they are not independent
@@ -13,11 +13,26 @@ the pooled rho), ``lo``/``hi`` the 95% percentile interval and ``n`` the prompts
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import rankdata
 
 ALPHA = 0.05  # two-sided: 95% intervals
 DECILES = 10
+
+
+def interval_text(ci: dict | None, scale: float = 1.0, digits: int = 1, sign: str = "", bound_sign: str = "",
+                  unit: str = "", mark: bool = False, missing: str = "–") -> str:
+    """An interval as text, "0.25 [0.24, 0.27]": each number times ``scale`` with ``digits`` decimals; ``sign``
+    "+" signs the estimate and ``bound_sign`` "+" the bounds (a difference's); ``unit`` follows the estimate;
+    ``mark`` appends " *" when the interval excludes 0. No interval, or a non-finite one, reads ``missing``: a
+    report never shows NaN."""
+    if not ci or not all(math.isfinite(ci[k]) for k in ("mean", "lo", "hi")):
+        return missing
+    m, lo, hi = (scale * ci[k] for k in ("mean", "lo", "hi"))
+    star = " *" if mark and (ci["lo"] > 0 or ci["hi"] < 0) else ""
+    return f"{m:{sign}.{digits}f}{unit} [{lo:{bound_sign}.{digits}f}, {hi:{bound_sign}.{digits}f}]{star}"
 
 
 def _rng(rng) -> np.random.Generator:

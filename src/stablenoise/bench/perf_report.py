@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 
-def _ci(d: dict | None, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
-    if not d:
-        return "n/a"
-    return (f"{d['mean'] * scale:.{digits}f}{unit} [{d['lo'] * scale:.{digits}f}, {d['hi'] * scale:.{digits}f}]")
+from ..stats import interval_text
+
+_ci = partial(interval_text, missing="n/a")
 
 
 def _mib(n: float) -> str:
@@ -105,13 +105,13 @@ def _bank(b: dict) -> list[str]:
               f"- built once: {b['bank']['evals']} UNet evaluations, {b['bank']['seconds']:.0f} s",
               f"- per prompt: {b['evals_per_prompt']:.0f} UNet evaluations (the kept seeds' full scores); "
               f"{b['distinct_winners']} distinct winning seeds over {b['prompts']} prompts",
-              f"- {b['judge']} accuracy of the bank's pick: {_ci(b['accuracy'], 100, 1, '%')}"]
+              f"- {b['judge']} accuracy of the bank's pick: {_ci(b['accuracy'], 100, unit='%')}"]
     a = b.get("against_bench")
     if a:
         lines += [f"- on the same {a['prompts']} prompts, from {a['bench']} (K = {a['k']}): full per-prompt "
-                  f"selection {_ci(a['full_selection'], 100, 1, '%')}, random seed {_ci(a['random'], 100, 1, '%')}; "
-                  f"bank − full selection {_ci(a['bank_minus_full_selection'], 100, 1)} points, bank − random "
-                  f"{_ci(a['bank_minus_random'], 100, 1)} points"]
+                  f"selection {_ci(a['full_selection'], 100, unit='%')}, random seed {_ci(a['random'], 100, unit='%')}; "
+                  f"bank − full selection {_ci(a['bank_minus_full_selection'], 100)} points, bank − random "
+                  f"{_ci(a['bank_minus_random'], 100)} points"]
     lines.append("")
     return lines
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import stats
+from ..stats import interval_text
 from ..errors import StablenoiseError
 from ..records import atomic_write
 from .document import HTML_MARK, MD_MARK, Code, Heading, Image, Table, Text, render_html, render_markdown
@@ -242,21 +243,12 @@ def _tags(a: ConfigAnalysis, n_boot: int, stream) -> None:
 
 # ----------------------------------------------------------------------------- formatting
 
-def _finite(*xs) -> bool:
-    return all(x is not None and math.isfinite(x) for x in xs)
-
-
 def fmt_ci(ci: dict | None, percent: bool = False, signed: bool = False, mark: bool = False) -> str:
     """"0.253 [0.241, 0.266]"; percentages for 0/1 rewards ("62.5% [50.0, 75.0]", differences in
     percentage points); ``mark`` appends " *" when the interval excludes 0."""
-    if ci is None or not _finite(ci["mean"], ci["lo"], ci["hi"]):
-        return MISSING
     scale, digits = (100, 1) if percent else (1, 3)
-    m, lo, hi = (scale * ci[k] for k in ("mean", "lo", "hi"))
-    head = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
     unit = (" pp" if signed else "%") if percent else ""
-    star = " *" if mark and (ci["lo"] > 0 or ci["hi"] < 0) else ""
-    return f"{head}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]{star}"
+    return interval_text(ci, scale, digits, "+" if signed else "", unit=unit, mark=mark, missing=MISSING)
 
 
 def fmt_value(x, binary: bool = False) -> str:
@@ -285,7 +277,7 @@ def _captions(n: int) -> str:
 def _said(d: dict, percent: bool) -> str:
     scale, unit = (100, " points") if percent else (1, "")
     word = "helps" if d["lo"] > 0 else "hurts" if d["hi"] < 0 else "makes no clear difference"
-    return f"{word} ({scale * d['mean']:+.1f}{unit} [{scale * d['lo']:.1f}, {scale * d['hi']:.1f}])"
+    return f"{word} ({interval_text(d, scale, sign='+', unit=unit)})"
 
 
 def _ties(a: ConfigAnalysis) -> str:
