@@ -8,6 +8,9 @@ curse), so candidates are screened here first and only the chosen one is measure
 
     python benchmarks/turbo_screen.py shapes-turbo runs/candidate-a/model runs/candidate-b/model \
         --steps 4,2,1 --seeds-per-prompt 4 --json docs/regimes/turbo-screen.json
+
+``--guidance 1,1.5`` screens each student at each CFG scale as well (the student's own unconditional branch;
+the first student at the first scale is the reference).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> None:
     ap.add_argument("students", nargs="+", help="shipped names or pipeline folders; the first is the reference")
     ap.add_argument("--teacher-run", type=Path, default=Path("docs/regimes/ddim50"), help="whose captions")
     ap.add_argument("--steps", default="4")
+    ap.add_argument("--guidance", default="1", help="the students' CFG scales, comma-separated (1: none)")
     ap.add_argument("--seeds-per-prompt", type=int, default=4)
     ap.add_argument("--first-seed", type=int, default=FIRST_SEED)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -43,16 +47,22 @@ def main() -> None:
     seeds = list(range(args.first_seed, args.first_seed + len(prompts)))
     if stored & set(seeds):
         raise SystemExit(f"--first-seed {args.first_seed}: the screen would reuse seeds of {args.teacher_run}")
+    try:
+        scales = [float(g) for g in args.guidance.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --guidance {args.guidance!r} is not comma-separated numbers") from None
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
-              "seeds": [seeds[0], seeds[-1]], "students": args.students, "versions": versions(), "by_steps": {}}
+              "seeds": [seeds[0], seeds[-1]], "students": args.students, "guidance": scales, "versions": versions(), "by_steps": {}}
     try:  # every student loads before any is judged: a bad name fails in a second, not after the first model
         backends = {s: sn.load(s) for s in args.students}
     except StablenoiseError as e:
         raise SystemExit(f"error: {e}") from None
     for steps in (int(s) for s in args.steps.split(",")):
         rows, reference = {}, None
-        for name, backend in backends.items():
-            judged, drawn = judged_images(backend, prompts, seeds, steps, 1.0, args.batch_size)
+        for (name, backend), g in ((nb, g) for nb in backends.items() for g in scales):
+            if len(scales) > 1:
+                name = f"{name} at guidance {g:g}"
+            judged, drawn = judged_images(backend, prompts, seeds, steps, g, args.batch_size)
             passed = judged["passed"]
             row = {"passed": mean_ci(passed, rng=0, clusters=prompts),
                    "high_frequency_share": mean_ci(judged["high_frequency_share"], rng=0, clusters=prompts),
@@ -63,7 +73,7 @@ def main() -> None:
                 reference = passed
             else:
                 d = row["passed_minus_first"] = paired_diff_ci(passed, reference, rng=0, clusters=prompts)
-                line += f"; − {args.students[0]}: {points(d)}"
+                line += f"; − {next(iter(rows))}: {points(d)}"
             rows[name] = row
             print(line, flush=True)
         result["by_steps"][str(steps)] = rows
