@@ -247,3 +247,4 @@ def test_interval_text_writes_every_report_s_interval_one_way():
     # no interval, or NaN in it, is never written as a number
     assert stats.interval_text(None) == "–" and stats.interval_text({}, missing="n/a") == "n/a"
     assert stats.interval_text({**d, "hi": float("nan")}) == "–"
+    assert stats.interval_text({**d, "lo": None}) == "–"  # a JSON null in a stored interval

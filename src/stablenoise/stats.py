@@ -28,7 +28,7 @@ def interval_text(ci: dict | None, scale: float = 1.0, digits: int = 1, sign: st
     "+" signs the estimate and ``bound_sign`` "+" the bounds (a difference's); ``unit`` follows the estimate;
     ``mark`` appends " *" when the interval excludes 0. No interval, or a non-finite one, reads ``missing``: a
     report never shows NaN."""
-    if not ci or not all(math.isfinite(ci[k]) for k in ("mean", "lo", "hi")):
+    if not ci or not all(ci[k] is not None and math.isfinite(ci[k]) for k in ("mean", "lo", "hi")):
         return missing
     m, lo, hi = (scale * ci[k] for k in ("mean", "lo", "hi"))
     star = " *" if mark and (ci["lo"] > 0 or ci["hi"] < 0) else ""

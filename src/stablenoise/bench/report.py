@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import stats
-from ..stats import interval_text
 from ..errors import StablenoiseError
 from ..records import atomic_write
 from .document import HTML_MARK, MD_MARK, Code, Heading, Image, Table, Text, render_html, render_markdown
@@ -248,7 +247,7 @@ def fmt_ci(ci: dict | None, percent: bool = False, signed: bool = False, mark: b
     percentage points); ``mark`` appends " *" when the interval excludes 0."""
     scale, digits = (100, 1) if percent else (1, 3)
     unit = (" pp" if signed else "%") if percent else ""
-    return interval_text(ci, scale, digits, "+" if signed else "", unit=unit, mark=mark, missing=MISSING)
+    return stats.interval_text(ci, scale, digits, "+" if signed else "", unit=unit, mark=mark, missing=MISSING)
 
 
 def fmt_value(x, binary: bool = False) -> str:
@@ -277,7 +276,7 @@ def _captions(n: int) -> str:
 def _said(d: dict, percent: bool) -> str:
     scale, unit = (100, " points") if percent else (1, "")
     word = "helps" if d["lo"] > 0 else "hurts" if d["hi"] < 0 else "makes no clear difference"
-    return f"{word} ({interval_text(d, scale, sign='+', unit=unit)})"
+    return f"{word} ({stats.interval_text(d, scale, sign='+', unit=unit)})"
 
 
 def _ties(a: ConfigAnalysis) -> str:
