@@ -154,6 +154,37 @@ def test_the_loss_is_the_eps_error_plus_the_image_error():
     assert abs(float(got) - float(per_sample.mean())) < 1e-4 * float(per_sample.mean())
 
 
+def test_the_pseudo_huber_loss_weighs_each_pixel_s_weighted_error():
+    g = torch.Generator().manual_seed(4)
+    pred, target = torch.randn(3, 3, 4, 4, generator=g), torch.randn(3, 3, 4, 4, generator=g)
+    w, c = torch.tensor([1.0, 4.0, 200.0]), 0.05
+    e = w.sqrt().view(-1, 1, 1, 1) * (pred - target)
+    want = ((e.square() + c * c).sqrt() - c).mean()
+    assert torch.allclose(D.weighted_loss(pred, target, w, huber=c), want, rtol=1e-6)
+    # far below c it is half the squared loss over c; far above, the absolute error
+    tiny = 1e-4 * (pred - target)
+    assert torch.allclose(D.weighted_loss(tiny, 0 * tiny, w, huber=c), D.weighted_loss(tiny, 0 * tiny, w) / (2 * c),
+                          rtol=1e-3)
+    assert torch.allclose(D.weighted_loss(pred, target, w, huber=1e-6), e.abs().mean(), rtol=1e-4)
+
+
+def test_the_pseudo_huber_loss_draws_a_pixel_s_likelier_value_where_mse_draws_the_mean():
+    """A state whose pixel becomes +1 seven times in ten and -1 otherwise: the squared error's best constant
+    answer is the mean 0.4 (the blur); the pseudo-Huber's is near +1."""
+    target = torch.tensor([1.0] * 7 + [-1.0] * 3).view(10, 1, 1, 1)
+    best = {}
+    for huber in (0.0, 0.01):
+        x = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([x], lr=0.02)
+        for _ in range(800):
+            opt.zero_grad()
+            D.weighted_loss(x.expand(10).view(10, 1, 1, 1), target, torch.ones(10), huber=huber).backward()
+            opt.step()
+        best[huber] = float(x)
+    assert abs(best[0.0] - 0.4) < 0.02
+    assert best[0.01] > 0.9
+
+
 def test_timesteps_are_at_or_between_the_students():
     grids = [torch.tensor([999]), torch.tensor([999, 499]), torch.tensor([999, 749, 499, 249])]
     t = D.sample_timesteps(np.random.default_rng(0), 20000, grids, 0.5)
@@ -427,7 +458,7 @@ def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
         "src/stablenoise/weights/shapes-turbo", "/work/runs/shapes-turbo-g/model"]
     recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1, "init": None, "steps": None}
     before = {"rollout": 0.0, "adversarial": 0.0, "adversarial_start": 100, "discriminator_lr": 4e-4,
-              "finish": 0.0, "finish_pairs": 2048}  # newer options
+              "finish": 0.0, "finish_pairs": 2048, "huber": 0.0}  # newer options
     finishing = {**recipe, "pairs": 4096, "threads": 2, "finish": 0.5, "lr": 1e-4}
     assert [{**before, **log["config"], "init": None, "steps": None} for log in logs] == [
         recipe, recipe, {**recipe, "pairs": 4096, "threads": 2},

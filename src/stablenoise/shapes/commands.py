@@ -218,6 +218,8 @@ def _part(ctx, param, value):
               help="The discriminator's learning rate (with --adversarial).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--huber", type=click.FloatRange(min=0), default=None,
+              help="Train on the element-wise pseudo-Huber loss with this c instead of the squared error (0).")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads (0: torch's default).")

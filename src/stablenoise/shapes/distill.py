@@ -87,6 +87,7 @@ class DistillConfig:
     lr: float = 2e-4
     warmup: int = 30
     ema_decay: float = 0.99
+    huber: float = 0.0  # 0: squared error; c > 0: element-wise pseudo-Huber with this c (weighted_loss)
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int = 100
@@ -435,7 +436,16 @@ def own_states(batch: Batch, picks: list[tuple[int, int, int]], x0: torch.Tensor
     return batch._replace(x_t=x_t, t=t, target=target, weight=weight)
 
 
-def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, huber: float = 0.0
+                  ) -> torch.Tensor:
+    """The batch's mean of weight x the squared eps error (per pixel). With ``huber`` = c > 0, each pixel's error
+    e = sqrt(weight) x (eps error) costs sqrt(e^2 + c^2) - c instead (the pseudo-Huber loss of LCM, Luo et al.
+    2023, and iCT, Song & Dhariwal 2023): quadratic below c, linear above. Where a state could become either of
+    two images, the squared error's minimiser is their pixel mean, a blur (a square's rounded corner); a loss
+    that grows linearly is minimised nearer the pixel's likelier value."""
+    if huber:
+        err = weight.view(-1, 1, 1, 1).sqrt() * (pred.float() - target)
+        return ((err.square() + huber ** 2).sqrt() - huber).mean()
     return (weight * (pred.float() - target).square().mean(dim=(1, 2, 3))).mean()
 
 
@@ -586,7 +596,7 @@ class _Run:
         with torch.no_grad():
             cond = self.pipe.encode_prompt(batch.captions)
         pred = self.pipe.unet(batch.x_t.to(dev), batch.t.to(dev), encoder_hidden_states=cond).sample
-        loss = total = weighted_loss(pred, batch.target.to(dev), batch.weight.to(dev))
+        loss = total = weighted_loss(pred, batch.target.to(dev), batch.weight.to(dev), self.cfg.huber)
         if self.disc is not None:
             text, noise = cond.mean(dim=1), line_point(x0, eps, self.a_first).to(dev)
             t = torch.full((len(noise),), self.first, device=dev)
@@ -624,7 +634,8 @@ class _Run:
         recipe = (f"reflow on {c.teacher}'s coupling: {c.teacher_steps}-step DDIM at guidance {c.guidance:g}; "
                   f"student without CFG at the timesteps of {list(c.student_steps)} steps"
                   + (f"; {c.finish:g} of each batch at its starting weights' own states of {c.finish_pairs} pairs, "
-                     "the teacher's finish from each as target" if c.finish else ""))
+                     "the teacher's finish from each as target" if c.finish else "")
+                  + (f"; pseudo-Huber loss, c = {c.huber:g}" if c.huber else ""))
         log = {"config": asdict(self.cfg), "recipe": recipe,
                **provenance, "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
                "seconds_per_run": self.log["seconds"], "validation_x0_mse": self.log["validation"],
@@ -634,7 +645,8 @@ class _Run:
         def write(d: Path) -> None:
             self.pipe.save_pretrained(d, safe_serialization=True)
             (d / "train_log.json").write_text(json.dumps(log))
-            plot_losses(losses, d / "loss.png", title="shapes-turbo distillation loss (eps + x0 MSE)")
+            plot_losses(losses, d / "loss.png", title="shapes-turbo distillation loss (eps + x0 "
+                        + (f"pseudo-Huber, c = {c.huber:g})" if c.huber else "MSE)"))
 
         atomic_dir(final, write)
         shutil.rmtree(self.ckpt, ignore_errors=True)
