@@ -45,6 +45,22 @@ def commands(group=main, prefix=""):
             yield prefix + name, command
 
 
+def test_every_number_option_refuses_nan_and_inf():
+    """click.FloatRange lets nan (and, without a maximum, inf) through; every float option uses the finite one."""
+    floats = [(name, param.opts[0]) for name, command in commands() for param in command.params
+              if isinstance(param.type, (click.types.FloatParamType, click.FloatRange))]
+    assert len(floats) >= 12 and ("distill-shapes", "--huber") in floats
+    assert [(n, o) for n, o in floats
+            if not isinstance(next(p for p in dict(commands())[n].params if p.opts[0] == o).type,
+                              cli_common.FiniteFloatRange)] == []
+    for value in ("nan", "inf", "-inf", "NaN"):
+        with pytest.raises(click.BadParameter, match="is not a finite number"):
+            cli_common.FiniteFloatRange().convert(value, None, None)
+    assert cli_common.FiniteFloatRange(0, 1).convert("0.5", None, None) == 0.5
+    with pytest.raises(click.BadParameter, match="not in the range"):
+        cli_common.FiniteFloatRange(0, 1).convert("2", None, None)
+
+
 def test_each_shared_option_has_one_declaration_and_one_default():
     """Every command's --device, --batch-size, ... is the same option: same default, type and help."""
     seen = {}

@@ -10,8 +10,9 @@ import click
 from tqdm.auto import tqdm
 
 from .cli_common import (MAX_SEEDS, SEED, batch_size_option, count_option, device_option,  # noqa: F401 (SEED)
-                         dtype_option, gather_prompts, model_loading_options, model_option, noise_norm_option,
-                         option_group, out_option, out_path, prompt_options, round_trip_options, seed_option)
+                         dtype_option, FiniteFloatRange, gather_prompts, model_loading_options, model_option,
+                         noise_norm_option, option_group, out_option, out_path, prompt_options, round_trip_options,
+                         seed_option)
 from .cli_common import guarded as _guarded
 from .errors import StablenoiseError
 from .settings import OptimizerSettings
@@ -203,7 +204,7 @@ def _selection_proxy(seed, k, keep, proxy_steps, proxy_prompt, proxy_guidance, b
               help="Two-stage selection: a proxy scores the K seeds, the KEEP best get the full score.")
 @click.option("--proxy-steps", type=click.IntRange(min=1), default=None, help="Proxy: the round trip with fewer steps.")
 @click.option("--proxy-prompt", default=None, help="Proxy: the round trip under this prompt (\"\": the empty one).")
-@click.option("--proxy-guidance", type=click.FloatRange(min=0), default=None, help="Proxy: this CFG scale (1: none).")
+@click.option("--proxy-guidance", type=FiniteFloatRange(min=0), default=None, help="Proxy: this CFG scale (1: none).")
 @click.option("--bank", "bank_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Proxy: a seed bank (stablenoise bank); its seeds replace -k/--seed.")
 @click.option("--by", "by", default="stability", show_default=True,
@@ -307,8 +308,8 @@ def _select_prompt(s: Session, run, i: int, prompt: str, how: dict) -> None:
 @click.option("--noise", "noise_file", type=click.Path(path_type=Path), default=None,
               help="Start from saved noises (safetensors): every prompt is optimized from each of them.")
 @click.option("--iterations", type=click.IntRange(min=0), default=PAPER.iterations, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=PAPER.lr, show_default=True)
-@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=PAPER.momentum,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=PAPER.lr, show_default=True)
+@click.option("--momentum", type=FiniteFloatRange(min=0, max=1, max_open=True), default=PAPER.momentum,
               show_default=True)
 @click.option("--preserve-norm", is_flag=True, help="Keep the noise norm at sqrt(d) (start and every step).")
 @click.option("--no-checkpoint", is_flag=True, help="Keep activations instead of recomputing (more memory).")
@@ -318,8 +319,6 @@ def optimize(seed, noise_file, iterations, lr, momentum, preserve_norm, no_check
     """Optimize a noise per prompt for inversion stability (gradient descent with momentum).
     Each (prompt, starting noise) pair is optimized independently, --batch-size pairs at a time. A pair
     whose stability turns NaN/inf stops alone; if one never had a finite score, the command fails at the end."""
-    if not math.isfinite(lr):
-        raise StablenoiseError(f"lr must be finite, got {lr}")
     settings = PAPER.override(iterations=iterations, lr=lr, momentum=momentum, preserve_norm=preserve_norm)
     s = Session("optimize", **kw)
     seeds, noise = _seed_noises(s, seed, 1, noise_file)

@@ -15,6 +15,17 @@ import click
 from .errors import PeerFailed, StablenoiseError
 from .noise import SEED_LIMIT
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and +-inf: nan compares false with every bound, so FloatRange lets it
+    through, and inf passes any range without a maximum."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
 SEED = click.IntRange(0, SEED_LIMIT - 1)  # a seed means one noise: torch aliases s and s + 2**63
 MAX_SEEDS = 100_000  # per prompt: far beyond any useful K, and a typo like -k 1e9 fails at once
 OUT_ROOT = Path("stablenoise-out")
@@ -87,10 +98,10 @@ out_option = click.option("--out", type=click.Path(path_type=Path), default=None
 
 steps_option = click.option("--steps", type=click.IntRange(min=1), default=None,
                             help="Steps of the round trip, DDIM or flow Euler (default: the model family's).")
-guidance_option = click.option("--guidance", type=click.FloatRange(min=0), default=None,
+guidance_option = click.option("--guidance", type=FiniteFloatRange(min=0), default=None,
                                help="Denoising CFG scale (<= 1: no CFG; default: the model family's).")
 inversion_guidance_option = click.option(
-    "--inversion-guidance", type=click.FloatRange(min=0), default=None,
+    "--inversion-guidance", type=FiniteFloatRange(min=0), default=None,
     help="CFG scale of the inversion (default: the model family's, 1: conditional branch only).")
 round_trip_options = option_group(steps_option, guidance_option, inversion_guidance_option)
 inversion_point_option = click.option(

@@ -421,6 +421,13 @@ def test_distill_shapes_refuses_a_teacher_it_cannot_distil(tmp_path, teacher, me
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.parametrize("option", ["--huber", "--guidance", "--lr", "--finish"])
+def test_distill_shapes_refuses_a_number_that_is_not_finite(tmp_path, option):
+    r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), option, "nan"])
+    assert r.exit_code == 2 and "'nan' is not a finite number" in r.output
+    assert not (tmp_path / "t").exists()
+
+
 def test_distill_shapes_pairs_part_makes_only_its_shards_and_trains_nothing(tmp_path):
     args = ["--out", str(tmp_path / "t"), "--pairs", "4", "--val-pairs", "4", "--teacher-steps", "2"]
     r = CliRunner().invoke(distill_shapes, [*args, "--pairs-part", "1/2"])

@@ -84,8 +84,6 @@ def bench(model, prompt_list, prompts_spec, limit, methods, rewards_spec, k, ste
         for name in () if m.optimizing else m.entry.looks_at(m):
             if name not in reward_names:
                 raise StablenoiseError(f"method {m.id} needs {name} among --rewards")
-    if inversion_guidance is not None and not math.isfinite(inversion_guidance):  # FloatRange lets nan through
-        raise StablenoiseError(f"--inversion-guidance must be a finite number, got {inversion_guidance}")
     world, device = join(device)  # under a launch: this rank, and its own GPU for --device cuda (docs/scaling.md)
     out = out_path(out, "bench")
     world.agree(lambda: check_run_folder(out))  # a user's folder or a broken store: refused before any model loads

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import (count_option, device_option, guarded, model_option, out_option, out_path, prompt_options,
-                          sweep_options)
+from ..cli_common import (FiniteFloatRange, count_option, device_option, guarded, model_option, out_option, out_path,
+                          prompt_options, sweep_options)
 from ..errors import StablenoiseError
 
 DEMO_PROMPTS = ("a red circle left of a blue square", "three yellow triangles",
@@ -155,9 +155,9 @@ def experiment(ctx, world, k, steps_list, guidance_list, limit, methods, model, 
               help="Start from this shapes pipeline's weights (fine-tuning) instead of random ones.")
 @click.option("--objective", type=click.Choice(["epsilon", "flow"]), default="epsilon", show_default=True,
               help="epsilon: the DDPM model (shapes); flow: the flow-matching model (shapes-flow).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True)
-@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True)
+@click.option("--ema-decay", type=FiniteFloatRange(0, 1, max_open=True), default=0.999, show_default=True)
 @click.option("--device", default="cpu", show_default=True,
               help="Where the model trains; the data and the random draws stay on the CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -199,26 +199,26 @@ def _part(ctx, param, value):
               help="Teacher (noise, image) training pairs, in whole shards of 64; more pairs extend the set.")
 @click.option("--val-pairs", type=click.IntRange(min=1), default=None, help="Held-back pairs (validation curve).")
 @click.option("--teacher-steps", type=click.IntRange(1, 1000), default=None, help="The teacher's DDIM steps.")
-@click.option("--guidance", type=click.FloatRange(min=0), default=None, help="The teacher's CFG scale.")
+@click.option("--guidance", type=FiniteFloatRange(min=0), default=None, help="The teacher's CFG scale.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Student training steps.")
-@click.option("--rollout", type=click.FloatRange(0, 1), default=None,
+@click.option("--rollout", type=FiniteFloatRange(0, 1), default=None,
               help="Share of each batch at the student's own states (its own first steps from the pair's noise) "
                    "instead of the teacher's lines.")
-@click.option("--finish", type=click.FloatRange(0, 1), default=None,
+@click.option("--finish", type=FiniteFloatRange(0, 1), default=None,
               help="Share of each batch at the starting student's own states with the teacher's finish from each "
                    "state as target (DAgger; made once, in OUT/finishes).")
 @click.option("--finish-pairs", type=click.IntRange(min=1), default=None,
               help="How many training pairs (the first ones) the teacher finishes the student's states of.")
-@click.option("--adversarial", type=click.FloatRange(min=0), default=None,
+@click.option("--adversarial", type=FiniteFloatRange(min=0), default=None,
               help="Add a discriminator on the student's image estimates (ADD's adversarial term), pulling this "
                    "hard relative to the regression (0: none).")
 @click.option("--adversarial-start", type=click.IntRange(min=0), default=None,
               help="Steps the discriminator trains alone before the student feels it.")
-@click.option("--discriminator-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--discriminator-lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="The discriminator's learning rate (with --adversarial).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--huber", type=click.FloatRange(min=0), default=None,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None)
+@click.option("--huber", type=FiniteFloatRange(min=0), default=None,
               help="Train on the element-wise pseudo-Huber loss with this c instead of the squared error (0).")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
