@@ -336,11 +336,12 @@ def _unet(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("rollout, adversarial, finish", [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 0.5, 0.0),
-                                                           (0.0, 0.0, 0.5)])
-def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout, adversarial, finish):
+@pytest.mark.parametrize("rollout, adversarial, finish, huber", [(0.0, 0.0, 0.0, 0.0), (0.5, 0.0, 0.0, 0.0),
+                                                                  (0.0, 0.5, 0.0, 0.0), (0.0, 0.0, 0.5, 0.0),
+                                                                  (0.0, 0.0, 0.0, 0.05)])
+def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout, adversarial, finish, huber):
     extra = {"rollout": rollout, "adversarial": adversarial, "adversarial_start": 1, "finish": finish,
-             "finish_pairs": 4}
+             "finish_pairs": 4, "huber": huber}
     cfg = D.DistillConfig(**TINY, **extra)
     straight = D.distill(tmp_path / "a", cfg, progress=False)
     real = D.distill_batch
@@ -355,6 +356,11 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
         D.distill(tmp_path / "b", cfg, progress=False)
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists() and not (tmp_path / "b" / "model").exists()
     monkeypatch.setattr(D, "distill_batch", real)
+    if not huber:  # a checkpoint from before --huber existed resumes as the squared-error run it was
+        state_file = tmp_path / "b" / "checkpoint" / "state.pt"
+        state = torch.load(state_file, weights_only=True)
+        del state["config"]["huber"]
+        torch.save(state, state_file)
     with pytest.raises(StablenoiseError, match="other settings"):
         D.distill(tmp_path / "b", D.DistillConfig(**{**TINY, **extra, "lr": 1e-3}), progress=False)
     resumed = D.distill(tmp_path / "b", cfg, progress=False)
@@ -364,7 +370,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
         assert torch.allclose(a[k], b[k], atol=1e-6), k  # same steps on the same batches: same sums
     teacher = _unet(shipped_models()["shapes"])
     assert any(not torch.equal(a[k], teacher[k]) for k in a)  # it trained
-    if rollout or adversarial or finish:  # on other batches than the lines alone, or with another loss
+    if rollout or adversarial or finish or huber:  # on other batches than the lines alone, or with another loss
         lines_only = _unet(D.distill(tmp_path / "d", D.DistillConfig(**TINY), progress=False))
         assert any(not torch.allclose(a[k], lines_only[k], atol=1e-6) for k in a)
     log_a = json.loads((straight / "train_log.json").read_text())
@@ -380,6 +386,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
     assert log_a["finish_states"] == (16 if finish else 0) and ("own states" in log_a["recipe"]) == bool(finish)
     assert list(log_a["validation_x0_mse_shipped"]) == ["999", "749", "499", "249", "2 steps", "4 steps"]
     assert (straight / "loss.png").exists() and not (tmp_path / "a" / "checkpoint").exists()
+    assert ("pseudo-Huber loss, c = 0.05" in log_a["recipe"]) == bool(huber)
 
     # A second run can start from the student (--init): its first weights are the student's, its pairs the same.
     shutil.copytree(tmp_path / "a" / "pairs", tmp_path / "c" / "pairs")

@@ -577,7 +577,8 @@ class _Run:
         self.step = 0
         if (ckpt / "state.pt").exists():
             state = torch.load(ckpt / "state.pt", weights_only=True, map_location=cfg.device)
-            if state["config"] != run_identity(cfg):
+            saved = {**run_identity(DistillConfig()), **state["config"]}  # an option newer than the run: its default
+            if saved != run_identity(cfg):
                 raise StablenoiseError(f"{ckpt} belongs to a run with other settings; use another --out")
             pipe.unet.load_state_dict(state["unet"])
             self.opt.load_state_dict(state["optimizer"])
