@@ -15,6 +15,7 @@ import click
 from .errors import PeerFailed, StablenoiseError
 from .noise import SEED_LIMIT
 
+
 class FiniteFloatRange(click.FloatRange):
     """click.FloatRange that also refuses nan and +-inf: nan compares false with every bound, so FloatRange lets it
     through, and inf passes any range without a maximum."""
