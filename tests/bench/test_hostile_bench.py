@@ -151,8 +151,6 @@ CASES = {
                        "Error: cannot write to {out}: permission denied"),
     "unwritable-parent": (lambda f, t, m: _unwritable(t, m, t / "parent") or t / "parent" / "out", [],
                           "Error: cannot write to {out}: permission denied"),
-    "inversion-guidance-nan": (lambda f, t: t / "out", ["--inversion-guidance", "nan"],
-                               "Error: --inversion-guidance must be a finite number, got nan"),
     "non-numeric-score": (lambda f, t: _sql(_copy(f, t), "UPDATE scores SET value='high' WHERE rowid=2"), [],
                           "Error: {out}/bench.sqlite: scores.value holds 'high' (row 2), not a number"),
     "non-numeric-stability": (
