@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 
 import stablenoise as sn
+from stablenoise.cli_common import number_list
 from stablenoise.errors import StablenoiseError
 from stablenoise.records import versions, write_json_atomic
 from stablenoise.stats import mean_ci, paired_diff_ci
@@ -47,17 +49,19 @@ def main() -> None:
     seeds = list(range(args.first_seed, args.first_seed + len(prompts)))
     if stored & set(seeds):
         raise SystemExit(f"--first-seed {args.first_seed}: the screen would reuse seeds of {args.teacher_run}")
-    try:
-        scales = [float(g) for g in args.guidance.split(",")]
-    except ValueError:
-        raise SystemExit(f"error: --guidance {args.guidance!r} is not comma-separated numbers") from None
+    try:  # the CLI's own list parser: finite numbers, at least 1 step and a scale >= 0
+        step_counts = number_list(int, 1)(None, None, args.steps)
+        scales = list(number_list(float, 0)(None, None, args.guidance))
+    except click.BadParameter as e:
+        raise SystemExit(f"error: {e.message}") from None
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
-              "seeds": [seeds[0], seeds[-1]], "students": args.students, "guidance": scales, "versions": versions(), "by_steps": {}}
+              "seeds": [seeds[0], seeds[-1]], "students": args.students, "guidance": scales, "versions": versions(),
+              "by_steps": {}}
     try:  # every student loads before any is judged: a bad name fails in a second, not after the first model
         backends = {s: sn.load(s) for s in args.students}
     except StablenoiseError as e:
         raise SystemExit(f"error: {e}") from None
-    for steps in (int(s) for s in args.steps.split(",")):
+    for steps in step_counts:
         rows, reference = {}, None
         for (name, backend), g in ((nb, g) for nb in backends.items() for g in scales):
             if len(scales) > 1:
