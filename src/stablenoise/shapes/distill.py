@@ -632,11 +632,12 @@ class _Run:
         self.pipe.to("cpu")
         losses = self.log["losses"]
         c = self.cfg
+        loss_name = f"pseudo-Huber loss, c = {c.huber:g}" if c.huber else "MSE"
         recipe = (f"reflow on {c.teacher}'s coupling: {c.teacher_steps}-step DDIM at guidance {c.guidance:g}; "
                   f"student without CFG at the timesteps of {list(c.student_steps)} steps"
                   + (f"; {c.finish:g} of each batch at its starting weights' own states of {c.finish_pairs} pairs, "
                      "the teacher's finish from each as target" if c.finish else "")
-                  + (f"; pseudo-Huber loss, c = {c.huber:g}" if c.huber else ""))
+                  + (f"; {loss_name}" if c.huber else ""))
         log = {"config": asdict(self.cfg), "recipe": recipe,
                **provenance, "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
                "seconds_per_run": self.log["seconds"], "validation_x0_mse": self.log["validation"],
@@ -646,8 +647,7 @@ class _Run:
         def write(d: Path) -> None:
             self.pipe.save_pretrained(d, safe_serialization=True)
             (d / "train_log.json").write_text(json.dumps(log))
-            plot_losses(losses, d / "loss.png", title="shapes-turbo distillation loss (eps + x0 "
-                        + (f"pseudo-Huber, c = {c.huber:g})" if c.huber else "MSE)"))
+            plot_losses(losses, d / "loss.png", title=f"shapes-turbo distillation loss (eps + x0 {loss_name})")
 
         atomic_dir(final, write)
         shutil.rmtree(self.ckpt, ignore_errors=True)
