@@ -434,11 +434,23 @@ def test_distill_shapes_refuses_a_teacher_it_cannot_distil(tmp_path, teacher, me
     assert not (tmp_path / "t").exists()
 
 
-@pytest.mark.parametrize("option", ["--huber", "--guidance", "--lr", "--finish"])
+@pytest.mark.parametrize("option", ["--huber", "--guidance", "--lr", "--finish", "--ema-decay"])
 def test_distill_shapes_refuses_a_number_that_is_not_finite(tmp_path, option):
     r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), option, "nan"])
     assert r.exit_code == 2 and "'nan' is not a finite number" in r.output
     assert not (tmp_path / "t").exists()
+
+
+def test_distill_shapes_options_reach_the_recipe_and_unset_ones_keep_its_values(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(D, "distill", lambda out, cfg: seen.append(cfg) or out)
+    r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--ema-decay", "0.999", "--lr", "3e-5",
+                                            "--batch-size", "8"])
+    assert r.exit_code == 0, r.output
+    want = D.DistillConfig(ema_decay=0.999, lr=3e-5, batch_size=8)
+    assert seen == [want] and want.ema_decay != D.DistillConfig().ema_decay
+    r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--ema-decay", "1"])
+    assert r.exit_code == 2 and "--ema-decay" in r.output  # a decay of 1 never moves the average: refused
 
 
 def test_distill_shapes_pairs_part_makes_only_its_shards_and_trains_nothing(tmp_path):

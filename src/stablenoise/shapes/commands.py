@@ -218,6 +218,8 @@ def _part(ctx, param, value):
               help="The discriminator's learning rate (with --adversarial).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None)
+@click.option("--ema-decay", type=FiniteFloatRange(0, 1, max_open=True), default=None,
+              help="The decay of the weights' moving average that is saved as the student.")
 @click.option("--huber", type=FiniteFloatRange(min=0), default=None,
               help="Train on the element-wise pseudo-Huber loss with this c instead of the squared error (0).")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
