@@ -16,12 +16,14 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 from stability_proxies import high_frequency_share
 
 import stablenoise as sn
 from stablenoise.batching import map_batches
+from stablenoise.cli_common import number_list
 from stablenoise.bench.results import load_results
 from stablenoise.records import write_json_atomic
 from stablenoise.shapes.verifier import verify
@@ -85,7 +87,7 @@ def main() -> None:
     ap.add_argument("--student", default="shapes-turbo")
     ap.add_argument("--teacher-run", type=Path, default=Path("docs/regimes/ddim50"))
     ap.add_argument("--steps", default="1,2,4")
-    ap.add_argument("--guidance", type=float, default=1.0, help="the student's CFG (1: none)")
+    ap.add_argument("--guidance", default="1", help="the student's CFG (1: none)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="the first N prompts of the store only")
     ap.add_argument("--teacher-seeds", type=int, default=None,
@@ -96,6 +98,14 @@ def main() -> None:
                          "coupling, when it is not the stored run's step count)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    try:  # the CLI's own list parser: finite numbers, at least 1 step and a scale >= 0
+        step_counts = number_list(int, 1)(None, None, args.steps)
+        scales = number_list(float, 0)(None, None, args.guidance)
+    except click.BadParameter as e:
+        raise SystemExit(f"error: {e.message}") from None
+    if len(scales) != 1:
+        raise SystemExit(f"error: --guidance takes one scale, not {args.guidance!r} (turbo_screen.py takes several)")
+    args.guidance = scales[0]
     table = teacher_table(args.teacher_run)
     c = table.config
     n, k = args.limit or len(table.texts), table.seeds.seed.shape[1]
@@ -126,7 +136,7 @@ def main() -> None:
               f"{100 * coupling['passed'].mean():.1f}% ({c.steps} steps: {100 * stored[sub].mean():.1f}%), high-frequency "
               f"share {coupling['high_frequency_share'].mean():.4f}")
     student = sn.load(args.student)
-    for steps in (int(s) for s in args.steps.split(",")):
+    for steps in step_counts:
         judged, drawn = judged_images(student, prompts, seeds, steps, args.guidance, args.batch_size)
         row = compare({"passed": judged["passed"]}, teacher, captions)
         row["high_frequency_share"] = summary(judged["high_frequency_share"], captions)
