@@ -1,7 +1,7 @@
 import json
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -321,7 +321,7 @@ def test_finish_rows_sit_at_their_states_with_the_teacher_s_finish_as_target():
     t = torch.tensor([749, 499, 249, 499])
     fx0, feps = D.line_through(states, images, SCALED_LINEAR[t], a_end)
     finishes = {"x0": fx0, "eps": feps, "t": t, "pairs": torch.tensor([2, 0, 1, 2])}
-    out = D.with_finishes(cfg, 5, batch, finishes, captions, SCALED_LINEAR)
+    out = D.with_finishes(cfg, 5, batch, finishes, captions, SCALED_LINEAR, 999)
     changed = [r for r in range(64) if not torch.equal(out.x_t[r], batch.x_t[r])]
     assert 16 < len(changed) < 48
     for r in range(64):
@@ -335,7 +335,25 @@ def test_finish_rows_sit_at_their_states_with_the_teacher_s_finish_as_target():
         # the eps whose x0 estimate lands, one DDIM step to a_end, on the teacher's image
         assert torch.allclose(ddim.step(out.target[r], out.x_t[r], a, a_end), images[k], atol=1e-4)
         assert out.pairs[r] == finishes["pairs"][k] and out.captions[r] == captions[int(finishes["pairs"][k])]
-    assert D.with_finishes(D.DistillConfig(**TINY), 5, batch, finishes, captions, SCALED_LINEAR) == batch
+    assert D.with_finishes(D.DistillConfig(**TINY), 5, batch, finishes, captions, SCALED_LINEAR, 999) == batch
+
+
+def test_with_finish_keeps_first_the_first_timestep_s_rows_stay_on_the_lines_and_no_others():
+    _, cfg, (_, a_end, grids) = _config_and_grids(batch_size=64, finish=1.0, finish_keeps_first=True)
+    x0, eps = (v.float() for v in _gaussian_line(6, n=3))
+    captions = ["pair 0", "pair 1", "pair 2"]
+    batch = D.distill_batch(cfg, 5, x0, eps, captions, grids, SCALED_LINEAR)
+    states, images = (v.float() for v in _gaussian_line(7, n=2))
+    t = torch.tensor([749, 249])
+    fx0, feps = D.line_through(states, images, SCALED_LINEAR[t], a_end)
+    finishes = {"x0": fx0, "eps": feps, "t": t, "pairs": torch.tensor([2, 0])}
+    out = D.with_finishes(cfg, 5, batch, finishes, captions, SCALED_LINEAR, 999)
+    first = batch.t == 999
+    assert 0 < int(first.sum()) < 64  # the batch has both kinds of rows
+    assert torch.equal(out.x_t[first], batch.x_t[first]) and torch.equal(out.target[first], batch.target[first])
+    assert bool(torch.isin(out.t[~first], t).all())  # every other row moved to a finish, as finish 1.0 asks
+    moved = D.with_finishes(replace(cfg, finish_keeps_first=False), 5, batch, finishes, captions, SCALED_LINEAR, 999)
+    assert bool(torch.isin(moved.t, t).all())  # without it, the first timestep's rows move too
 
 
 def _unet(folder):
@@ -490,7 +508,7 @@ def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
         "src/stablenoise/weights/shapes-turbo", "/work/runs/shapes-turbo-g/model"]
     recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1, "init": None, "steps": None}
     before = {"rollout": 0.0, "adversarial": 0.0, "adversarial_start": 100, "discriminator_lr": 4e-4,
-              "finish": 0.0, "finish_pairs": 2048, "huber": 0.0}  # newer options
+              "finish": 0.0, "finish_pairs": 2048, "huber": 0.0, "finish_keeps_first": False}  # newer options
     finishing = {**recipe, "pairs": 4096, "threads": 2, "finish": 0.5, "lr": 1e-4}
     assert [{**before, **log["config"], "init": None, "steps": None} for log in logs] == [
         recipe, recipe, {**recipe, "pairs": 4096, "threads": 2},

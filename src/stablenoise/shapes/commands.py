@@ -209,6 +209,9 @@ def _part(ctx, param, value):
                    "state as target (DAgger; made once, in OUT/finishes).")
 @click.option("--finish-pairs", type=click.IntRange(min=1), default=None,
               help="How many training pairs (the first ones) the teacher finishes the student's states of.")
+@click.option("--finish-keeps-first", is_flag=True, default=None,
+              help="With --finish, rows at the first timestep stay on the teacher's lines (the student's own state "
+                   "there is the pair's noise) instead of moving to finishes.")
 @click.option("--adversarial", type=FiniteFloatRange(min=0), default=None,
               help="Add a discriminator on the student's image estimates (ADD's adversarial term), pulling this "
                    "hard relative to the regression (0: none).")

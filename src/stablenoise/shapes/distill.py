@@ -79,6 +79,7 @@ class DistillConfig:
     rollout: float = 0.0  # share of each batch moved to the student's own states (module docstring)
     finish: float = 0.0  # share of each batch at the starting student's states, the teacher's finish as target
     finish_pairs: int = 2048  # training pairs (the first ones, whole shards) whose states the teacher finishes
+    finish_keeps_first: bool = False  # rows at the first timestep stay on the lines (with_finishes); the shipped: no
     adversarial: float = 0.0  # the adversarial term's pull relative to the regression's (discriminator.py); 0: none
     adversarial_start: int = 100  # steps the discriminator trains alone before the student feels it
     discriminator_lr: float = 4e-4  # faster than the student's (Heusel et al. 2017's two time-scale rule)
@@ -352,11 +353,17 @@ def rollout_rows(cfg: DistillConfig, step: int, n: int, grids: list[torch.Tensor
 
 
 def with_finishes(cfg: DistillConfig, step: int, batch: Batch, finishes: dict, captions: list[str],
-                  alphas_cumprod: torch.Tensor) -> Batch:
+                  alphas_cumprod: torch.Tensor, first: int) -> Batch:
     """``batch`` with each row, with probability ``cfg.finish``, replaced by a uniformly drawn finish (a starting
-    student's state at its timestep; target: the eps whose x0 estimate there is the teacher's finish)."""
+    student's state at its timestep; target: the eps whose x0 estimate there is the teacher's finish). With
+    ``cfg.finish_keeps_first``, rows at ``first`` (the timestep every schedule starts at) are kept: the student's own
+    state there is the pair's noise itself, a point of the lines, and with ``finish`` 1 the first step would
+    otherwise go untrained and drift (at 1.0 it did, and its images lost high frequencies, docs/bench.md)."""
     rng = np.random.default_rng([cfg.seed, FINISH_STREAM, step])
-    rows = torch.from_numpy(np.flatnonzero(rng.random(len(batch.t)) < cfg.finish))
+    drawn = rng.random(len(batch.t)) < cfg.finish
+    if cfg.finish_keeps_first:
+        drawn &= batch.t.numpy() != first
+    rows = torch.from_numpy(np.flatnonzero(drawn))
     if not len(rows):
         return batch
     pick = torch.from_numpy(rng.integers(len(finishes["t"]), size=len(rows)))
@@ -519,7 +526,7 @@ def distill(out: str | Path, cfg: DistillConfig = DistillConfig(), progress: boo
             batch = own_states(batch, picks, train["x0"], train["eps"], grids, alphas_cumprod,
                                student_eps(pipe, batch.captions))
         if finishes is not None:
-            batch = with_finishes(cfg, step, batch, finishes, train["captions"], alphas_cumprod)
+            batch = with_finishes(cfg, step, batch, finishes, train["captions"], alphas_cumprod, int(grids[0][0]))
         state.update(step, batch, train["x0"][batch.pairs], train["eps"][batch.pairs])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             state.log["validation"][str(step + 1)] = validation_error(pipe, val, grids, alphas_cumprod)
@@ -637,6 +644,7 @@ class _Run:
                   f"student without CFG at the timesteps of {list(c.student_steps)} steps"
                   + (f"; {c.finish:g} of each batch at its starting weights' own states of {c.finish_pairs} pairs, "
                      "the teacher's finish from each as target" if c.finish else "")
+                  + ("; rows at the first timestep kept on the lines" if c.finish and c.finish_keeps_first else "")
                   + (f"; {loss_name}" if c.huber else ""))
         log = {"config": asdict(self.cfg), "recipe": recipe,
                **provenance, "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
