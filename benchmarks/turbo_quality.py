@@ -23,8 +23,8 @@ from stability_proxies import high_frequency_share
 
 import stablenoise as sn
 from stablenoise.batching import map_batches
-from stablenoise.cli_common import number_list
 from stablenoise.bench.results import load_results
+from stablenoise.cli_common import number_list
 from stablenoise.records import write_json_atomic
 from stablenoise.shapes.verifier import verify
 from stablenoise.stats import interval_text, mean_ci, paired_diff_ci

@@ -338,7 +338,7 @@ def test_finish_rows_sit_at_their_states_with_the_teacher_s_finish_as_target():
     assert D.with_finishes(D.DistillConfig(**TINY), 5, batch, finishes, captions, SCALED_LINEAR, 999) == batch
 
 
-def test_with_finish_keeps_first_the_first_timestep_s_rows_stay_on_the_lines_and_no_others():
+def test_with_finish_keeps_first_the_first_timestep_s_rows_stay_on_the_lines_and_no_others(tmp_path):
     _, cfg, (_, a_end, grids) = _config_and_grids(batch_size=64, finish=1.0, finish_keeps_first=True)
     x0, eps = (v.float() for v in _gaussian_line(6, n=3))
     captions = ["pair 0", "pair 1", "pair 2"]
@@ -354,6 +354,8 @@ def test_with_finish_keeps_first_the_first_timestep_s_rows_stay_on_the_lines_and
     assert bool(torch.isin(out.t[~first], t).all())  # every other row moved to a finish, as finish 1.0 asks
     moved = D.with_finishes(replace(cfg, finish_keeps_first=False), 5, batch, finishes, captions, SCALED_LINEAR, 999)
     assert bool(torch.isin(moved.t, t).all())  # without it, the first timestep's rows move too
+    r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--finish-keeps-first"])
+    assert r.exit_code == 1 and "needs finish (--finish) > 0" in r.output and not (tmp_path / "t").exists()
 
 
 def _unet(folder):

@@ -95,6 +95,11 @@ class DistillConfig:
     threads: int = 0  # 0: torch's default
     device: str = "cpu"
 
+    def __post_init__(self):
+        if self.finish_keeps_first and not self.finish:
+            raise StablenoiseError("finish_keeps_first (--finish-keeps-first) keeps rows off the finishes: it needs "
+                                   "finish (--finish) > 0")
+
 
 # ---------------------------------------------------------------- the coupling: teacher pairs
 
