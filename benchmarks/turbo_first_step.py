@@ -54,11 +54,11 @@ def main() -> None:
     table = teacher_table(args.teacher_run)
     prompts = [p for p in table.texts for _ in range(args.seeds_per_prompt)]
     seeds = list(range(FIRST_SEED, FIRST_SEED + len(prompts)))
-    try:
-        sn.load(args.reference), sn.load(args.candidate)  # a bad name fails before any image is made
+    try:  # a bad name fails before any image is made
+        first = int(sn.load(args.reference).levels(1)[0].t)
+        sn.load(args.candidate)
     except StablenoiseError as e:
         raise SystemExit(f"error: {e}") from None
-    first = int(sn.load(args.reference).levels(1)[0].t)
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
               "seeds": [seeds[0], seeds[-1]], "reference": args.reference, "candidate": args.candidate,
               "first_timestep": first, "versions": versions(), "by_steps": {}}
