@@ -15,14 +15,13 @@ from pathlib import Path
 
 import click
 import torch
-from turbo_quality import judged_images, points, teacher_table
-from turbo_screen import FIRST_SEED
+from turbo_quality import teacher_table
+from turbo_screen import FIRST_SEED, judged_against_first
 
 import stablenoise as sn
 from stablenoise.cli_common import number_list
 from stablenoise.errors import StablenoiseError
 from stablenoise.records import versions, write_json_atomic
-from stablenoise.stats import interval_text, mean_ci, paired_diff_ci
 
 
 def first_step_of(backend, other, first: int):
@@ -62,28 +61,13 @@ def main() -> None:
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
               "seeds": [seeds[0], seeds[-1]], "reference": args.reference, "candidate": args.candidate,
               "first_timestep": first, "versions": versions(), "by_steps": {}}
-    samplers = {"reference": (args.reference, args.reference), "candidate": (args.candidate, args.candidate),
+    pairings = {"reference": (args.reference, args.reference), "candidate": (args.candidate, args.candidate),
                 "reference's first step, candidate's later ones": (args.reference, args.candidate),
                 "candidate's first step, reference's later ones": (args.candidate, args.reference)}
     for steps in step_counts:
-        rows, ref = {}, None
-        for name, (a, b) in samplers.items():
-            backend = sn.load(a) if a == b else first_step_of(sn.load(a), sn.load(b), first)
-            judged, _ = judged_images(backend, prompts, seeds, steps, 1.0, args.batch_size)
-            row = {k: mean_ci(v, rng=0, clusters=prompts) for k, v in judged.items()}
-            line = f"{steps} steps, {name}: verifier {100 * judged['passed'].mean():.1f}%, high-frequency share " \
-                   f"{judged['high_frequency_share'].mean():.4f}"
-            if ref is None:
-                ref = judged
-            else:
-                row["passed_minus_reference"] = d = paired_diff_ci(judged["passed"], ref["passed"], rng=0,
-                                                                    clusters=prompts)
-                row["high_frequency_share_minus_reference"] = h = paired_diff_ci(
-                    judged["high_frequency_share"], ref["high_frequency_share"], rng=0, clusters=prompts)
-                line += f"; − reference: {points(d)}, share {interval_text(h, digits=4, sign='+', bound_sign='+')}"
-            rows[name] = row
-            print(line, flush=True)
-        result["by_steps"][str(steps)] = rows
+        samplers = {name: (sn.load(a) if a == b else first_step_of(sn.load(a), sn.load(b), first), 1.0)
+                    for name, (a, b) in pairings.items()}
+        result["by_steps"][str(steps)] = judged_against_first(samplers, prompts, seeds, steps, args.batch_size)
     if args.json:
         write_json_atomic(args.json, result)
 

@@ -26,10 +26,34 @@ import stablenoise as sn
 from stablenoise.cli_common import number_list
 from stablenoise.errors import StablenoiseError
 from stablenoise.records import versions, write_json_atomic
-from stablenoise.stats import mean_ci, paired_diff_ci
+from stablenoise.stats import interval_text, mean_ci, paired_diff_ci
 from turbo_quality import judged_images, points, shape_mix, teacher_table, what_it_drew
 
 FIRST_SEED = 7_000_000  # far above any seed a bench store draws (they count up from 0)
+
+
+def judged_against_first(samplers: dict, prompts: list[str], seeds: list[int], steps: int, batch_size: int) -> dict:
+    """Each sampler's (name: (backend, CFG scale)) images of the (prompt, seed)s at ``steps`` judged, and each after
+    the first paired with the first's, with intervals that resample distinct captions; a line each on the terminal."""
+    rows, first = {}, None
+    for name, (backend, guidance) in samplers.items():
+        judged, drawn = judged_images(backend, prompts, seeds, steps, guidance, batch_size)
+        row = {k: mean_ci(v, rng=0, clusters=prompts) for k, v in judged.items()}
+        row["drawn"] = what_it_drew(drawn)
+        line = (f"{steps} steps {name}: verifier {100 * judged['passed'].mean():.1f}%, high-frequency share "
+                f"{judged['high_frequency_share'].mean():.4f}, {shape_mix(row['drawn'])}")
+        if first is None:
+            first = judged
+        else:
+            d = row["passed_minus_first"] = paired_diff_ci(judged["passed"], first["passed"], rng=0,
+                                                           clusters=prompts)
+            h = row["high_frequency_share_minus_first"] = paired_diff_ci(
+                judged["high_frequency_share"], first["high_frequency_share"], rng=0, clusters=prompts)
+            line += (f"; − {next(iter(rows))}: {points(d)}, high-frequency share "
+                     f"{interval_text(h, digits=4, sign='+', bound_sign='+')}")
+        rows[name] = row
+        print(line, flush=True)
+    return rows
 
 
 def main() -> None:
@@ -62,25 +86,9 @@ def main() -> None:
     except StablenoiseError as e:
         raise SystemExit(f"error: {e}") from None
     for steps in step_counts:
-        rows, reference = {}, None
-        for (name, backend), g in ((nb, g) for nb in backends.items() for g in scales):
-            if len(scales) > 1:
-                name = f"{name} at guidance {g:g}"
-            judged, drawn = judged_images(backend, prompts, seeds, steps, g, args.batch_size)
-            passed = judged["passed"]
-            row = {"passed": mean_ci(passed, rng=0, clusters=prompts),
-                   "high_frequency_share": mean_ci(judged["high_frequency_share"], rng=0, clusters=prompts),
-                   "drawn": what_it_drew(drawn)}
-            line = (f"{steps} steps {name}: verifier {100 * passed.mean():.1f}%, high-frequency share "
-                    f"{judged['high_frequency_share'].mean():.4f}, {shape_mix(row['drawn'])}")
-            if reference is None:
-                reference = passed
-            else:
-                d = row["passed_minus_first"] = paired_diff_ci(passed, reference, rng=0, clusters=prompts)
-                line += f"; − {next(iter(rows))}: {points(d)}"
-            rows[name] = row
-            print(line, flush=True)
-        result["by_steps"][str(steps)] = rows
+        samplers = {f"{name} at guidance {g:g}" if len(scales) > 1 else name: (backend, g)
+                    for name, backend in backends.items() for g in scales}
+        result["by_steps"][str(steps)] = judged_against_first(samplers, prompts, seeds, steps, args.batch_size)
     if args.json:
         write_json_atomic(args.json, result)
 
