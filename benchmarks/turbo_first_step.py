@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    torch.set_flush_denormal(True)  # ~18x faster small convolutions on CPU
     try:
         step_counts = number_list(int, 2)(None, None, args.steps)
     except click.BadParameter as e:
@@ -60,18 +61,16 @@ def main() -> None:
         raise SystemExit(f"error: {e}") from None
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
               "seeds": [seeds[0], seeds[-1]], "reference": args.reference, "candidate": args.candidate,
-              "first_timestep": first, "versions": versions(), "by_steps": {}}
+              "first_timestep": first, "versions": versions()}
     pairings = {"reference": (args.reference, args.reference), "candidate": (args.candidate, args.candidate),
                 "reference's first step, candidate's later ones": (args.reference, args.candidate),
                 "candidate's first step, reference's later ones": (args.candidate, args.reference)}
-    for steps in step_counts:
-        samplers = {name: (sn.load(a) if a == b else first_step_of(sn.load(a), sn.load(b), first), 1.0)
-                    for name, (a, b) in pairings.items()}
-        result["by_steps"][str(steps)] = judged_against_first(samplers, prompts, seeds, steps, args.batch_size)
+    samplers = {name: (sn.load(a) if a == b else first_step_of(sn.load(a), sn.load(b), first), 1.0)
+                for name, (a, b) in pairings.items()}
+    result["by_steps"] = judged_against_first(samplers, prompts, seeds, step_counts, args.batch_size)
     if args.json:
         write_json_atomic(args.json, result)
 
 
 if __name__ == "__main__":
-    torch.set_flush_denormal(True)
     main()

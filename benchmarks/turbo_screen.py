@@ -32,9 +32,15 @@ from turbo_quality import judged_images, points, shape_mix, teacher_table, what_
 FIRST_SEED = 7_000_000  # far above any seed a bench store draws (they count up from 0)
 
 
-def judged_against_first(samplers: dict, prompts: list[str], seeds: list[int], steps: int, batch_size: int) -> dict:
-    """Each sampler's (name: (backend, CFG scale)) images of the (prompt, seed)s at ``steps`` judged, and each after
-    the first paired with the first's, with intervals that resample distinct captions; a line each on the terminal."""
+def judged_against_first(samplers: dict, prompts: list[str], seeds: list[int], step_counts, batch_size: int
+                         ) -> dict:
+    """For each step count, each sampler's (name: (backend, CFG scale)) images of the (prompt, seed)s judged, and
+    each after the first paired with the first's, with intervals that resample distinct captions; a line each on
+    the terminal. Returns {step count: {name: row}}."""
+    return {str(steps): _judged_at(samplers, prompts, seeds, steps, batch_size) for steps in step_counts}
+
+
+def _judged_at(samplers: dict, prompts: list[str], seeds: list[int], steps: int, batch_size: int) -> dict:
     rows, first = {}, None
     for name, (backend, guidance) in samplers.items():
         judged, drawn = judged_images(backend, prompts, seeds, steps, guidance, batch_size)
@@ -79,16 +85,14 @@ def main() -> None:
     except click.BadParameter as e:
         raise SystemExit(f"error: {e.message}") from None
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
-              "seeds": [seeds[0], seeds[-1]], "students": args.students, "guidance": scales, "versions": versions(),
-              "by_steps": {}}
+              "seeds": [seeds[0], seeds[-1]], "students": args.students, "guidance": scales, "versions": versions()}
     try:  # every student loads before any is judged: a bad name fails in a second, not after the first model
         backends = {s: sn.load(s) for s in args.students}
     except StablenoiseError as e:
         raise SystemExit(f"error: {e}") from None
-    for steps in step_counts:
-        samplers = {f"{name} at guidance {g:g}" if len(scales) > 1 else name: (backend, g)
-                    for name, backend in backends.items() for g in scales}
-        result["by_steps"][str(steps)] = judged_against_first(samplers, prompts, seeds, steps, args.batch_size)
+    samplers = {f"{name} at guidance {g:g}" if len(scales) > 1 else name: (backend, g)
+                for name, backend in backends.items() for g in scales}
+    result["by_steps"] = judged_against_first(samplers, prompts, seeds, step_counts, args.batch_size)
     if args.json:
         write_json_atomic(args.json, result)
 
