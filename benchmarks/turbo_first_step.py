@@ -55,18 +55,19 @@ def main() -> None:
     prompts = [p for p in table.texts for _ in range(args.seeds_per_prompt)]
     seeds = list(range(FIRST_SEED, FIRST_SEED + len(prompts)))
     try:  # a bad name fails before any image is made
-        first = int(sn.load(args.reference).levels(1)[0].t)
-        sn.load(args.candidate)
+        reference, candidate = sn.load(args.reference), sn.load(args.candidate)
     except StablenoiseError as e:
         raise SystemExit(f"error: {e}") from None
+    first = int(reference.levels(1)[0].t)
     result = {"teacher_run": str(args.teacher_run), "captions": len(set(prompts)), "images": len(prompts),
               "seeds": [seeds[0], seeds[-1]], "reference": args.reference, "candidate": args.candidate,
               "first_timestep": first, "versions": versions()}
-    pairings = {"reference": (args.reference, args.reference), "candidate": (args.candidate, args.candidate),
-                "reference's first step, candidate's later ones": (args.reference, args.candidate),
-                "candidate's first step, reference's later ones": (args.candidate, args.reference)}
-    samplers = {name: (sn.load(a) if a == b else first_step_of(sn.load(a), sn.load(b), first), 1.0)
-                for name, (a, b) in pairings.items()}
+    # a mixed sampler patches its own fresh copy of the first-step model; the later steps' model is shared, unpatched
+    samplers = {"reference": (reference, 1.0), "candidate": (candidate, 1.0),
+                "reference's first step, candidate's later ones": (
+                    first_step_of(sn.load(args.reference), candidate, first), 1.0),
+                "candidate's first step, reference's later ones": (
+                    first_step_of(sn.load(args.candidate), reference, first), 1.0)}
     result["by_steps"] = judged_against_first(samplers, prompts, seeds, step_counts, args.batch_size)
     if args.json:
         write_json_atomic(args.json, result)
