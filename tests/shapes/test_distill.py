@@ -191,6 +191,29 @@ def test_the_pseudo_huber_loss_draws_a_pixel_s_likelier_value_where_mse_draws_th
     assert abs(best[0.01] - (1 - 0.474 * 0.01)) < 0.02
 
 
+def test_the_high_frequency_weight_counts_the_band_s_energy_1_plus_h_times():
+    """An error made of three waves along x: 3/32 and 8/32 cycles per pixel (half the Nyquist frequency itself:
+    not above it) are outside the band, 12/32 inside; the waves are orthogonal, so each part's energy adds."""
+    x = torch.arange(32, dtype=torch.float64)
+    waves = {k: torch.cos(2 * math.pi * k * x / 32).expand(3, 32, 32).unsqueeze(0) for k in (3, 8, 12)}
+    amp = {3: 0.5, 8: 0.3, 12: 0.2}
+    err = sum(amp[k] * waves[k] for k in waves).float().expand(2, 3, 32, 32)
+    w = torch.tensor([1.0, 3.0])
+    energy = {k: 0.5 * amp[k] ** 2 for k in amp}  # mean square of a cosine of amplitude A: A^2 / 2
+    for h in (0.0, 4.0):
+        want = float(w.mean()) * (energy[3] + energy[8] + (1 + h) * energy[12])
+        got = float(D.weighted_loss(err, torch.zeros_like(err), w, high_frequency=h))
+        assert abs(got - want) < 1e-6 * want, (h, got, want)
+    assert torch.equal(D.weighted_loss(err, 0 * err, w, high_frequency=0.0), D.weighted_loss(err, 0 * err, w))
+    band = D.high_band(32, 32)  # the bench's band: a quarter of the bins below it, three quarters above
+    assert int(band.sum()) == 32 * 32 - 16 * 16 - 2 * 16 - 1 and not band[8, 0] and band[12, 0] and band[16, 16]
+
+
+def test_huber_and_the_high_frequency_weight_are_not_combined():
+    with pytest.raises(StablenoiseError, match="choose one"):
+        D.DistillConfig(huber=0.05, high_frequency=2.0)
+
+
 def test_timesteps_are_at_or_between_the_students():
     grids = [torch.tensor([999]), torch.tensor([999, 499]), torch.tensor([999, 749, 499, 249])]
     t = D.sample_timesteps(np.random.default_rng(0), 20000, grids, 0.5)
@@ -362,12 +385,14 @@ def _unet(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("rollout, adversarial, finish, huber", [(0.0, 0.0, 0.0, 0.0), (0.5, 0.0, 0.0, 0.0),
-                                                                  (0.0, 0.5, 0.0, 0.0), (0.0, 0.0, 0.5, 0.0),
-                                                                  (0.0, 0.0, 0.0, 0.05)])
-def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout, adversarial, finish, huber):
+@pytest.mark.parametrize("rollout, adversarial, finish, loss", [(0.0, 0.0, 0.0, {}), (0.5, 0.0, 0.0, {}),
+                                                                 (0.0, 0.5, 0.0, {}), (0.0, 0.0, 0.5, {}),
+                                                                 (0.0, 0.0, 0.0, {"huber": 0.05}),
+                                                                 (0.0, 0.0, 0.0, {"high_frequency": 3.0})])
+def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollout, adversarial, finish, loss):
+    huber = loss.get("huber", 0.0)
     extra = {"rollout": rollout, "adversarial": adversarial, "adversarial_start": 1, "finish": finish,
-             "finish_pairs": 4, "huber": huber}
+             "finish_pairs": 4, **loss}
     cfg = D.DistillConfig(**TINY, **extra)
     straight = D.distill(tmp_path / "a", cfg, progress=False)
     real = D.distill_batch
@@ -382,10 +407,10 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
         D.distill(tmp_path / "b", cfg, progress=False)
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists() and not (tmp_path / "b" / "model").exists()
     monkeypatch.setattr(D, "distill_batch", real)
-    if not huber:  # a checkpoint from before --huber existed resumes as the squared-error run it was
+    if not loss:  # a checkpoint from before --huber and --high-frequency-weight resumes as the run it was
         state_file = tmp_path / "b" / "checkpoint" / "state.pt"
         state = torch.load(state_file, weights_only=True)
-        del state["config"]["huber"]
+        del state["config"]["huber"], state["config"]["high_frequency"]
         torch.save(state, state_file)
     with pytest.raises(StablenoiseError, match="other settings"):
         D.distill(tmp_path / "b", D.DistillConfig(**{**TINY, **extra, "lr": 1e-3}), progress=False)
@@ -396,7 +421,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
         assert torch.allclose(a[k], b[k], atol=1e-6), k  # same steps on the same batches: same sums
     teacher = _unet(shipped_models()["shapes"])
     assert any(not torch.equal(a[k], teacher[k]) for k in a)  # it trained
-    if rollout or adversarial or finish or huber:  # on other batches than the lines alone, or with another loss
+    if rollout or adversarial or finish or loss:  # on other batches than the lines alone, or with another loss
         lines_only = _unet(D.distill(tmp_path / "d", D.DistillConfig(**TINY), progress=False))
         assert any(not torch.allclose(a[k], lines_only[k], atol=1e-6) for k in a)
     log_a = json.loads((straight / "train_log.json").read_text())
@@ -413,6 +438,7 @@ def test_distill_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, rollou
     assert list(log_a["validation_x0_mse_shipped"]) == ["999", "749", "499", "249", "2 steps", "4 steps"]
     assert (straight / "loss.png").exists() and not (tmp_path / "a" / "checkpoint").exists()
     assert ("pseudo-Huber loss, c = 0.05" in log_a["recipe"]) == bool(huber)
+    assert ("Nyquist frequency weighted 4x" in log_a["recipe"]) == ("high_frequency" in loss)
 
     # A second run can start from the student (--init): its first weights are the student's, its pairs the same.
     shutil.copytree(tmp_path / "a" / "pairs", tmp_path / "c" / "pairs")
@@ -454,7 +480,8 @@ def test_distill_shapes_refuses_a_teacher_it_cannot_distil(tmp_path, teacher, me
     assert not (tmp_path / "t").exists()
 
 
-@pytest.mark.parametrize("option", ["--huber", "--guidance", "--lr", "--finish", "--ema-decay"])
+@pytest.mark.parametrize("option", ["--huber", "--guidance", "--lr", "--finish", "--ema-decay",
+                                    "--high-frequency-weight"])
 def test_distill_shapes_refuses_a_number_that_is_not_finite(tmp_path, option):
     r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), option, "nan"])
     assert r.exit_code == 2 and "'nan' is not a finite number" in r.output
@@ -465,9 +492,9 @@ def test_distill_shapes_options_reach_the_recipe_and_unset_ones_keep_its_values(
     seen = []
     monkeypatch.setattr(D, "distill", lambda out, cfg: seen.append(cfg) or out)
     r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--ema-decay", "0.999", "--lr", "3e-5",
-                                            "--batch-size", "8"])
+                                            "--batch-size", "8", "--high-frequency-weight", "2"])
     assert r.exit_code == 0, r.output
-    want = D.DistillConfig(ema_decay=0.999, lr=3e-5, batch_size=8)
+    want = D.DistillConfig(ema_decay=0.999, lr=3e-5, batch_size=8, high_frequency=2.0)
     assert seen == [want] and want.ema_decay != D.DistillConfig().ema_decay
     r = CliRunner().invoke(distill_shapes, ["--out", str(tmp_path / "t"), "--ema-decay", "1"])
     assert r.exit_code == 2 and "--ema-decay" in r.output  # a decay of 1 never moves the average: refused
@@ -510,7 +537,8 @@ def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
         "src/stablenoise/weights/shapes-turbo", "/work/runs/shapes-turbo-g/model"]
     recipe = {**asdict(D.DistillConfig()), "student_steps": [1, 2, 4], "threads": 1, "init": None, "steps": None}
     before = {"rollout": 0.0, "adversarial": 0.0, "adversarial_start": 100, "discriminator_lr": 4e-4,
-              "finish": 0.0, "finish_pairs": 2048, "huber": 0.0, "finish_keeps_first": False}  # newer options
+              "finish": 0.0, "finish_pairs": 2048, "huber": 0.0, "finish_keeps_first": False,
+              "high_frequency": 0.0}  # newer options
     finishing = {**recipe, "pairs": 4096, "threads": 2, "finish": 0.5, "lr": 1e-4}
     assert [{**before, **log["config"], "init": None, "steps": None} for log in logs] == [
         recipe, recipe, {**recipe, "pairs": 4096, "threads": 2},

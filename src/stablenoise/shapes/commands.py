@@ -225,6 +225,9 @@ def _part(ctx, param, value):
               help="The decay of the weights' moving average that is saved as the student.")
 @click.option("--huber", type=FiniteFloatRange(min=0), default=None,
               help="Train on the element-wise pseudo-Huber loss with this c instead of the squared error (0).")
+@click.option("--high-frequency-weight", "high_frequency", type=FiniteFloatRange(min=0), default=None,
+              help="Count the error's energy above half the Nyquist frequency 1 + this many times (0: plain squared "
+                   "error); the band the images' high-frequency share measures.")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads (0: torch's default).")

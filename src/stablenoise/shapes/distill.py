@@ -89,6 +89,7 @@ class DistillConfig:
     warmup: int = 30
     ema_decay: float = 0.99
     huber: float = 0.0  # 0: squared error; c > 0: element-wise pseudo-Huber with this c (weighted_loss)
+    high_frequency: float = 0.0  # extra weight on the error's energy above half the Nyquist frequency (weighted_loss)
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int = 100
@@ -99,6 +100,9 @@ class DistillConfig:
         if self.finish_keeps_first and not self.finish:
             raise StablenoiseError("finish_keeps_first (--finish-keeps-first) keeps rows off the finishes: it needs "
                                    "finish (--finish) > 0")
+        if self.huber and self.high_frequency:
+            raise StablenoiseError("huber (--huber) and high_frequency (--high-frequency-weight) are two losses; "
+                                   "choose one")
 
 
 # ---------------------------------------------------------------- the coupling: teacher pairs
@@ -448,17 +452,36 @@ def own_states(batch: Batch, picks: list[tuple[int, int, int]], x0: torch.Tensor
     return batch._replace(x_t=x_t, t=t, target=target, weight=weight)
 
 
-def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, huber: float = 0.0
-                  ) -> torch.Tensor:
+def high_band(height: int, width: int, device=None) -> torch.Tensor:
+    """The 2-D DFT bins above half the Nyquist frequency (max(|fy|, |fx|) > 1/4 cycle per pixel): the band whose
+    share of the energy the bench reports as the images' high-frequency share (benchmarks/stability_proxies.py)."""
+    fy = torch.fft.fftfreq(height, device=device).abs().view(-1, 1)
+    fx = torch.fft.fftfreq(width, device=device).abs().view(1, -1)
+    return torch.maximum(fy, fx) > 0.25
+
+
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, huber: float = 0.0,
+                  high_frequency: float = 0.0) -> torch.Tensor:
     """The batch's mean of weight x the squared eps error (per pixel). With ``huber`` = c > 0, each pixel's error
     e = sqrt(weight) x (eps error) costs sqrt(e^2 + c^2) - c instead (the pseudo-Huber loss of LCM, Luo et al.
     2023, and iCT, Song & Dhariwal 2023): quadratic below c, linear above. Where a state could become either of
     two images, the squared error's minimiser is their pixel mean, a blur (a square's rounded corner); a loss
-    that grows linearly is minimised nearer the pixel's likelier value."""
+    that grows linearly is minimised nearer the pixel's likelier value.
+
+    With ``high_frequency`` = h > 0, the error's energy in :func:`high_band` counts 1 + h times (a frequency-weighted
+    squared error, as the focal frequency loss of Jiang et al. 2021 with a fixed weight): the band holds about a
+    tenth of an image's energy, so a student that fits the coarse image is barely pulled toward the grain it
+    smooths away. The minimiser is still the mean; only the fit's emphasis moves."""
+    err = pred.float() - target
     if huber:
-        err = weight.view(-1, 1, 1, 1).sqrt() * (pred.float() - target)
+        err = weight.view(-1, 1, 1, 1).sqrt() * err
         return ((err.square() + huber ** 2).sqrt() - huber).mean()
-    return (weight * (pred.float() - target).square().mean(dim=(1, 2, 3))).mean()
+    per_row = err.square().mean(dim=(1, 2, 3))
+    if high_frequency:
+        # orthonormal DFT: a bin's |E|^2 is energy in pixel units (Parseval), so the band's part adds up exactly
+        power = torch.fft.fft2(err, norm="ortho").abs().square()
+        per_row = per_row + high_frequency * (power * high_band(*err.shape[-2:], err.device)).mean(dim=(1, 2, 3))
+    return (weight * per_row).mean()
 
 
 def lr_at(cfg: DistillConfig, step: int) -> float:
@@ -609,7 +632,8 @@ class _Run:
         with torch.no_grad():
             cond = self.pipe.encode_prompt(batch.captions)
         pred = self.pipe.unet(batch.x_t.to(dev), batch.t.to(dev), encoder_hidden_states=cond).sample
-        loss = total = weighted_loss(pred, batch.target.to(dev), batch.weight.to(dev), self.cfg.huber)
+        loss = total = weighted_loss(pred, batch.target.to(dev), batch.weight.to(dev), self.cfg.huber,
+                                     self.cfg.high_frequency)
         if self.disc is not None:
             text, noise = cond.mean(dim=1), line_point(x0, eps, self.a_first).to(dev)
             t = torch.full((len(noise),), self.first, device=dev)
@@ -650,7 +674,9 @@ class _Run:
                   + (f"; {c.finish:g} of each batch at its starting weights' own states of {c.finish_pairs} pairs, "
                      "the teacher's finish from each as target" if c.finish else "")
                   + ("; rows at the first timestep kept on the lines" if c.finish and c.finish_keeps_first else "")
-                  + (f"; {loss_name}" if c.huber else ""))
+                  + (f"; {loss_name}" if c.huber else "")
+                  + (f"; the error above half the Nyquist frequency weighted {1 + c.high_frequency:g}x"
+                     if c.high_frequency else ""))
         log = {"config": asdict(self.cfg), "recipe": recipe,
                **provenance, "versions": versions(), "final_loss_ema100": float(np.mean(losses[-100:])),
                "seconds_per_run": self.log["seconds"], "validation_x0_mse": self.log["validation"],
