@@ -4,6 +4,7 @@ and of the teacher's finishes from the starting student's own states, per state 
 (the finish pairs). A student regressed onto its targets is, at best, as grainy as they are.
 
     python benchmarks/finish_targets.py runs/shapes-turbo-k --json docs/regimes/finish-targets.json
+    python benchmarks/finish_targets.py runs/shapes-turbo-k --first-shards 2   # the pairs of a 128-pair run
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ def shares(images: torch.Tensor) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a distill-shapes --out folder with pairs/ and finishes/")
+    ap.add_argument("--first-shards", type=int, default=None, help="only the first N finish shards (to compare "
+                    "two runs on the same pairs: a shard's pairs depend on its index alone)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    finishes = sorted((args.run / "finishes").glob("shard-*.safetensors"))
+    finishes = sorted((args.run / "finishes").glob("shard-*.safetensors"))[:args.first_shards]
     if not finishes:
         raise SystemExit(f"{args.run / 'finishes'} holds no finish shards")
     with safe_open(finishes[0], "pt") as f:
@@ -46,7 +49,7 @@ def main() -> None:
     images = torch.cat([d["image"] for d in parts])
     pair = torch.cat([d["row"] + int(first[i]) for i, d in enumerate(parts)])  # each finish's row in from_noise
     base = shares(from_noise)
-    out = {"run": str(args.run), "settings": settings, "versions": versions(),
+    out = {"run": str(args.run), "finish_shards": [p.name for p in finishes], "settings": settings, "versions": versions(),
            "high_frequency_share": {"teacher from the noise": {**mean_ci(base, rng=0), "images": len(base)}}}
     print(f"teacher from the noise: {base.mean():.4f} ({len(base)} images)")
     for step in sorted(set(t.tolist()), reverse=True):
