@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from stability_proxies import high_frequency_share
+from stability_proxies import high_frequency_share, image_pixels
 
 from stablenoise.records import versions, write_json_atomic
 from stablenoise.shapes.pipeline import to_pil
@@ -25,8 +25,7 @@ from stablenoise.stats import mean_ci, paired_diff_ci
 
 
 def shares(images: torch.Tensor) -> np.ndarray:
-    pixels = [np.asarray(im.convert("RGB"), dtype=np.float64) / 127.5 - 1.0 for im in to_pil(images)]
-    return np.array([high_frequency_share(x) for x in pixels])
+    return np.array([high_frequency_share(image_pixels(im)) for im in to_pil(images)])
 
 
 def main() -> None:

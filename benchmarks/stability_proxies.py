@@ -19,16 +19,21 @@ from PIL import Image
 from stablenoise.bench.results import load_results
 from stablenoise.noise import noise_from_seed
 from stablenoise.records import strict_json, write_json_atomic
+from stablenoise.shapes.distill import high_band
 from stablenoise.stats import within_prompt_spearman
 
 
+def image_pixels(image: Image.Image) -> np.ndarray:
+    """An 8-bit image as H x W x RGB floats in [-1, 1], the model's pixel scale."""
+    return np.asarray(image.convert("RGB"), dtype=np.float64) / 127.5 - 1.0
+
+
 def high_frequency_share(pixels: np.ndarray) -> float:
-    """Share of the (mean-removed) spectral energy above half the Nyquist frequency, over channels."""
+    """Share of the (mean-removed) spectral energy above half the Nyquist frequency (distill.high_band, the band
+    a student's loss can weight), over channels."""
     x = pixels - pixels.mean(axis=(0, 1), keepdims=True)
     power = np.abs(np.fft.fft2(x, axes=(0, 1))) ** 2
-    fy = np.abs(np.fft.fftfreq(x.shape[0]))[:, None]
-    fx = np.abs(np.fft.fftfreq(x.shape[1]))[None, :]
-    high = (np.maximum(fy, fx) > 0.25)[..., None]
+    high = high_band(*x.shape[:2]).numpy()[..., None]
     total = power.sum()
     return float((power * high).sum() / total) if total > 0 else float("nan")
 
@@ -47,7 +52,7 @@ def main() -> None:
         for (p, k), path in np.ndenumerate(seeds.image):
             if path is None:
                 continue
-            pixels = np.asarray(Image.open(args.run / path).convert("RGB"), dtype=np.float64) / 127.5 - 1.0
+            pixels = image_pixels(Image.open(args.run / path))
             noise = noise_from_seed(int(seeds.seed[p, k]), (pixels.shape[2], *pixels.shape[:2])).double().numpy()
             z0 = pixels.transpose(2, 0, 1)
             if z0.shape != noise.shape:

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-from stability_proxies import high_frequency_share
+from stability_proxies import high_frequency_share, image_pixels
 
 import stablenoise as sn
 from stablenoise.batching import map_batches
@@ -38,10 +38,9 @@ def judged_images(backend, prompts: list[str], seeds: list[int], steps: int, gui
         return sn.generate(backend, [p for p, _ in items], noise, steps=steps, guidance=guidance)
 
     images = map_batches(run, list(zip(prompts, seeds)), batch)
-    pixels = [np.asarray(im.convert("RGB"), dtype=np.float64) / 127.5 - 1.0 for im in images]
     verdicts = [verify(im, p) for im, p in zip(images, prompts)]
     return {"passed": np.array([v.passed for v in verdicts], dtype=float),
-            "high_frequency_share": np.array([high_frequency_share(x) for x in pixels])}, verdicts
+            "high_frequency_share": np.array([high_frequency_share(image_pixels(im)) for im in images])}, verdicts
 
 
 def what_it_drew(verdicts: list) -> dict:
