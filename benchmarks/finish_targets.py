@@ -24,6 +24,12 @@ from stablenoise.shapes.pipeline import to_pil
 from stablenoise.stats import mean_ci, paired_diff_ci
 
 
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
 def shares(images: torch.Tensor) -> np.ndarray:
     return np.array([high_frequency_share(image_pixels(im)) for im in to_pil(images)])
 
@@ -31,13 +37,16 @@ def shares(images: torch.Tensor) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a distill-shapes --out folder with pairs/ and finishes/")
-    ap.add_argument("--first-shards", type=int, default=None, help="only the first N finish shards (to compare "
+    ap.add_argument("--first-shards", type=positive_int, default=None, help="only the first N finish shards (to compare "
                     "two runs on the same pairs: a shard's pairs depend on its index alone)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     finishes = sorted((args.run / "finishes").glob("shard-*.safetensors"))[:args.first_shards]
     if not finishes:
         raise SystemExit(f"{args.run / 'finishes'} holds no finish shards")
+    missing = [p.name for p in finishes if not (args.run / "pairs" / p.name).exists()]
+    if missing:
+        raise SystemExit(f"{args.run / 'pairs'} lacks the pair shards of finishes {', '.join(missing)}")
     with safe_open(finishes[0], "pt") as f:
         settings = json.loads(f.metadata()["settings"])
     # a finish shard is named after the pair shard whose pairs it finishes
