@@ -25,6 +25,7 @@ import stablenoise as sn
 from stablenoise.batching import map_batches
 from stablenoise.bench.results import load_results
 from stablenoise.cli_common import number_list
+from stablenoise.errors import StablenoiseError
 from stablenoise.records import write_json_atomic
 from stablenoise.shapes.verifier import verify
 from stablenoise.stats import interval_text, mean_ci, paired_diff_ci
@@ -86,7 +87,7 @@ def main() -> None:
     ap.add_argument("--student", default="shapes-turbo")
     ap.add_argument("--teacher-run", type=Path, default=Path("docs/regimes/ddim50"))
     ap.add_argument("--steps", default="1,2,4")
-    ap.add_argument("--guidance", default="1", help="the student's CFG (1: none)")
+    ap.add_argument("--guidance", default=None, help="the student's CFG (1: none; default: the model's own)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="the first N prompts of the store only")
     ap.add_argument("--teacher-seeds", type=int, default=None,
@@ -99,12 +100,18 @@ def main() -> None:
     args = ap.parse_args()
     try:  # the CLI's own list parser: finite numbers, at least 1 step and a scale >= 0
         step_counts = number_list(int, 1)(None, None, args.steps)
-        scales = number_list(float, 0)(None, None, args.guidance)
+        scales = number_list(float, 0)(None, None, args.guidance) if args.guidance is not None else [None]
     except click.BadParameter as e:
         raise SystemExit(f"error: {e.message}") from None
     if len(scales) != 1:
         raise SystemExit(f"error: --guidance takes one scale, not {args.guidance!r} (turbo_screen.py takes several)")
     args.guidance = scales[0]
+    try:  # before the teacher's images: a bad name fails in a second
+        student = sn.load(args.student)
+    except StablenoiseError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.guidance is None:
+        args.guidance = student.defaults.guidance
     table = teacher_table(args.teacher_run)
     c = table.config
     n, k = args.limit or len(table.texts), table.seeds.seed.shape[1]
@@ -134,7 +141,6 @@ def main() -> None:
         print(f"teacher at {args.coupling_steps} steps on the regenerated images: verifier "
               f"{100 * coupling['passed'].mean():.1f}% ({c.steps} steps: {100 * stored[sub].mean():.1f}%), high-frequency "
               f"share {coupling['high_frequency_share'].mean():.4f}")
-    student = sn.load(args.student)
     for steps in step_counts:
         judged, drawn = judged_images(student, prompts, seeds, steps, args.guidance, args.batch_size)
         row = compare({"passed": judged["passed"]}, teacher, captions)

@@ -519,14 +519,14 @@ def test_distill_shapes_pairs_part_makes_only_its_shards_and_trains_nothing(tmp_
 
 
 def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
-    """shapes-turbo loads by name with turbo defaults (4 steps, no CFG), is not the teacher, and its logs say how
+    """shapes-turbo loads by name with turbo defaults (4 steps at CFG 1.5), is not the teacher, and its logs say how
     it was made: the recipe from the teacher (stage 1), then the same recipe from that student (stage 2), then from
     stage 2 on four times the pairs (stage 3), then from stage 3 with half of each batch at its own states
     (stage 4), then two rounds with half of each batch at the teacher's finishes of the starting student's own
     states (stages 5 and 6)."""
     folder = shipped_models()["shapes-turbo"]
     backend = load("shapes-turbo")
-    assert (backend.defaults.steps, backend.defaults.guidance) == (4, 1.0)
+    assert (backend.defaults.steps, backend.defaults.guidance) == (4, 1.5)
     student, teacher = _unet(folder), _unet(shipped_models()["shapes"])
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
     names = [f"train_log_stage{i}.json" for i in range(1, 6)] + ["train_log.json"]
@@ -550,3 +550,6 @@ def test_the_shipped_student_is_the_recipe_s_and_runs_as_a_turbo_model():
     noise = sn.noises_from_seeds([0], backend.latent_shape)
     image = backend.denoise(noise, backend.encode(["a red circle"], 1.0), 4, 1.0)
     assert torch.isfinite(image).all() and image.abs().max() <= 1.5
+    # its default CFG runs the unconditional branch too, and moves the image
+    guided = backend.denoise(noise, backend.encode(["a red circle"], 1.5), 4, 1.5)
+    assert torch.isfinite(guided).all() and not torch.allclose(guided, image, atol=1e-3)
