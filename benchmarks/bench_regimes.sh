@@ -6,7 +6,7 @@
 # The "keep" arms of the 5-step configs are docs/bench-shapes and docs/bench-shapes-flow (same captions, seeds).
 set -euo pipefail
 ROOT=${1:-runs/regimes}
-STAGES=${2:-"ddim5 flow5 ddim10 flow10 ddim20 ddim50 flow20 kablation ddim5-source flow5-destination turbo1 turbo2 turbo4"}
+STAGES=${2:-"ddim5 flow5 ddim10 flow10 ddim20 ddim50 flow20 kablation ddim5-source flow5-destination turbo1 turbo2 turbo4 turbo4-cfg turbo2-cfg turbo1-cfg"}
 COMMON=(--prompts shapes-heldout --rewards shapes-verifier,shapes-clip --batch-size 64 --no-report
         --methods random,most-stable,least-stable,best)
 run() {  # NAME MODEL STEPS K LIMIT NORMS [GUIDANCE, default 2] [MORE BENCH OPTIONS...]
@@ -31,3 +31,8 @@ run flow5-destination shapes-flow 5 16 100 keep 2 --inversion-point destination
 run turbo1 shapes-turbo 1 16 100 keep,shell 1
 run turbo2 shapes-turbo 2 16 100 keep,shell 1
 run turbo4 shapes-turbo 4 16 100 keep,shell 1
+# ... and at its default CFG 1.5 over its own unconditional branch (two network calls a step): the setting at
+# which it meets the accuracy and grain bar (docs/regimes/turbo-quality-cfg.json)
+run turbo4-cfg shapes-turbo 4 16 100 keep,shell 1.5
+run turbo2-cfg shapes-turbo 2 16 100 keep,shell 1.5
+run turbo1-cfg shapes-turbo 1 16 100 keep,shell 1.5
