@@ -321,6 +321,27 @@ def test_finishes_are_the_teacher_s_images_of_the_student_s_own_states(tmp_path)
         D.ensure_finishes(tmp_path, D.DistillConfig(**{**TINY, "finish": 0.5, "finish_pairs": 8}), paths, progress=False)
 
 
+def test_a_one_step_teacher_s_finishes_are_its_guided_noise_prediction_at_each_state(tmp_path):
+    """With --teacher-steps 1 a finish is one guided DDIM step from the state to clean data, so the line through
+    state and finish carries the teacher's guided eps at that state: the per-step target of guidance distillation
+    (Meng et al. 2023), at the student's own states (docs/bench.md: guidance folded one step at a time).
+    The float32 rounding of state and finish, solved back for eps: 4e-6 under every ATEN_CPU_CAPABILITY."""
+    backend, cfg, _ = _config_and_grids(finish=1.0, finish_pairs=4, teacher_steps=1, guidance=1.5)
+    paths = D.ensure_pairs(tmp_path, cfg, progress=False)
+    a = backend.pipe.scheduler.alphas_cumprod.double()
+    got = D.load_finishes(D.ensure_finishes(tmp_path, cfg, paths, progress=False), [0], a, A_END)
+    z, _, captions, _ = D.load_pairs(paths[1:])
+    assert got["t"].tolist() == [499] * 4 + [749] * 4 + [499] * 4 + [249] * 4
+    pipe, caps = backend.pipe, captions * 4
+    states = D.line_point(got["x0"], got["eps"], a[got["t"]].view(-1, 1, 1, 1)).float()
+    with torch.no_grad():
+        u = pipe.unet(states, got["t"], encoder_hidden_states=pipe.encode_prompt([""] * 16)).sample
+        c = pipe.unet(states, got["t"], encoder_hidden_states=pipe.encode_prompt(caps)).sample
+    guided = (u + 1.5 * (c - u)).double()
+    assert torch.allclose(got["eps"].double(), guided, atol=1e-4)
+    assert not torch.allclose(got["eps"].double(), c.double(), atol=1e-2)  # the guided target, not the conditional one
+
+
 def test_load_finishes_are_lines_through_state_and_image_numbered_by_training_pair(tmp_path):
     from safetensors.torch import save_file
 
