@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--student", default="shapes-turbo")
     ap.add_argument("--teacher-run", type=Path, default=Path("docs/regimes/ddim50"))
     ap.add_argument("--steps", default="1,2,4")
-    ap.add_argument("--guidance", default=None, help="the student's CFG (1: none; default: the model's own)")
+    ap.add_argument("--guidance", default="1", help="the student's CFG (1: none; shapes-turbo's own default is 1.5)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="the first N prompts of the store only")
     ap.add_argument("--teacher-seeds", type=int, default=None,
@@ -100,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     try:  # the CLI's own list parser: finite numbers, at least 1 step and a scale >= 0
         step_counts = number_list(int, 1)(None, None, args.steps)
-        scales = number_list(float, 0)(None, None, args.guidance) if args.guidance is not None else [None]
+        scales = number_list(float, 0)(None, None, args.guidance)
     except click.BadParameter as e:
         raise SystemExit(f"error: {e.message}") from None
     if len(scales) != 1:
@@ -110,8 +110,6 @@ def main() -> None:
         student = sn.load(args.student)
     except StablenoiseError as e:
         raise SystemExit(f"error: {e}") from None
-    if args.guidance is None:
-        args.guidance = student.defaults.guidance
     table = teacher_table(args.teacher_run)
     c = table.config
     n, k = args.limit or len(table.texts), table.seeds.seed.shape[1]
